@@ -1,0 +1,1 @@
+"""Flower ClientApps: thin handlers that decode, call fedhar, encode."""

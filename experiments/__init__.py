@@ -1,0 +1,1 @@
+"""Composition root: entry points, sweeps, benchmarks and reports."""

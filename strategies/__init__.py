@@ -1,0 +1,1 @@
+"""Flower server strategies and strategy wrappers for fedhar."""
