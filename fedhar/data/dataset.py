@@ -41,7 +41,9 @@ class WindowDataset:
         n = len(self.x)
         for name in ("y", "user", "device", "start_time_s"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"WindowDataset.{name} has {len(getattr(self, name))} rows, x has {n}")
+                raise ValueError(
+                    f"WindowDataset.{name} has {len(getattr(self, name))} rows, x has {n}"
+                )
 
     def __len__(self) -> int:
         return len(self.x)
