@@ -1,0 +1,76 @@
+"""End-of-run summary: the table the main job prints and ``summary.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from experiments.sinks import read_metrics
+
+
+def _f1(row: dict[str, Any], group: str, key: str) -> float | None:
+    value = (row.get(group) or {}).get(key)
+    return None if value is None else float(value)
+
+
+def summarize_run(run_dir: Path) -> dict[str, Any]:
+    """Final scores and cost figures of a run, read back from its ``metrics.jsonl``."""
+    rows = read_metrics(run_dir)
+    if not rows:
+        raise ValueError(f"{run_dir} has no completed rounds in metrics.jsonl")
+    last = rows[-1]
+    return {
+        "rounds": last["server_round"],
+        "heldout_macro_f1": _f1(last, "server", "macro_f1"),
+        "heldout_accuracy": _f1(last, "server", "accuracy"),
+        "user_mean_f1": _f1(last, "per_user_summary", "mean_f1"),
+        "user_median_f1": _f1(last, "per_user_summary", "median_f1"),
+        "user_worst10_f1": _f1(last, "per_user_summary", "worst10_f1"),
+        "mean_round_wall_s": sum(r["wall_time_s"] for r in rows) / len(rows),
+        "total_failures": sum(r["num_failures"] for r in rows),
+        "total_declines": sum(r["num_declines"] for r in rows),
+        "bytes_up": sum(r["bytes_up"] for r in rows),
+        "bytes_down": sum(r["bytes_down"] for r in rows),
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+    """Per-round table, then where the outputs are."""
+    console = console or Console()
+    table = Table(title=f"fedhar run: {run_dir}")
+    for column in (
+        "round",
+        "train loss",
+        "held-out F1",
+        "user mean F1",
+        "worst-10% F1",
+        "failed",
+        "declined",
+        "MB up",
+        "wall s",
+    ):
+        table.add_column(column, justify="right")
+    for row in read_metrics(run_dir):
+        table.add_row(
+            str(row["server_round"]),
+            _fmt((row.get("train") or {}).get("train-loss")),
+            _fmt(_f1(row, "server", "macro_f1")),
+            _fmt(_f1(row, "per_user_summary", "mean_f1")),
+            _fmt(_f1(row, "per_user_summary", "worst10_f1")),
+            str(row["num_failures"]),
+            str(row["num_declines"]),
+            f"{row['bytes_up'] / 1e6:.2f}",
+            f"{row['wall_time_s']:.1f}",
+        )
+    console.print(table)
+    console.print(
+        f"outputs: {run_dir}/metrics.jsonl, per_user.csv, metrics.png, per_user_f1.png, "
+        "checkpoint.pt, summary.json"
+    )

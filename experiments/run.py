@@ -1,0 +1,208 @@
+"""The composition root: a Hydra config in, a federated run on Flower's simulation runtime out.
+
+``fedhar`` (the console command) runs this with ``configs/config.yaml``; every group can be
+overridden on the command line, e.g. ``fedhar strategy=fedprox dataset=sp_sw_har num_rounds=20``
+and sweeps run with ``-m``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+from flwr.simulation import run_simulation
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from clients.app import ClientSettings, make_client_app
+from experiments.report import print_summary, summarize_run
+from experiments.sinks import RoundProgress, RunFiles, WandbTracking, truncate_outputs
+from fedhar.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from fedhar.federation import Federation, FederationSpec, load_federation
+from fedhar.models import build_model
+from fedhar.records import RoundSink
+from fedhar.train import evaluate, seed_everything
+from fedhar.wire import arrays_to_state, numpy_to_arrays, state_to_arrays
+from strategies.checkpointing import Checkpointing, restore_state
+from strategies.tracking import ServerEvaluate, Tracking
+
+log = logging.getLogger("fedhar")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which and how to fix it."""
+
+
+def federation_spec(cfg: DictConfig) -> FederationSpec:
+    options = OmegaConf.to_container(cfg.dataset.options, resolve=True)
+    assert isinstance(options, dict)
+    return FederationSpec(
+        dataset=cfg.dataset.name,
+        options=FederationSpec.options_from({str(k): v for k, v in options.items()}),
+        holdout_fraction=cfg.federation.holdout_fraction,
+        test_fraction=cfg.federation.test_fraction,
+        gap_s=cfg.federation.gap_s,
+        seed=cfg.seed,
+    )
+
+
+def client_settings(cfg: DictConfig) -> ClientSettings:
+    return ClientSettings(
+        federation=federation_spec(cfg),
+        model=cfg.model.name,
+        width=cfg.model.width,
+        seed=cfg.seed,
+        crash_partitions=tuple(cfg.faults.crash_partitions),
+    )
+
+
+def build_strategy(cfg: DictConfig, num_clients: int) -> Strategy:
+    """Instantiate the configured Flower strategy and check it can run on this fleet."""
+    strategy = instantiate(cfg.strategy.algorithm)
+    if not isinstance(strategy, Strategy):
+        raise ConfigError(
+            f"strategy.algorithm built {type(strategy).__name__}, not a Flower Message-API "
+            "Strategy; point _target_ at a class from flwr.serverapp.strategy or strategies/"
+        )
+    for name in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
+        needed = getattr(strategy, name, 0)
+        if needed > num_clients:
+            raise ConfigError(
+                f"strategy.algorithm.{name}={needed} but the federation has only {num_clients} "
+                f"client users; lower {name} or use more users"
+            )
+    return strategy
+
+
+def server_evaluator(cfg: DictConfig, federation: Federation) -> ServerEvaluate:
+    """Evaluate the global model on the held-out users (none held out: no server metrics)."""
+    holdout = federation.holdout
+    model = build_model(
+        cfg.model.name, federation.in_channels, federation.num_classes, cfg.model.width
+    )
+
+    def evaluate_holdout(_: int, arrays: ArrayRecord) -> dict[str, float]:
+        if len(holdout) == 0:
+            return {}
+        model.load_state_dict(arrays_to_state(arrays))
+        result = evaluate(model, holdout.x, holdout.y, federation.num_classes)
+        return {"loss": result.loss, "accuracy": result.accuracy, "macro_f1": result.macro_f1}
+
+    return evaluate_holdout
+
+
+def _sinks(cfg: DictConfig, run_dir: Path, rounds_done: int) -> list[RoundSink]:
+    sinks: list[RoundSink] = [RunFiles(run_dir, plots=cfg.tracking.plots)]
+    if cfg.tracking.wandb:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(config, dict)
+        sinks.append(WandbTracking(run_dir, cfg.tracking.project, config, cfg.tracking.wandb_mode))
+    if cfg.tracking.progress:
+        sinks.append(RoundProgress(cfg.num_rounds, rounds_done))
+    return sinks
+
+
+def _quiet_logs(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.getLogger("flwr").setLevel(level)
+    logging.getLogger("ray").setLevel(level)
+
+
+def _start_state(cfg: DictConfig, run_dir: Path, federation: Federation) -> tuple[int, Any]:
+    """(rounds already done, initial arrays): from the checkpoint if resuming, else fresh."""
+    if not cfg.resume:
+        for name in (CHECKPOINT_NAME, "metrics.jsonl", "per_user.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is not None:
+        truncate_outputs(run_dir, checkpoint.server_round)
+        return checkpoint.server_round, checkpoint
+    seed_everything(cfg.seed)
+    model = build_model(
+        cfg.model.name, federation.in_channels, federation.num_classes, cfg.model.width
+    )
+    truncate_outputs(run_dir, 0)
+    return 0, state_to_arrays(model.state_dict())
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run (or resume) one federated experiment in ``run_dir``; return its summary."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_logs(cfg.runtime.verbose)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    settings = client_settings(cfg)
+    federation = load_federation(settings.federation)
+    num_clients = len(federation.clients)
+    strategy = build_strategy(cfg, num_clients)
+    rounds_done, start = _start_state(cfg, run_dir, federation)
+    if rounds_done:
+        restore_state(strategy, start.strategy_state)
+        initial_arrays = numpy_to_arrays(start.arrays)
+        log.warning("resuming %s after round %d", run_dir, rounds_done)
+    else:
+        initial_arrays = start
+    sinks = _sinks(cfg, run_dir, rounds_done)
+    tracked = Tracking(strategy, server_evaluator(cfg, federation), sinks)
+    wrapped = Checkpointing(tracked, run_dir, seed=cfg.seed, rounds_done=rounds_done)
+    train_config = ConfigRecord(
+        {"epochs": cfg.train.epochs, "batch-size": cfg.train.batch_size, "lr": cfg.train.lr}
+    )
+    server_errors: list[BaseException] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            wrapped.start(
+                grid=grid,
+                initial_arrays=initial_arrays,
+                num_rounds=cfg.num_rounds - rounds_done,
+                timeout=cfg.runtime.round_timeout_s,
+                train_config=train_config,
+            )
+        except BaseException as error:  # re-raised in the caller's thread below
+            server_errors.append(error)
+            raise
+
+    try:
+        if rounds_done < cfg.num_rounds:
+            run_simulation(
+                server_app=server_app,
+                client_app=make_client_app(lambda _: settings),
+                num_supernodes=num_clients,
+                backend_name="ray",
+                backend_config=_backend_config(cfg),
+                verbose_logging=cfg.runtime.verbose,
+            )
+    finally:
+        for sink in sinks:
+            sink.close()
+    if server_errors:
+        raise server_errors[0]
+    summary = summarize_run(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _backend_config(cfg: DictConfig) -> dict[str, Any]:
+    resources = OmegaConf.to_container(cfg.runtime.client_resources, resolve=True)
+    init_args = OmegaConf.to_container(cfg.runtime.ray_init_args, resolve=True)
+    return {"client_resources": resources, "init_args": init_args}
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Console entry point (``fedhar``)."""
+    torch.set_num_threads(1)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = run_experiment(cfg, run_dir)
+    print_summary(summary, run_dir)
+    return summary

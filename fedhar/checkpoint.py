@@ -1,0 +1,63 @@
+"""Checkpoints of a federated run: global arrays, strategy state and the last round.
+
+Files hold only tensors and plain values and load with ``torch.load(weights_only=True)``,
+so opening a checkpoint never runs code. Writes are atomic (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    server_round: int  # last completed round
+    arrays: dict[str, np.ndarray]  # global model after that round
+    strategy_state: dict[str, dict[str, np.ndarray]]  # e.g. FedAdam's moments
+
+
+def _to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
+
+
+def _to_numpy(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in tensors.items()}
+
+
+def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
+    """Write ``run_dir/checkpoint.pt`` atomically and return its path."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    tmp = path.with_suffix(".tmp")
+    payload = {
+        "server_round": checkpoint.server_round,
+        "arrays": _to_tensors(checkpoint.arrays),
+        "strategy_state": {k: _to_tensors(v) for k, v in checkpoint.strategy_state.items()},
+    }
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The run's checkpoint, or None if it has none yet."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+        return Checkpoint(
+            server_round=int(payload["server_round"]),
+            arrays=_to_numpy(payload["arrays"]),
+            strategy_state={k: _to_numpy(v) for k, v in payload["strategy_state"].items()},
+        )
+    except (RuntimeError, KeyError, TypeError, EOFError) as error:
+        raise ValueError(
+            f"checkpoint {path} is unreadable ({error}); delete it to start the run afresh"
+        ) from error

@@ -1,0 +1,101 @@
+"""Who takes part in a federated run, and each participant's data.
+
+The users of a dataset are split user-disjointly into federated clients and held-out users
+(server-side evaluation of unseen users). Each client's windows are split chronologically
+into a train part and a test part, so federated evaluation asks how well the global model
+serves a user's own future data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from typing import Any
+
+from fedhar.data import load_dataset
+from fedhar.data.dataset import WindowDataset
+from fedhar.data.splits import split_chronological, split_users
+
+
+@dataclass(frozen=True)
+class FederationSpec:
+    """Dataset choice and the two splits that define a federation."""
+
+    dataset: str
+    options: tuple[tuple[str, Any], ...] = ()  # loader options as sorted (name, value) pairs
+    holdout_fraction: float = 0.2  # share of users kept out of training for server evaluation
+    test_fraction: float = 0.25  # share of each client's windows (latest in time) for testing
+    gap_s: float = 0.0  # extra margin between a client's train and test windows
+    seed: int = 0
+
+    @staticmethod
+    def options_from(mapping: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+        """Loader options as the hashable, order-independent tuple this spec stores."""
+        return tuple(
+            sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in mapping.items())
+        )
+
+
+@dataclass(frozen=True)
+class ClientData:
+    user: str
+    device: str
+    train: WindowDataset
+    test: WindowDataset
+
+
+@dataclass
+class Federation:
+    """A loaded federation: client users in a fixed order, and the held-out users' windows."""
+
+    spec: FederationSpec
+    windows: WindowDataset = field(repr=False)
+
+    @cached_property
+    def _split(self) -> tuple[WindowDataset, WindowDataset]:
+        if self.spec.holdout_fraction <= 0:
+            return self.windows, self.windows.select(self.windows.user == "")
+        return split_users(
+            self.windows, test_fraction=self.spec.holdout_fraction, seed=self.spec.seed
+        )
+
+    @property
+    def clients(self) -> list[str]:
+        """Client users, sorted; a node's partition id indexes this list."""
+        return self._split[0].users
+
+    @property
+    def holdout(self) -> WindowDataset:
+        return self._split[1]
+
+    @property
+    def num_classes(self) -> int:
+        return self.windows.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        return self.windows.x.shape[1]
+
+    @property
+    def window_length(self) -> int:
+        return self.windows.x.shape[2]
+
+    def client(self, partition_id: int) -> ClientData:
+        """The user behind a partition id, with their chronological train/test split."""
+        users = self.clients
+        if not 0 <= partition_id < len(users):
+            raise ValueError(
+                f"partition id {partition_id} is outside the federation's {len(users)} clients; "
+                "run as many simulated nodes as there are client users"
+            )
+        user = users[partition_id]
+        windows = self._split[0].for_user(user)
+        train, test = split_chronological(windows, self.spec.test_fraction, self.spec.gap_s)
+        device = "+".join(sorted(set(windows.device.tolist())))
+        return ClientData(user=user, device=device, train=train, test=test)
+
+
+@lru_cache(maxsize=4)
+def load_federation(spec: FederationSpec) -> Federation:
+    """Load (once per process) the dataset behind ``spec``; clients load lazily in workers."""
+    return Federation(spec, load_dataset(spec.dataset, **dict(spec.options)))

@@ -1,0 +1,52 @@
+"""What one federated round produced, and the protocol of everything that consumes it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from fedhar.metrics import PerUserSummary, UserScore
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    """A client whose reply carried an error instead of a result."""
+
+    node_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """Everything measured in one round; one line of ``metrics.jsonl``."""
+
+    server_round: int
+    wall_time_s: float
+    sampled: int
+    succeeded: int
+    failures: tuple[ClientFailure, ...]
+    declines: tuple[str, ...]  # reasons of clients that could not train this round
+    bytes_down: int  # array payload sent to clients (train and evaluate messages)
+    bytes_up: int  # array payload received from clients
+    train: dict[str, float]  # aggregated train metrics (weighted by num-examples)
+    server: dict[str, float]  # held-out users, evaluated on the server
+    federated: dict[str, float]  # clients' own test splits, weighted by num-examples
+    per_user: tuple[UserScore, ...] = ()
+    per_user_summary: PerUserSummary | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # wrapper-specific counters
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; per-user rows are left to ``per_user.csv``."""
+        data = asdict(self)
+        data.pop("per_user")
+        data["num_failures"] = len(self.failures)
+        data["num_declines"] = len(self.declines)
+        return data
+
+
+class RoundSink(Protocol):
+    """Receives each completed round (files, plots, experiment tracking, progress)."""
+
+    def on_round(self, record: RoundRecord) -> None: ...
+
+    def close(self) -> None: ...

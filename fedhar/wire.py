@@ -1,0 +1,170 @@
+"""The one place where fedhar's dataclasses become Flower records and back.
+
+Keys are snake_case in Python and kebab-case on the wire (Flower's convention). Flower's
+default keys stay as they are (``arrays``, ``config``, ``num-examples``) so that Flower's
+built-in strategies and mods keep working on fedhar messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+CLIENT_KEY = "client"  # ConfigRecord with the replying user's identity (strings)
+DECLINE_KEY = "decline"  # ConfigRecord sent instead of an update when a client cannot train
+
+T = TypeVar("T")
+
+
+def to_wire_key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def from_wire_key(key: str) -> str:
+    return key.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class TrainInstructions:
+    """What the server asks of one client in one round."""
+
+    server_round: int
+    epochs: int
+    batch_size: int
+    lr: float
+    proximal_mu: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """Who replied: the user and the device they train on."""
+
+    user: str
+    device: str
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """Metrics of one local update (``num_examples`` weights the average)."""
+
+    num_examples: int
+    train_loss: float
+    num_steps: int
+    compute_seconds: float
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """One user's evaluation of the global model on their own test split."""
+
+    num_examples: int
+    eval_loss: float
+    eval_accuracy: float
+    eval_macro_f1: float
+
+
+def _record_items(obj: Any) -> dict[str, Any]:
+    return {to_wire_key(f.name): getattr(obj, f.name) for f in fields(obj)}
+
+
+def _from_record(cls: type[T], record: ConfigRecord | MetricRecord) -> T:
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    values = {from_wire_key(k): v for k, v in record.items() if from_wire_key(k) in names}
+    missing = names - values.keys() - _defaults(cls)
+    if missing:
+        raise ValueError(f"{cls.__name__}: record lacks {sorted(to_wire_key(m) for m in missing)}")
+    return cls(**values)
+
+
+def _defaults(cls: type) -> set[str]:
+    return {f.name for f in fields(cls) if f.default is not MISSING}
+
+
+def to_config_record(obj: Any) -> ConfigRecord:
+    return ConfigRecord(_record_items(obj))
+
+
+def to_metric_record(obj: Any) -> MetricRecord:
+    return MetricRecord(_record_items(obj))
+
+
+def instructions_from_config(config: ConfigRecord) -> TrainInstructions:
+    return _from_record(TrainInstructions, config)
+
+
+def identity_from_record(record: ConfigRecord) -> ClientIdentity:
+    return _from_record(ClientIdentity, record)
+
+
+def train_report_from_record(record: MetricRecord) -> TrainReport:
+    return _from_record(TrainReport, record)
+
+
+def eval_report_from_record(record: MetricRecord) -> EvalReport:
+    return _from_record(EvalReport, record)
+
+
+def state_to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    """A state dict as an ArrayRecord, in the state dict's order."""
+    return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in state.items()})
+
+
+def arrays_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """An ArrayRecord as a state dict of (writable) CPU tensors."""
+    return {k: torch.from_numpy(np.array(v.numpy(), copy=True)) for k, v in record.items()}
+
+
+def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def numpy_to_arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+def arrays_nbytes(record: ArrayRecord) -> int:
+    """Bytes of array payload in a record (what the wire carries, before framing)."""
+    return sum(len(array.data) for array in record.values())
+
+
+def content_nbytes(content: RecordDict) -> int:
+    """Bytes of array payload in every ArrayRecord of a message's content."""
+    return sum(arrays_nbytes(record) for record in content.array_records.values())
+
+
+def train_reply(
+    state: dict[str, torch.Tensor], report: TrainReport, identity: ClientIdentity
+) -> RecordDict:
+    return RecordDict(
+        {
+            ARRAYS_KEY: state_to_arrays(state),
+            METRICS_KEY: to_metric_record(report),
+            CLIENT_KEY: to_config_record(identity),
+        }
+    )
+
+
+def eval_reply(report: EvalReport, identity: ClientIdentity) -> RecordDict:
+    return RecordDict(
+        {METRICS_KEY: to_metric_record(report), CLIENT_KEY: to_config_record(identity)}
+    )
+
+
+def decline_reply(reason: str, identity: ClientIdentity) -> RecordDict:
+    """A reply that carries no update: the client could not train (e.g. nothing fits SRAM)."""
+    return RecordDict(
+        {DECLINE_KEY: ConfigRecord({"reason": reason}), CLIENT_KEY: to_config_record(identity)}
+    )
+
+
+def decline_reason(content: RecordDict) -> str | None:
+    """The decline reason carried by a reply, or None for an ordinary reply."""
+    record = content.config_records.get(DECLINE_KEY)
+    return None if record is None else str(record["reason"])

@@ -1,0 +1,116 @@
+"""A strategy wrapper that makes a run resumable and its sampling reproducible.
+
+After every round it saves the global arrays and the inner strategy's state. A resumed run
+starts Flower's loop again from round 1, so the wrapper shifts round numbers by the rounds
+already done. Before each sampling step it reseeds Python's ``random`` (which Flower's
+``sample_nodes`` uses) from the run seed and the round, so which nodes train in round r
+does not depend on whether the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from logging import INFO
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from fedhar.checkpoint import Checkpoint, save_checkpoint
+from fedhar.train import derive_seed
+from fedhar.wire import arrays_to_numpy
+
+# Attributes of Flower's strategies that carry state from round to round (FedOpt family:
+# FedAdam, FedYogi, FedAdagrad keep the current arrays and their moment estimates).
+STATEFUL_ATTRIBUTES = ("current_arrays", "m_t", "v_t")
+_SAMPLE_TRAIN, _SAMPLE_EVALUATE = 1, 2
+
+
+def innermost(strategy: Strategy) -> Strategy:
+    """Follow ``.strategy`` through wrappers to the algorithm they wrap."""
+    while isinstance(getattr(strategy, "strategy", None), Strategy):
+        strategy = strategy.strategy  # type: ignore[attr-defined]
+    return strategy
+
+
+def export_state(strategy: Strategy) -> dict[str, dict[str, np.ndarray]]:
+    core = innermost(strategy)
+    return {
+        name: dict(value)
+        for name in STATEFUL_ATTRIBUTES
+        if isinstance(value := getattr(core, name, None), dict)
+    }
+
+
+def restore_state(strategy: Strategy, state: dict[str, dict[str, np.ndarray]]) -> None:
+    core = innermost(strategy)
+    for name, value in state.items():
+        if name not in STATEFUL_ATTRIBUTES:
+            raise ValueError(f"checkpoint has unknown strategy state {name!r}")
+        setattr(core, name, dict(value))
+
+
+class Checkpointing(Strategy):
+    """Wraps ``strategy``; saves ``run_dir/checkpoint.pt`` at the end of every round.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The strategy (or wrapper stack) to run.
+    run_dir : Path
+        Where the checkpoint lives.
+    seed : int
+        Run seed; node sampling in round r is seeded with (seed, r).
+    rounds_done : int
+        Rounds completed before this start (0 for a fresh run).
+    """
+
+    def __init__(self, strategy: Strategy, run_dir: Path, seed: int, rounds_done: int = 0):
+        self.strategy = strategy
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.rounds_done = rounds_done
+        self._arrays: ArrayRecord | None = None
+
+    def summary(self) -> None:
+        log(
+            INFO,
+            "\t├──> Checkpointing to %s (resuming after round %d)",
+            self.run_dir,
+            self.rounds_done,
+        )
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        absolute = server_round + self.rounds_done
+        random.seed(derive_seed(self.seed, absolute, _SAMPLE_TRAIN))
+        return self.strategy.configure_train(absolute, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.strategy.aggregate_train(server_round + self.rounds_done, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        absolute = server_round + self.rounds_done
+        self._arrays = arrays
+        random.seed(derive_seed(self.seed, absolute, _SAMPLE_EVALUATE))
+        return self.strategy.configure_evaluate(absolute, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        absolute = server_round + self.rounds_done
+        metrics = self.strategy.aggregate_evaluate(absolute, replies)
+        if self._arrays is not None:
+            checkpoint = Checkpoint(absolute, arrays_to_numpy(self._arrays), export_state(self))
+            save_checkpoint(self.run_dir, checkpoint)
+        return metrics

@@ -1,0 +1,153 @@
+"""A strategy wrapper that measures every round and hands the record to sinks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from logging import INFO
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from fedhar.metrics import UserScore, summarize_users
+from fedhar.records import ClientFailure, RoundRecord, RoundSink
+from fedhar.wire import (
+    CLIENT_KEY,
+    METRICS_KEY,
+    content_nbytes,
+    decline_reason,
+    eval_report_from_record,
+    identity_from_record,
+)
+
+ServerEvaluate = Callable[[int, ArrayRecord], dict[str, float]]
+MAX_REASON_CHARS = 300  # keep a failing client's traceback summary readable in metrics
+
+
+def _as_floats(record: MetricRecord | None) -> dict[str, float]:
+    if record is None:
+        return {}
+    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+
+
+def _user_score(message: Message) -> UserScore:
+    identity = identity_from_record(message.content[CLIENT_KEY])
+    report = eval_report_from_record(message.content[METRICS_KEY])
+    return UserScore(
+        user=identity.user,
+        device=identity.device,
+        num_windows=report.num_examples,
+        accuracy=report.eval_accuracy,
+        macro_f1=report.eval_macro_f1,
+    )
+
+
+@dataclass
+class _RoundInProgress:
+    """What the wrapper has seen of the current round so far."""
+
+    started: float = field(default_factory=time.perf_counter)
+    sampled: int = 0
+    succeeded: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    failures: tuple[ClientFailure, ...] = ()
+    declines: tuple[str, ...] = ()
+    train: dict[str, float] = field(default_factory=dict)
+    arrays: ArrayRecord | None = None
+
+
+class Tracking(Strategy):
+    """Wraps ``strategy``: counts bytes, failures and declines, collects per-user scores,
+    runs server-side evaluation, and emits one :class:`RoundRecord` per round to ``sinks``.
+
+    Replies that decline to train (no update) are counted and kept from the inner strategy,
+    so built-in strategies only ever aggregate real updates.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        server_evaluate: ServerEvaluate | None = None,
+        sinks: Sequence[RoundSink] = (),
+    ) -> None:
+        self.strategy = strategy
+        self.server_evaluate = server_evaluate
+        self.sinks = list(sinks)
+        self._round = _RoundInProgress()
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> Tracking %d sink(s) around:", len(self.sinks))
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._round = _RoundInProgress(
+            sampled=len(messages), bytes_down=sum(content_nbytes(m.content) for m in messages)
+        )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        failures = tuple(
+            ClientFailure(m.metadata.src_node_id, m.error.reason[:MAX_REASON_CHARS])
+            for m in replies
+            if m.has_error()
+        )
+        answered = [m for m in replies if not m.has_error()]
+        declines = tuple(r for m in answered if (r := decline_reason(m.content)) is not None)
+        updates = [m for m in answered if decline_reason(m.content) is None]
+        errors = [m for m in replies if m.has_error()]
+        self._round.failures, self._round.declines = failures, declines
+        self._round.succeeded = len(updates)
+        self._round.bytes_up = sum(content_nbytes(m.content) for m in updates)
+        arrays, metrics = self.strategy.aggregate_train(server_round, updates + errors)
+        self._round.train = _as_floats(metrics)
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        self._round.arrays = arrays
+        self._round.bytes_down += sum(content_nbytes(m.content) for m in messages)
+        return messages
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        answered = [m for m in replies if not m.has_error()]
+        scores = tuple(sorted((_user_score(m) for m in answered), key=lambda s: s.user))
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        progress = self._round
+        server = (
+            self.server_evaluate(server_round, progress.arrays)
+            if self.server_evaluate is not None and progress.arrays is not None
+            else {}
+        )
+        record = RoundRecord(
+            server_round=server_round,
+            wall_time_s=time.perf_counter() - progress.started,
+            sampled=progress.sampled,
+            succeeded=progress.succeeded,
+            failures=progress.failures,
+            declines=progress.declines,
+            bytes_down=progress.bytes_down,
+            bytes_up=progress.bytes_up,
+            train=progress.train,
+            server=server,
+            federated=_as_floats(metrics),
+            per_user=scores,
+            per_user_summary=summarize_users(list(scores)) if scores else None,
+        )
+        for sink in self.sinks:
+            sink.on_round(record)
+        return metrics

@@ -1,0 +1,85 @@
+"""Tracking wrapper: failures, declines and per-user scores, without a Grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, MessageType
+from flwr.serverapp.strategy import FedAvg
+
+from fedhar.records import RoundRecord
+from fedhar.wire import (
+    ClientIdentity,
+    EvalReport,
+    TrainReport,
+    decline_reply,
+    eval_reply,
+    train_reply,
+)
+from strategies.tracking import Tracking
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.records: list[RoundRecord] = []
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        self.records.append(None)  # type: ignore[arg-type]
+
+
+def _update(value: float, n: int, user: str):
+    state = {"w": torch.full((3,), value)}
+    report = TrainReport(num_examples=n, train_loss=1.0, num_steps=1, compute_seconds=0.1)
+    return train_reply(state, report, ClientIdentity(user, "phone"))
+
+
+def test_failures_and_declines_are_counted_and_kept_from_aggregation(reply) -> None:
+    sink = Collect()
+    tracking = Tracking(FedAvg(), sinks=[sink])
+    replies = [
+        reply(_update(1.0, 10, "u1"), node_id=1),
+        reply(_update(3.0, 30, "u2"), node_id=2),
+        reply(error_reason="Traceback ... RuntimeError: device crashed", node_id=3),
+        reply(
+            decline_reply("needs 300 KB SRAM, has 128 KB", ClientIdentity("u4", "mcu")), node_id=4
+        ),
+    ]
+    arrays, _ = tracking.aggregate_train(1, replies)
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(3, 2.5))  # (10*1 + 30*3) / 40
+    tracking.aggregate_evaluate(1, [])
+    record = sink.records[0]
+    assert record.succeeded == 2
+    assert [f.node_id for f in record.failures] == [3]
+    assert "device crashed" in record.failures[0].reason
+    assert record.declines == ("needs 300 KB SRAM, has 128 KB",)
+    serialized = len(Array(np.zeros(3, dtype=np.float32)).data)  # npy bytes on the wire
+    assert record.bytes_up == 2 * serialized
+
+
+def test_per_user_scores_and_server_evaluation_reach_the_record(reply) -> None:
+    sink = Collect()
+    tracking = Tracking(FedAvg(), server_evaluate=lambda r, a: {"macro_f1": 0.5}, sinks=[sink])
+    tracking._round.arrays = ArrayRecord({"w": torch.zeros(1)})  # as configure_evaluate sets it
+    replies = [
+        reply(
+            eval_reply(EvalReport(n, 0.1, acc, f1), ClientIdentity(user, "watch")),
+            node_id=i,
+            message_type=MessageType.EVALUATE,
+        )
+        for i, (user, n, acc, f1) in enumerate(
+            [("a", 10, 0.9, 0.8), ("b", 30, 0.5, 0.4), ("c", 20, 0.7, 0.6)]
+        )
+    ]
+    metrics = tracking.aggregate_evaluate(2, replies)
+    record = sink.records[0]
+    assert record.server == {"macro_f1": 0.5}
+    assert [s.user for s in record.per_user] == ["a", "b", "c"]
+    assert record.per_user_summary is not None
+    assert record.per_user_summary.worst10_f1 == 0.4
+    assert record.per_user_summary.median_f1 == 0.6
+    assert metrics is not None
+    assert abs(metrics["eval-macro-f1"] - (0.8 * 10 + 0.4 * 30 + 0.6 * 20) / 60) < 1e-9
