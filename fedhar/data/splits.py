@@ -1,0 +1,85 @@
+"""Train/test splits: chronological within each user, or disjoint across users."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedhar.data.dataset import WindowDataset
+
+
+def window_duration_s(ds: WindowDataset) -> float:
+    """Time one window spans: `window_length / sampling_rate_hz` seconds."""
+    return ds.x.shape[-1] / ds.sampling_rate_hz
+
+
+def split_chronological(
+    ds: WindowDataset, test_fraction: float, gap_s: float = 0.0
+) -> tuple[WindowDataset, WindowDataset]:
+    """Per user, the last `test_fraction` of windows (by start time) become the test set.
+
+    The cut is per user across all devices, so simultaneous phone and watch windows land on
+    the same side. Train windows must end at least `gap_s` seconds before the first test
+    window starts; windows that would overlap the test period are dropped, so no train
+    sample is ever inside a test window. A user with fewer than two windows stays in train.
+
+    Parameters
+    ----------
+    ds : WindowDataset
+        Windows with absolute or per-user start times.
+    test_fraction : float
+        Share of each user's windows held out, in (0, 1).
+    gap_s : float
+        Extra margin between the last train sample and the first test sample.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if gap_s < 0:
+        raise ValueError(f"gap_s must be >= 0, got {gap_s}")
+    duration = window_duration_s(ds)
+    train = np.zeros(len(ds), dtype=bool)
+    test = np.zeros(len(ds), dtype=bool)
+    for user in ds.users:
+        idx = np.flatnonzero(ds.user == user)
+        if len(idx) < 2:
+            train[idx] = True
+            continue
+        starts = np.sort(ds.start_time_s[idx])
+        n_test = min(max(1, round(test_fraction * len(idx))), len(idx) - 1)
+        cut = starts[len(idx) - n_test]  # first test window start
+        test[idx] = ds.start_time_s[idx] >= cut
+        train[idx] = ds.start_time_s[idx] + duration + gap_s <= cut
+    return ds.select(train), ds.select(test)
+
+
+def split_users(
+    ds: WindowDataset,
+    test_users: Sequence[str] | None = None,
+    test_fraction: float | None = None,
+    seed: int = 0,
+) -> tuple[WindowDataset, WindowDataset]:
+    """Split by user: every window of a test user goes to test, the rest to train.
+
+    Give either `test_users` explicitly or `test_fraction` of users drawn with `seed`
+    (at least one user on each side).
+    """
+    users = ds.users
+    if (test_users is None) == (test_fraction is None):
+        raise ValueError("give exactly one of test_users or test_fraction")
+    if test_users is not None:
+        unknown = sorted(set(test_users) - set(users))
+        if unknown:
+            raise ValueError(f"unknown test users {unknown}; dataset users are {users}")
+        held_out = sorted(test_users)
+    else:
+        assert test_fraction is not None
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        if len(users) < 2:
+            raise ValueError(f"need at least two users to split, got {users}")
+        n_test = min(max(1, round(test_fraction * len(users))), len(users) - 1)
+        order = np.random.default_rng(seed).permutation(len(users))
+        held_out = sorted(users[i] for i in order[:n_test])
+    mask = np.isin(ds.user, held_out)
+    return ds.select(~mask), ds.select(mask)
