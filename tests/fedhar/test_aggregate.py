@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedhar.aggregate import aggregate_masked, weighted_average
 
@@ -49,6 +51,31 @@ def test_each_element_averages_over_the_clients_that_trained_it() -> None:
     new_state, counts = aggregate_masked(g, [a, b])
     assert torch.equal(new_state["w"], torch.tensor([2.0, 7.0, 6.0, 1.0]))
     assert counts == {"w": 2}
+
+
+_client = st.tuples(
+    st.lists(st.floats(-10, 10), min_size=5, max_size=5),
+    st.lists(st.booleans(), min_size=5, max_size=5),
+    st.integers(0, 20),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_client, max_size=4), st.lists(st.floats(-10, 10), min_size=5, max_size=5))
+def test_masked_average_matches_an_elementwise_reference(
+    clients: list[tuple[list[float], list[bool], int]], global_values: list[float]
+) -> None:
+    g = {"w": torch.tensor(global_values, dtype=torch.float64)}
+    contributions = [
+        ({"w": torch.tensor(v, dtype=torch.float64)}, {"w": torch.tensor(m)}, w)
+        for v, m, w in clients
+    ]
+    new_state, _ = aggregate_masked(g, contributions)
+    for i, g_i in enumerate(global_values):
+        covering = [(v[i], w) for v, m, w in clients if m[i] and w > 0]
+        total = sum(w for _, w in covering)
+        expected = sum(w * v for v, w in covering) / total if total else g_i
+        assert new_state["w"][i].item() == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
 def test_untrained_elements_and_entries_keep_their_global_value() -> None:
