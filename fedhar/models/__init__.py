@@ -1,0 +1,103 @@
+"""Tiny width-scalable HAR models, plus parameter and MAC counting.
+
+Every model takes ``(B, C, T)`` float32 windows and returns ``(B, K)`` logits, ends in a Linear
+named ``head``, never flattens over time, and scales hidden sizes as ``ceil(base * width)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedhar.models.deepconvlstm import DeepConvLSTM
+from fedhar.models.dscnn import DSCNN
+from fedhar.models.microbi_convlstm import MicroBiConvLSTM
+
+_MODELS: dict[str, type[nn.Module]] = {
+    "microbi_convlstm": MicroBiConvLSTM,
+    "dscnn": DSCNN,
+    "deepconvlstm": DeepConvLSTM,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
+
+__all__ = [
+    "DSCNN",
+    "MODEL_NAMES",
+    "DeepConvLSTM",
+    "MicroBiConvLSTM",
+    "build_model",
+    "count_macs",
+    "count_parameters",
+]
+
+
+def build_model(name: str, in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
+    """Build a model by name.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown; the message lists the valid names.
+    """
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if in_channels < 1 or num_classes < 2:
+        raise ValueError(
+            f"need in_channels >= 1 and num_classes >= 2, got {in_channels} and {num_classes}"
+        )
+    return _MODELS[name](in_channels, num_classes, width)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> int:
+    """Multiply-accumulates of one leaf layer call (biases and activations not counted)."""
+    if isinstance(module, nn.Conv1d):
+        assert isinstance(output, torch.Tensor)
+        per_output = module.in_channels // module.groups * module.kernel_size[0]
+        return output.numel() * per_output
+    if isinstance(module, nn.Linear):
+        return inputs[0].numel() // module.in_features * module.in_features * module.out_features
+    if isinstance(module, nn.LSTM):
+        x = inputs[0]  # (B, T, C) with batch_first
+        steps = x.shape[0] * x.shape[1]
+        directions = 2 if module.bidirectional else 1
+        h = module.hidden_size
+        macs = 0
+        for layer in range(module.num_layers):
+            layer_in = module.input_size if layer == 0 else h * directions
+            macs += steps * directions * 4 * (layer_in * h + h * h)
+        return macs
+    return 0
+
+
+def count_macs(model: nn.Module, in_channels: int, window_length: int) -> int:
+    """Multiply-accumulates for one window of shape ``(in_channels, window_length)``.
+
+    Counts Conv1d, Linear and LSTM (``4 * (in * h + h * h)`` per step and direction) with
+    forward hooks on a dummy window.
+    """
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
+        nonlocal total
+        total += _layer_macs(module, inputs, output)
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv1d | nn.Linear | nn.LSTM)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, window_length))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total

@@ -1,0 +1,78 @@
+"""DS-CNN: a depthwise-separable 1D convolutional network with global average pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedhar.models.width import scale_width
+
+STEM_CHANNELS = 32
+BLOCK_CHANNELS = (64, 64, 64)  # output channels of the three separable blocks
+BLOCK_POOLS = (True, True, False)  # 4x temporal pooling in total keeps activations small
+KERNEL_SIZE = 5
+
+
+class SeparableBlock(nn.Module):
+    """Depthwise Conv1d (groups = channels) then pointwise Conv1d, each with BatchNorm + ReLU.
+
+    The depthwise conv keeps its input channel count, so width slicing stays consistent.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, pool: bool) -> None:
+        super().__init__()
+        pad = KERNEL_SIZE // 2
+        self.depthwise = nn.Conv1d(
+            in_channels, in_channels, KERNEL_SIZE, padding=pad, groups=in_channels, bias=False
+        )
+        self.bn_dw = nn.BatchNorm1d(in_channels)
+        self.relu_dw = nn.ReLU()
+        self.pointwise = nn.Conv1d(in_channels, out_channels, 1, bias=False)
+        self.bn_pw = nn.BatchNorm1d(out_channels)
+        self.relu_pw = nn.ReLU()
+        self.pool = nn.MaxPool1d(2) if pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, T)`` -> ``(B, C_out, T')``."""
+        x = self.relu_dw(self.bn_dw(self.depthwise(x)))  # (B, C_in, T)
+        return self.pool(self.relu_pw(self.bn_pw(self.pointwise(x))))  # (B, C_out, T')
+
+
+class DSCNN(nn.Module):
+    """Depthwise-separable CNN for HAR (about 13.6K parameters at 9 channels, 6 classes).
+
+    Adapts the DS-CNN of Zhang et al., "Hello Edge: Keyword Spotting on Microcontrollers"
+    (2017), itself built on MobileNet's depthwise-separable convolutions (Howard et al., 2017),
+    to 1D inertial windows: a standard conv stem, three separable blocks, global average pooling
+    over time and a linear head.
+
+    Parameters
+    ----------
+    in_channels : int
+        Sensor channels C (never scaled).
+    num_classes : int
+        Number of activity classes K (never scaled).
+    width : float
+        Width multiplier; hidden sizes are ``ceil(base * width)``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0) -> None:
+        super().__init__()
+        stem = scale_width(STEM_CHANNELS, width)
+        self.stem = nn.Conv1d(in_channels, stem, KERNEL_SIZE, padding=KERNEL_SIZE // 2, bias=False)
+        self.bn_stem = nn.BatchNorm1d(stem)
+        self.relu_stem = nn.ReLU()
+        blocks = []
+        channels = stem
+        for base, pool in zip(BLOCK_CHANNELS, BLOCK_POOLS, strict=True):
+            out = scale_width(base, width)
+            blocks.append(SeparableBlock(channels, out, pool))
+            channels = out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of windows ``(B, C, T)`` -> ``(B, K)``; T must be at least 4."""
+        x = self.relu_stem(self.bn_stem(self.stem(x)))  # (B, C_stem, T)
+        x = self.blocks(x)  # (B, C_last, T/4)
+        return self.head(x.mean(dim=-1))  # (B, K)
