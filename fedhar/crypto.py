@@ -131,7 +131,8 @@ class EnvelopeContext:
     format_version: int  # version of the payload encoding inside the envelope
 
     def __post_init__(self) -> None:
-        if not 0 < len(self.run_id.encode()) <= MAX_RUN_ID_BYTES:
+        run_id = self.run_id.encode() if isinstance(self.run_id, str) else b""
+        if not 0 < len(run_id) <= MAX_RUN_ID_BYTES:
             raise ValueError(f"run_id must be 1..{MAX_RUN_ID_BYTES} UTF-8 bytes: {self.run_id!r}")
         _check_range("round", self.round, 32)
         _check_range("node_id", self.node_id, 64)

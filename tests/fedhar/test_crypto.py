@@ -159,6 +159,8 @@ def test_bad_arguments_to_seal_are_value_errors() -> None:
         seal(PAYLOAD, CTX, bytes(32), DEVICE)
     with pytest.raises(ValueError, match="valid"):
         EnvelopeContext("run-a", 2, 3, "train-replies", 1)
+    with pytest.raises(ValueError, match="run_id"):
+        EnvelopeContext("", 2, 3, "train-reply", 1)
     with pytest.raises(ValueError, match="node_id"):
         EnvelopeContext("run-a", 2, -1, "train-reply", 1)
     with pytest.raises(ValueError, match="allowed_aeads"):
