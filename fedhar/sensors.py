@@ -12,7 +12,7 @@ stay inside those ranges and inside the IMU datasheets' tolerances (BMI270, LSM6
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,7 +43,8 @@ class SensorVariability:
     @classmethod
     def none(cls) -> SensorVariability:
         """Every effect switched off."""
-        return cls(**{f.name: False for f in fields(cls) if f.name != "missing_fill"})
+        switches: dict[str, Any] = {f.name: False for f in fields(cls) if f.name != "missing_fill"}
+        return cls(**switches)
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,8 @@ def _burst_mask(
     rng: np.random.Generator, n: int, k: int, rate_hz: float, inst: SensorInstance
 ) -> np.ndarray:
     """(N, K) True where a sample is dropped; bursts start after the first sample."""
+    if k < 2:
+        return np.zeros((n, k), dtype=bool)
     counts = rng.poisson(inst.burst_rate_hz * k / rate_hz, n)  # (N,)
     b = max(int(counts.max(initial=0)), 1)
     starts = rng.integers(1, k, (n, b))  # (N, B)
@@ -186,7 +189,7 @@ def _burst_mask(
     valid = np.arange(b)[None, :] < counts[:, None]  # (N, B)
     idx = np.arange(k)[None, None, :]  # (1, 1, K)
     hit = (idx >= starts[..., None]) & (idx < (starts + lengths)[..., None]) & valid[..., None]
-    return hit.any(axis=1)
+    return np.asarray(hit.any(axis=1))
 
 
 def _fill(x: np.ndarray, mask: np.ndarray, how: str) -> np.ndarray:
