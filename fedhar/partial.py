@@ -121,18 +121,12 @@ Layout = tuple[int, int, int]  # (blocks, full units per block, sub units per bl
 Indices = tuple[tuple[int, ...] | None, ...]
 
 
-def _window(size: int, keep: int, offset: int) -> tuple[int, ...]:
-    if keep == size:
-        return tuple(range(size))
-    return tuple((offset + i) % size for i in range(keep))
-
-
 def _blocks(layout: Layout, offset: int) -> tuple[int, ...] | None:
+    """Kept indices: the same window ``(offset + arange(keep)) mod size`` in every block."""
     blocks, size, keep = layout
     if keep == size:
-        return None
-    window = _window(size, keep, offset)
-    return tuple(b * size + i for b in range(blocks) for i in window)
+        return None  # unscaled dims (and full width) keep everything, in order
+    return tuple(b * size + (offset + i) % size for b in range(blocks) for i in range(keep))
 
 
 def _enter(layout: Layout | None, name: str, full_in: int, sub_in: int) -> Layout:
@@ -254,11 +248,10 @@ def select_head(model: nn.Module) -> SubModelSpec:
 
 def select_lower_layers(model: nn.Module, n: int) -> SubModelSpec:
     """State entries of the first ``n`` parameterized layers, input side first (PMA-FL)."""
-    layers = [m for _, m in model.named_modules() if list(m.parameters(recurse=False))]
+    layers = [name for name, m in model.named_modules() if list(m.parameters(recurse=False))]
     if not 1 <= n <= len(layers):
         raise ValueError(f"n must be in [1, {len(layers)}] (the model's layer count), got {n}")
-    prefixes = [name for name, m in model.named_modules() if any(m is k for k in layers[:n])]
-    names = [k for k in model.state_dict() if k.rsplit(".", 1)[0] in prefixes]
+    names = [k for k in model.state_dict() if k.rpartition(".")[0] in layers[:n]]
     return _select(model, names, "layers")
 
 
@@ -267,7 +260,7 @@ def select_without_batchnorm(model: nn.Module) -> SubModelSpec:
     bn = {
         name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
     }
-    names = [k for k in model.state_dict() if k.rsplit(".", 1)[0] not in bn]
+    names = [k for k in model.state_dict() if k.rpartition(".")[0] not in bn]
     return _select(model, names, "layers")
 
 
