@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from fedhar.models import MODEL_NAMES, build_model
 from fedhar.partial import (
     ParamSlice,
     SpecMismatch,
@@ -103,6 +104,8 @@ BUILDERS: dict[str, Builder] = {
     "conv_gru": ConvGRU,
     "lstm_only": LSTMOnly,
 }
+for _name in MODEL_NAMES:
+    BUILDERS[_name] = lambda width, name=_name: build_model(name, C, K, width)
 
 
 def _randomized(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -155,7 +158,7 @@ def test_sub_model_loads_extract_strictly_and_matches_the_zeroed_full_model(
     model_name: str, width: float, offset: int
 ) -> None:
     build = BUILDERS[model_name]
-    full, sub = _randomized(build(1.0)).eval(), build(width).eval()
+    full, sub = _randomized(build(1.0)).double().eval(), build(width).double().eval()
     spec = slice_width(full, sub, width, offset)
     global_state = full.state_dict()
     sub.load_state_dict(extract(global_state, spec), strict=True)
@@ -163,10 +166,10 @@ def test_sub_model_loads_extract_strictly_and_matches_the_zeroed_full_model(
     full.load_state_dict(
         {n: v * mask[n] if v.is_floating_point() else v for n, v in values.items()}
     )
-    x = torch.randn(2, C, T, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, C, T, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         assert sub(x).shape == (2, K)
-        torch.testing.assert_close(full(x), sub(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(full(x), sub(x), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("offset", [0, 4])
