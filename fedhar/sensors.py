@@ -11,6 +11,7 @@ stay inside those ranges and inside the IMU datasheets' tolerances (BMI270, LSM6
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -112,9 +113,12 @@ def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
 def draw_sensor_instance(
     profile: DeviceProfile, seed: int, priors: VariabilityPriors | None = None
 ) -> SensorInstance:
-    """Draw one device's sensor parameters; every parameter is drawn whatever the switches."""
+    """Draw one device's sensor parameters; every parameter is drawn whatever the switches.
+
+    The profile's name is mixed into `seed`, so one user's phone and watch differ.
+    """
     p = priors or VariabilityPriors()
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, zlib.crc32(profile.name.encode())])
     spec = profile.sensor
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)

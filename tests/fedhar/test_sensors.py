@@ -58,6 +58,8 @@ def test_all_on_is_deterministic_per_seed(windows, instance):
     profile = load_catalogue(CATALOGUE_YAML)["nrf52840"]
     again = draw_sensor_instance(profile, seed=5)
     assert np.array_equal(again.rotation, instance.rotation) and again.rate_hz == instance.rate_hz
+    sibling = draw_sensor_instance(load_catalogue(CATALOGUE_YAML)["esp32"], seed=5)
+    assert not np.array_equal(sibling.acc_bias_g, instance.acc_bias_g)
 
 
 def test_bias_shifts_mean_and_gain_scales(windows, instance):
