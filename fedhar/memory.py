@@ -41,6 +41,9 @@ class BitWidths:
     optimizer_state: int = 32
 
 
+FP32 = BitWidths()  # plain fp32 training, the default everywhere
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes held in SRAM at the peak of one training step, by kind."""
@@ -192,7 +195,7 @@ def estimate_training_memory(
     batch_size: int,
     input_shape: tuple[int, int],
     trainable: Collection[str],
-    bits: BitWidths = BitWidths(),
+    bits: BitWidths = FP32,
     optimizer_states: int = 1,
     calls: list[LayerCall] | None = None,
 ) -> MemoryEstimate:
