@@ -188,3 +188,20 @@ def test_32_bits_means_no_qat() -> None:
     model.eval()
     qat.eval()
     assert torch.equal(qat(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["microbi_convlstm", "dscnn", "deepconvlstm"])
+def test_bundled_models_prepare_and_run(name: str) -> None:
+    from fedhar.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=6, num_classes=4, width=0.5)
+    qat = prepare_qat(model, QuantConfig(weight_bits=8, activation_bits=8))
+    assert list(qat.state_dict()) == list(model.state_dict())
+    assert len(list(quantized_layers(qat))) >= 2
+    x = torch.randn(2, 6, 32)
+    calibrate(qat, [x])
+    out = qat(x)
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    assert qat.head.weight.grad is not None
