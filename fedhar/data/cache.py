@@ -16,7 +16,7 @@ import numpy as np
 from fedhar.data.dataset import WindowDataset
 
 CACHE_FORMAT = 1  # bump when the processing changes, so old entries are not reused
-NOT_KEYED = frozenset({"cache", "cache_dir"})  # options that never change the data
+NOT_KEYED = frozenset({"cache", "cache_dir", "download"})  # options that never change the data
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -27,15 +27,23 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "fedhar"
 
 
-def config_key(config: Any) -> str:
-    """Stable hex digest of a frozen config dataclass (cache options excluded)."""
+def config_key(config: Any, fingerprint: str = "") -> str:
+    """Stable hex digest of a frozen config dataclass (cache options excluded).
+
+    `fingerprint` adds anything else the data depends on, e.g. the input files' stamps.
+    """
     fields = {
         f.name: getattr(config, f.name)
         for f in dataclasses.fields(config)
         if f.name not in NOT_KEYED
     }
     blob = json.dumps(
-        {"type": type(config).__name__, "format": CACHE_FORMAT, "fields": fields},
+        {
+            "type": type(config).__name__,
+            "format": CACHE_FORMAT,
+            "fields": fields,
+            "fingerprint": fingerprint,
+        },
         sort_keys=True,
         default=str,
     )
@@ -76,18 +84,20 @@ def load_windows(path: Path) -> WindowDataset:
         )
 
 
-def cached_windows(config: Any, build: Callable[[], WindowDataset]) -> WindowDataset:
+def cached_windows(
+    config: Any, build: Callable[[], WindowDataset], fingerprint: str = ""
+) -> WindowDataset:
     """Return the cached dataset for `config`, building and storing it on a miss.
 
     `config` is a frozen dataclass; its `cache` (bool) and `cache_dir` fields, if present,
-    switch caching off and choose the folder.
+    switch caching off and choose the folder. `fingerprint` is mixed into the key.
     """
     if not getattr(config, "cache", True):
         return build()
     path = (
         cache_root(getattr(config, "cache_dir", None))
         / "windows"
-        / (f"{type(config).__name__.lower()}-{config_key(config)}.npz")
+        / (f"{type(config).__name__.lower()}-{config_key(config, fingerprint)}.npz")
     )
     if path.is_file():
         return load_windows(path)

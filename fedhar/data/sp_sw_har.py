@@ -17,6 +17,7 @@ import numpy as np
 
 from fedhar.data.cache import cache_root, cached_windows
 from fedhar.data.dataset import Recording, WindowDataset
+from fedhar.data.download import find_data_root, prepare_dataset
 from fedhar.data.windows import window_recordings
 
 SP_SW_HAR_CLASSES = ("seated", "standing_up", "walking", "turning", "sitting_down")
@@ -25,9 +26,8 @@ DEVICE_CHOICES = {"sp": ("sp",), "sw": ("sw",), "both": ("sp", "sw")}
 HEADER = ["x_acc", "y_acc", "z_acc", "x_gyro", "y_gyro", "z_gyro", "timestamp", "label"]
 STANDARD_GRAVITY = 9.80665  # m/s^2 per g
 HOW_TO_GET = (
-    "Download it from Zenodo (doi:10.5281/zenodo.8398688), e.g. with "
-    "fedhar.data.download.prepare_dataset('sp_sw_har'), or set FEDHAR_DATA_DIR to the folder "
-    "holding sp-sw-har"
+    "Download it from Zenodo (doi:10.5281/zenodo.8398688) or load with download=True, "
+    "or set FEDHAR_DATA_DIR to the folder holding sp-sw-har"
 )
 
 
@@ -42,6 +42,7 @@ class SpSwHarConfig:
     window_length: int = 100  # 2 s: the shortest activities (turning, standing up) last ~2 s
     stride: int = 25  # 0.5 s, so each ~12 s execution gives ~20 windows
     drop_mixed: bool = False
+    download: bool = False  # fetch the archive into the cache folder when no data is found
     cache: bool = True
     cache_dir: str | None = None
 
@@ -54,18 +55,26 @@ class SpSwHarConfig:
             object.__setattr__(self, "subjects", tuple(self.subjects))
 
 
-def locate_root(root: str | os.PathLike[str] | None) -> Path:
-    """The folder holding `DATA/sXX/*.csv`; raises FileNotFoundError with how to get it."""
+def locate_root(
+    root: str | os.PathLike[str] | None, download: bool = False, cache_dir: str | None = None
+) -> Path:
+    """The folder holding `DATA/sXX/*.csv`; raises FileNotFoundError with how to get it.
+
+    Looks in `root`, else $FEDHAR_DATA_DIR, else the download cache; `download` fetches the
+    archive into the cache when nothing is found.
+    """
     if root is not None:
         base = Path(root)
     elif os.environ.get("FEDHAR_DATA_DIR"):
         base = Path(os.environ["FEDHAR_DATA_DIR"])
         base = base / "sp-sw-har" if (base / "sp-sw-har").is_dir() else base
     else:
-        base = cache_root() / "sp-sw-har"
-    for candidate in (base, base.parent):  # accept the DATA folder itself too
-        if (candidate / "DATA").is_dir() and any((candidate / "DATA").glob("s*/s*_*_s?.csv")):
-            return candidate
+        base = cache_root(cache_dir) / "sp-sw-har"
+    found = base.parent if base.name == "DATA" else find_data_root(base, "DATA", depth=2)
+    if found is not None and any((found / "DATA").glob("s*/s*_*_s?.csv")):
+        return found
+    if download:
+        return prepare_dataset("sp_sw_har", cache_dir)
     raise FileNotFoundError(f"sp-sw-har data not found at {base} (no DATA/sXX/*.csv). {HOW_TO_GET}")
 
 
@@ -122,7 +131,8 @@ def read_recordings(config: SpSwHarConfig) -> list[Recording]:
 
 def load_sp_sw_har(config: SpSwHarConfig) -> WindowDataset:
     """Windows of sp-sw-har at `config.rate_hz`, cached by config under the cache folder."""
-    resolved = replace(config, root=str(locate_root(config.root).resolve()))
+    root = locate_root(config.root, config.download, config.cache_dir)
+    resolved = replace(config, root=str(root.resolve()), download=False)
 
     def build() -> WindowDataset:
         return window_recordings(

@@ -1,0 +1,63 @@
+"""Datasets for fedhar: one entry point, `load_dataset(name, **options)`.
+
+Every loader takes a frozen config dataclass; `options` are forwarded into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from fedhar.data.byod import ByodConfig, load_byod
+from fedhar.data.dataset import ACC_GYRO_CHANNELS, Recording, WindowDataset
+from fedhar.data.resample import resample_uniform
+from fedhar.data.sp_sw_har import SpSwHarConfig, load_sp_sw_har
+from fedhar.data.splits import split_chronological, split_users
+from fedhar.data.synthetic import SyntheticConfig, load_synthetic
+from fedhar.data.uci_har import UciHarConfig, load_uci_har
+from fedhar.data.windows import window_recordings
+
+LOADERS: dict[str, tuple[type, Callable[[Any], WindowDataset]]] = {
+    "synthetic": (SyntheticConfig, load_synthetic),
+    "sp_sw_har": (SpSwHarConfig, load_sp_sw_har),
+    "uci_har": (UciHarConfig, load_uci_har),
+    "byod": (ByodConfig, load_byod),
+}
+DATASET_NAMES = tuple(LOADERS)
+
+
+def dataset_config(name: str, **options: Any) -> Any:
+    """The config dataclass of dataset `name` built from `options`."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    config_type = LOADERS[name][0]
+    valid = [f.name for f in dataclasses.fields(config_type)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for dataset {name!r}; valid: {valid}")
+    return config_type(**options)
+
+
+def load_dataset(name: str, **options: Any) -> WindowDataset:
+    """Load dataset `name` ("synthetic", "sp_sw_har", "uci_har", "byod") as windows."""
+    config = dataset_config(name, **options)
+    return LOADERS[name][1](config)
+
+
+__all__ = [
+    "ACC_GYRO_CHANNELS",
+    "DATASET_NAMES",
+    "ByodConfig",
+    "Recording",
+    "SpSwHarConfig",
+    "SyntheticConfig",
+    "UciHarConfig",
+    "WindowDataset",
+    "dataset_config",
+    "load_dataset",
+    "resample_uniform",
+    "split_chronological",
+    "split_users",
+    "window_recordings",
+]

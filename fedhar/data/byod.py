@@ -1,0 +1,142 @@
+"""Bring your own data: a folder of per-recording CSVs and/or per-user .npz files.
+
+CSV (one recording per file; several users or devices in one file are split apart), header:
+
+    user,device,timestamp_s,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label
+
+acc in g (gravity included), gyro in rad/s, timestamp in seconds, label a string.
+
+NPZ (one recording per file): `time_s` (T,), `signals` (T, 6) in the column order above,
+`labels` (T,) strings; optional scalar strings `user` (default: the file stem) and `device`
+(default "device"). Both are resampled to `rate_hz` and windowed like the other loaders.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from fedhar.data.cache import cached_windows
+from fedhar.data.dataset import ACC_GYRO_CHANNELS, Recording, WindowDataset
+from fedhar.data.windows import window_recordings
+
+BYOD_COLUMNS = ("user", "device", "timestamp_s", *ACC_GYRO_CHANNELS, "label")
+
+RawRecording = tuple[str, str, np.ndarray, np.ndarray, np.ndarray]  # user, device, t, x, labels
+
+
+@dataclass(frozen=True)
+class ByodConfig:
+    """Options of the bring-your-own-data loader."""
+
+    root: str = "."  # folder searched (recursively) for *.csv and *.npz
+    class_names: tuple[str, ...] | None = None  # label order; None: sorted labels found
+    rate_hz: float = 50.0
+    window_length: int = 128
+    stride: int = 64
+    drop_mixed: bool = False
+    cache: bool = True
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(self.class_names))
+
+
+def read_csv_recordings(path: Path) -> list[RawRecording]:
+    """Rows of one CSV grouped by (user, device); errors name the file and line."""
+    groups: dict[tuple[str, str], tuple[list[list[float]], list[str]]] = {}
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = tuple(next(reader, ()))
+        if header != BYOD_COLUMNS:
+            raise ValueError(
+                f"{path}, line 1: expected header {','.join(BYOD_COLUMNS)}, got {header}"
+            )
+        for row in reader:
+            if len(row) != len(BYOD_COLUMNS):
+                raise ValueError(
+                    f"{path}, line {reader.line_num}: expected {len(BYOD_COLUMNS)} fields, "
+                    f"got {len(row)}"
+                )
+            try:
+                values = [float(v) for v in row[2:9]]
+            except ValueError as err:
+                raise ValueError(f"{path}, line {reader.line_num}: {err}") from None
+            rows, labels = groups.setdefault((row[0], row[1]), ([], []))
+            rows.append(values)
+            labels.append(row[9])
+    out = []
+    for (user, device), (rows, labels) in groups.items():
+        table = np.asarray(rows, dtype=np.float64)  # (T, 7): time, then the six channels
+        out.append((user, device, table[:, 0], table[:, 1:], np.asarray(labels)))
+    return out
+
+
+def read_npz_recording(path: Path) -> RawRecording:
+    """One recording from an .npz file with time_s, signals, labels (and user, device)."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = sorted({"time_s", "signals", "labels"} - set(z.files))
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing}; expected time_s, signals, labels")
+        signals = np.asarray(z["signals"], dtype=np.float64)
+        if signals.ndim != 2 or signals.shape[1] != len(ACC_GYRO_CHANNELS):
+            raise ValueError(
+                f"{path}: signals must be (T, 6) {ACC_GYRO_CHANNELS}, got {signals.shape}"
+            )
+        user = str(z["user"]) if "user" in z.files else path.stem
+        device = str(z["device"]) if "device" in z.files else "device"
+        return user, device, np.asarray(z["time_s"], float), signals, z["labels"].astype(str)
+
+
+def data_files(root: Path) -> list[Path]:
+    """The .csv and .npz files under `root`, sorted; raises when there are none."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"BYOD folder {root} does not exist; set root to your data folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".csv", ".npz") and p.is_file())
+    if not files:
+        raise FileNotFoundError(
+            f"no .csv or .npz files under {root}; see fedhar.data.byod for the format"
+        )
+    return files
+
+
+def read_byod(config: ByodConfig) -> WindowDataset:
+    """Read, label-index, resample and window every recording under `config.root`."""
+    raw: list[RawRecording] = []
+    for path in data_files(Path(config.root)):
+        raw.extend(
+            read_csv_recordings(path) if path.suffix == ".csv" else [read_npz_recording(path)]
+        )
+    found = sorted({str(label) for *_, labels in raw for label in np.unique(labels)})
+    class_names = config.class_names or tuple(found)
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not in class_names {class_names}")
+    index = {name: i for i, name in enumerate(class_names)}
+    recordings = [
+        Recording(user, device, t, x.astype(np.float32), np.array([index[v] for v in labels]))
+        for user, device, t, x, labels in raw
+    ]
+    return window_recordings(
+        recordings,
+        config.window_length,
+        config.stride,
+        class_names,
+        config.rate_hz,
+        config.drop_mixed,
+    )
+
+
+def load_byod(config: ByodConfig) -> WindowDataset:
+    """BYOD windows, cached by config and by the files' names, sizes and modification times."""
+    files = data_files(Path(config.root))
+    stamp = hashlib.sha256(
+        "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files).encode()
+    ).hexdigest()
+    resolved = replace(config, root=str(Path(config.root).resolve()))
+    return cached_windows(resolved, lambda: read_byod(resolved), fingerprint=stamp)

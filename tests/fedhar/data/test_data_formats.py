@@ -1,0 +1,128 @@
+"""UCI-HAR and bring-your-own-data loaders, and the `load_dataset` registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedhar.data import DATASET_NAMES, load_dataset
+from fedhar.data.byod import BYOD_COLUMNS
+
+UCI_CLASSES = ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING"]
+SIGNALS = ["total_acc", "body_gyro"]
+
+
+def write_uci(root, rng):
+    """A tiny 'UCI HAR Dataset' in the published layout: 5 train and 3 test windows."""
+    folder = root / "UCI HAR Dataset"
+    folder.mkdir(parents=True)
+    labels = "".join(f"{i + 1} {name}\n" for i, name in enumerate(UCI_CLASSES))
+    (folder / "activity_labels.txt").write_text(labels)
+    expected = {}
+    for split, subjects, ys in (
+        ("train", [1, 1, 3, 3, 3], [1, 2, 6, 6, 4]),
+        ("test", [2, 2, 2], [5, 5, 3]),
+    ):
+        signals = folder / split / "Inertial Signals"
+        signals.mkdir(parents=True)
+        x = rng.normal(size=(len(ys), 6, 128))
+        for c in range(6):
+            name = f"{SIGNALS[c // 3]}_{'xyz'[c % 3]}_{split}.txt"
+            np.savetxt(signals / name, x[:, c], fmt="%.8e")  # one window per row
+        np.savetxt(folder / split / f"y_{split}.txt", ys, fmt="%d")
+        np.savetxt(folder / split / f"subject_{split}.txt", subjects, fmt="%d")
+        expected[split] = x
+    return expected
+
+
+def test_uci_har_reads_published_layout(tmp_path):
+    expected = write_uci(tmp_path / "data", np.random.default_rng(0))
+    ds = load_dataset("uci_har", root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
+    assert ds.x.shape == (8, 6, 128) and ds.sampling_rate_hz == 50.0
+    np.testing.assert_allclose(ds.x[:5], expected["train"], rtol=1e-6)
+    np.testing.assert_allclose(ds.x[5:], expected["test"], rtol=1e-6)
+    assert ds.class_names[0] == "walking" and ds.class_names[5] == "laying"
+    np.testing.assert_array_equal(ds.y, [0, 1, 5, 5, 3, 4, 4, 2])
+    assert ds.users == ["s01", "s02", "s03"]
+    np.testing.assert_allclose(ds.for_user("s03").start_time_s, [0, 1.28, 2.56])
+    test_only = load_dataset("uci_har", root=str(tmp_path / "data"), splits=["test"], cache=False)
+    assert test_only.users == ["s02"]
+
+
+def test_uci_har_names_broken_file(tmp_path):
+    write_uci(tmp_path, np.random.default_rng(0))
+    broken = tmp_path / "UCI HAR Dataset" / "test" / "y_test.txt"
+    broken.write_text("5\nfive\n3\n")
+    with pytest.raises(ValueError, match=r"y_test\.txt"):
+        load_dataset("uci_har", root=str(tmp_path), cache=False)
+    with pytest.raises(FileNotFoundError, match=r"archive\.ics\.uci\.edu"):
+        load_dataset("uci_har", root=str(tmp_path / "empty"), cache=False)
+
+
+def byod_rows(user, device, seconds, label_of, rate=100.0):
+    """Rows at `rate` Hz with a repeated timestamp, acc (0, 0, 1) g and a gyro ramp."""
+    t = np.arange(int(seconds * rate)) / rate
+    t[5] = t[4]  # a duplicate, as real phones produce
+    return [f"{user},{device},{ti:.4f},0,0,1,{ti:.4f},0,0,{label_of(ti)}\n" for ti in t]
+
+
+def test_byod_csv_and_npz(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    header = ",".join(BYOD_COLUMNS) + "\n"
+    rows = byod_rows("alice", "watch", 10, lambda t: "walk" if t < 5 else "sit")
+    (root / "alice_1.csv").write_text(header + "".join(rows))
+    t = np.arange(0, 8, 0.02)
+    np.savez(
+        root / "bob.npz",
+        time_s=t,
+        signals=np.tile([0.0, 1.0, 0.0, 0.1, 0.0, 0.0], (len(t), 1)),
+        labels=np.where(t < 4, "sit", "walk"),
+        device="phone",
+    )
+    ds = load_dataset("byod", root=str(root), window_length=100, stride=50, cache=False)
+    assert ds.class_names == ("sit", "walk") and ds.sampling_rate_hz == 50.0
+    assert ds.users == ["alice", "bob"]
+    alice, bob = ds.for_user("alice"), ds.for_user("bob")
+    assert set(alice.device.tolist()) == {"watch"} and set(bob.device.tolist()) == {"phone"}
+    assert len(alice) == (500 - 100) // 50 + 1  # 0..9.99 s at 100 Hz -> 500 samples at 50 Hz
+    np.testing.assert_allclose(alice.x[:, 2], 1.0)
+    np.testing.assert_array_equal(alice.y[:3], [1, 1, 1])
+    np.testing.assert_allclose(bob.x[:, 1], 1.0)
+    ordered = load_dataset("byod", root=str(root), class_names=("walk", "sit"), cache=False)
+    assert ordered.class_names == ("walk", "sit")
+    with pytest.raises(ValueError, match=r"labels \['walk'\] are not in class_names"):
+        load_dataset("byod", root=str(root), class_names=("sit",), cache=False)
+
+
+def test_byod_cache_follows_file_changes(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    header = ",".join(BYOD_COLUMNS) + "\n"
+    path = root / "a.csv"
+    path.write_text(header + "".join(byod_rows("a", "p", 6, lambda t: "x")))
+    options = {"root": str(root), "cache_dir": str(tmp_path / "cache")}
+    assert load_dataset("byod", **options).class_names == ("x",)
+    path.write_text(header + "".join(byod_rows("a", "p", 6, lambda t: "y")))
+    assert load_dataset("byod", **options).class_names == ("y",)
+
+
+def test_byod_errors_name_file_and_line(tmp_path):
+    header = ",".join(BYOD_COLUMNS) + "\n"
+    (tmp_path / "bad.csv").write_text(header + "a,p,0.0,0,0,1,0,0,0,sit\na,p,0.02,0,0,1,0,0\n")
+    with pytest.raises(ValueError, match=r"bad.csv, line 3: expected 10 fields"):
+        load_dataset("byod", root=str(tmp_path), cache=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset("byod", root=str(tmp_path / "nope"), cache=False)
+
+
+def test_registry_names_and_errors():
+    assert DATASET_NAMES == ("synthetic", "sp_sw_har", "uci_har", "byod")
+    ds = load_dataset("synthetic", num_users=2, seconds_per_user=30)
+    assert ds.users == ["u00", "u01"]
+    with pytest.raises(
+        ValueError, match="unknown dataset 'mnist'; valid names: synthetic, sp_sw_har"
+    ):
+        load_dataset("mnist")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['users'\].*num_users"):
+        load_dataset("synthetic", users=3)
