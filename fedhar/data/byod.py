@@ -33,7 +33,7 @@ RawRecording = tuple[str, str, np.ndarray, np.ndarray, np.ndarray]  # user, devi
 class ByodConfig:
     """Options of the bring-your-own-data loader."""
 
-    root: str = "."  # folder searched (recursively) for *.csv and *.npz
+    root: str | None = None  # folder searched (recursively) for *.csv and *.npz; required
     class_names: tuple[str, ...] | None = None  # label order; None: sorted labels found
     rate_hz: float = 50.0
     window_length: int = 128
@@ -93,11 +93,13 @@ def read_npz_recording(path: Path) -> RawRecording:
         return user, device, np.asarray(z["time_s"], float), signals, z["labels"].astype(str)
 
 
-def data_files(root: Path) -> list[Path]:
+def data_files(root: str | None) -> list[Path]:
     """The .csv and .npz files under `root`, sorted; raises when there are none."""
-    if not root.is_dir():
+    if root is None:
+        raise ValueError("the byod dataset needs root=<folder holding your .csv/.npz files>")
+    if not Path(root).is_dir():
         raise FileNotFoundError(f"BYOD folder {root} does not exist; set root to your data folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix in (".csv", ".npz") and p.is_file())
+    files = sorted(p for p in Path(root).rglob("*") if p.suffix in (".csv", ".npz") and p.is_file())
     if not files:
         raise FileNotFoundError(
             f"no .csv or .npz files under {root}; see fedhar.data.byod for the format"
@@ -108,7 +110,7 @@ def data_files(root: Path) -> list[Path]:
 def read_byod(config: ByodConfig) -> WindowDataset:
     """Read, label-index, resample and window every recording under `config.root`."""
     raw: list[RawRecording] = []
-    for path in data_files(Path(config.root)):
+    for path in data_files(config.root):
         raw.extend(
             read_csv_recordings(path) if path.suffix == ".csv" else [read_npz_recording(path)]
         )
@@ -134,9 +136,9 @@ def read_byod(config: ByodConfig) -> WindowDataset:
 
 def load_byod(config: ByodConfig) -> WindowDataset:
     """BYOD windows, cached by config and by the files' names, sizes and modification times."""
-    files = data_files(Path(config.root))
+    files = data_files(config.root)
     stamp = hashlib.sha256(
         "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files).encode()
     ).hexdigest()
-    resolved = replace(config, root=str(Path(config.root).resolve()))
+    resolved = replace(config, root=str(Path(str(config.root)).resolve()))
     return cached_windows(resolved, lambda: read_byod(resolved), fingerprint=stamp)

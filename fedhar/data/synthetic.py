@@ -8,7 +8,7 @@ accelerometer reads the upward specific force, 1 g along the gravity direction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -167,5 +167,5 @@ def load_synthetic(config: SyntheticConfig) -> WindowDataset:
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2**31]))
     flip = rng.random(len(ds)) < config.label_noise
     shift = rng.integers(1, ds.num_classes, size=len(ds))  # never the true class
-    ds.y[flip] = (ds.y[flip] + shift[flip]) % ds.num_classes
-    return ds
+    noisy = np.where(flip, (ds.y + shift) % ds.num_classes, ds.y)
+    return replace(ds, y=noisy)

@@ -114,6 +114,8 @@ def test_byod_errors_name_file_and_line(tmp_path):
         load_dataset("byod", root=str(tmp_path), cache=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_dataset("byod", root=str(tmp_path / "nope"), cache=False)
+    with pytest.raises(ValueError, match="needs root="):
+        load_dataset("byod")
 
 
 def test_registry_names_and_errors():

@@ -93,3 +93,11 @@ def test_bad_options_are_named(tmp_path):
     write_subject(tmp_path, ["0,0,9.8,0,0,0,1000,SEATED\n", "0,0,9.8,0,0,0,1100,SEATED\n"])
     with pytest.raises(ValueError, match="unknown sp-sw-har subject 's99'"):
         load_sp_sw_har(SpSwHarConfig(root=str(tmp_path), subjects=("s99",), cache=False))
+
+
+def test_data_dir_from_environment(tmp_path, monkeypatch):
+    rows = [f"0,9.80665,0,0,0,0,{1000 + 10 * i},TURNING\n" for i in range(250)]
+    write_subject(tmp_path / "sp-sw-har", rows)
+    monkeypatch.setenv("FEDHAR_DATA_DIR", str(tmp_path))
+    ds = load_sp_sw_har(SpSwHarConfig(cache=False))
+    assert ds.users == ["s01"] and (ds.y == SP_SW_HAR_CLASSES.index("turning")).all()
