@@ -41,7 +41,9 @@ def main() -> None:
     """Print one table row per (model, setting)."""
     torch.manual_seed(0)
     header = ("model", "setting", "params", "bytes", "vs fp32", "time vs fp32")
-    print(f"{header[0]:<18}{header[1]:<14}{header[2]:>8}{header[3]:>10}{header[4]:>9}{header[5]:>14}")
+    print(
+        f"{header[0]:<18}{header[1]:<14}{header[2]:>8}{header[3]:>10}{header[4]:>9}{header[5]:>14}"
+    )
     for name in MODEL_NAMES:
         state = build_model(name, in_channels=6, num_classes=8).state_dict()
         delta = {k: 0.01 * torch.randn_like(v) for k, v in state.items() if v.is_floating_point()}
@@ -49,8 +51,10 @@ def main() -> None:
         base_size, base_time = _time_round_trip(delta, SETTINGS["fp32"])
         for label, cfg in SETTINGS.items():
             size, seconds = _time_round_trip(delta, cfg)
-            print(f"{name:<18}{label:<14}{params:>8}{size:>10}{base_size / size:>8.2f}x"
-                  f"{seconds / base_time:>13.1f}x")
+            print(
+                f"{name:<18}{label:<14}{params:>8}{size:>10}{base_size / size:>8.2f}x"
+                f"{seconds / base_time:>13.1f}x"
+            )
 
 
 if __name__ == "__main__":

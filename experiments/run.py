@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,15 @@ from strategies.checkpointing import Checkpointing, restore_state
 from strategies.tracking import ServerEvaluate, Tracking
 
 log = logging.getLogger("fedhar")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``configs/config.yaml`` with Hydra overrides, outside ``@hydra.main``."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides or []))
 
 
 class ConfigError(ValueError):
@@ -80,6 +90,22 @@ def build_strategy(cfg: DictConfig, num_clients: int) -> Strategy:
                 f"client users; lower {name} or use more users"
             )
     return strategy
+
+
+def wait_for_fleet(grid: Grid, num_nodes: int, timeout_s: float) -> None:
+    """Block until every simulated node has registered, so round 1 samples the whole fleet.
+
+    Flower samples from the nodes registered so far; without this wait, round 1 would depend
+    on how fast the runtime starts its nodes.
+    """
+    deadline = time.monotonic() + timeout_s
+    while len(list(grid.get_node_ids())) < num_nodes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {len(list(grid.get_node_ids()))} of {num_nodes} nodes registered within "
+                f"{timeout_s:.0f} s; raise runtime.round_timeout_s or check the Ray resources"
+            )
+        time.sleep(0.05)
 
 
 def server_evaluator(cfg: DictConfig, federation: Federation) -> ServerEvaluate:
@@ -161,6 +187,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
+            wait_for_fleet(grid, num_clients, cfg.runtime.round_timeout_s)
             wrapped.start(
                 grid=grid,
                 initial_arrays=initial_arrays,
@@ -198,7 +225,7 @@ def _backend_config(cfg: DictConfig) -> dict[str, Any]:
     return {"client_resources": resources, "init_args": init_args}
 
 
-@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Console entry point (``fedhar``)."""
     torch.set_num_threads(1)
@@ -206,3 +233,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     summary = run_experiment(cfg, run_dir)
     print_summary(summary, run_dir)
     return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -27,10 +27,21 @@ ServerEvaluate = Callable[[int, ArrayRecord], dict[str, float]]
 MAX_REASON_CHARS = 300  # keep a failing client's traceback summary readable in metrics
 
 
+def summarize_error(reason: str) -> str:
+    """The gist of a client's error: the last line of its traceback, without Ray's wrapping."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    gist = lines[-1] if lines else "unknown error"
+    return gist.split("Message: ", 1)[-1][:MAX_REASON_CHARS]
+
+
 def _as_floats(record: MetricRecord | None) -> dict[str, float]:
     if record is None:
         return {}
     return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+
+
+def _user_of(message: Message) -> str:
+    return identity_from_record(message.content[CLIENT_KEY]).user
 
 
 def _user_score(message: Message) -> UserScore:
@@ -97,13 +108,14 @@ class Tracking(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         failures = tuple(
-            ClientFailure(m.metadata.src_node_id, m.error.reason[:MAX_REASON_CHARS])
+            ClientFailure(m.metadata.src_node_id, summarize_error(m.error.reason))
             for m in replies
             if m.has_error()
         )
         answered = [m for m in replies if not m.has_error()]
         declines = tuple(r for m in answered if (r := decline_reason(m.content)) is not None)
-        updates = [m for m in answered if decline_reason(m.content) is None]
+        # Sorted by user: floating-point sums then do not depend on the order replies arrived in.
+        updates = sorted((m for m in answered if decline_reason(m.content) is None), key=_user_of)
         errors = [m for m in replies if m.has_error()]
         self._round.failures, self._round.declines = failures, declines
         self._round.succeeded = len(updates)
@@ -123,7 +135,7 @@ class Tracking(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        replies = list(replies)
+        replies = sorted(replies, key=lambda m: "" if m.has_error() else _user_of(m))
         answered = [m for m in replies if not m.has_error()]
         scores = tuple(sorted((_user_score(m) for m in answered), key=lambda s: s.user))
         metrics = self.strategy.aggregate_evaluate(server_round, replies)

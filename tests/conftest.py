@@ -14,7 +14,7 @@ _DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sp-sw
 
 
 def sp_sw_har_root() -> Path:
-    """The sp-sw-har folder: FEDHAR_DATA_DIR/sp-sw-har, FEDHAR_DATA_DIR itself, or ../shared/data."""
+    """sp-sw-har: FEDHAR_DATA_DIR/sp-sw-har, FEDHAR_DATA_DIR itself, or ../shared/data."""
     env = os.environ.get("FEDHAR_DATA_DIR")
     if env:
         base = Path(env)

@@ -74,8 +74,9 @@ def test_round_trip_error_within_one_step(bits: int) -> None:
         amax = x.abs().amax(dim=tuple(range(1, x.dim()))) if x.dim() > 1 else x.abs().max()
         expected_scale = amax / (2 ** (bits - 1) - 1)
         scale = scale_of(enc, name, tuple(x.shape))
-        assert torch.allclose(scale.amax(dim=tuple(range(1, x.dim())) if x.dim() > 1 else 0),
-                              expected_scale)
+        assert torch.allclose(
+            scale.amax(dim=tuple(range(1, x.dim())) if x.dim() > 1 else 0), expected_scale
+        )
         assert torch.all((out[name] - x).abs() <= scale * (1 + 1e-5))
 
 
@@ -103,8 +104,9 @@ def test_fp32_is_exact_and_int8_is_about_four_times_smaller() -> None:
 
 def test_topk_keeps_largest_magnitudes() -> None:
     x = torch.randn(10, 20, generator=torch.Generator().manual_seed(3))
-    enc, _ = encode_update({"w": x}, CodecConfig(bits=32, topk_fraction=0.1),
-                           np.random.default_rng(0))
+    enc, _ = encode_update(
+        {"w": x}, CodecConfig(bits=32, topk_fraction=0.1), np.random.default_rng(0)
+    )
     kept = enc.tensors[0].indices
     assert kept is not None and kept.dtype == np.uint16 and kept.size == 20
     assert set(kept.tolist()) == set(torch.topk(x.abs().flatten(), 20).indices.tolist())
@@ -193,8 +195,9 @@ def _rewrite_meta(blob: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
 
 def test_malformed_payloads_raise_payload_error() -> None:
     delta = make_delta()
-    blob = to_bytes(encode_update(delta, CodecConfig(bits=8, topk_fraction=0.5),
-                                  np.random.default_rng(0))[0])
+    blob = to_bytes(
+        encode_update(delta, CodecConfig(bits=8, topk_fraction=0.5), np.random.default_rng(0))[0]
+    )
     nan_scale = bytearray(blob)
     _, _, n = struct.unpack_from("<4sHI", blob)
     nan_scale[10 + n : 14 + n] = struct.pack("<f", float("nan"))
@@ -229,8 +232,13 @@ def test_malformed_payloads_raise_payload_error() -> None:
 @given(st.data())
 def test_random_corruption_only_raises_payload_error(data: st.DataObject) -> None:
     delta = make_delta()
-    blob = bytearray(to_bytes(encode_update(delta, CodecConfig(bits=4, topk_fraction=0.3),
-                                            np.random.default_rng(0))[0]))
+    blob = bytearray(
+        to_bytes(
+            encode_update(delta, CodecConfig(bits=4, topk_fraction=0.3), np.random.default_rng(0))[
+                0
+            ]
+        )
+    )
     for _ in range(data.draw(st.integers(1, 4))):
         pos = data.draw(st.integers(0, len(blob) - 1))
         blob[pos] = data.draw(st.integers(0, 255))

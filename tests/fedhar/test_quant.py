@@ -57,8 +57,11 @@ def toy_problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def test_fake_quant_matches_integer_reference(layer, bits: int) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     float_layer = layer()
-    x = torch.randn(64, float_layer.in_features) if isinstance(float_layer, nn.Linear) else (
-        torch.randn(4, float_layer.in_channels, 32))
+    x = (
+        torch.randn(64, float_layer.in_features)
+        if isinstance(float_layer, nn.Linear)
+        else (torch.randn(4, float_layer.in_channels, 32))
+    )
     q = prepare_qat(nn.Sequential(float_layer), QuantConfig(bits, bits))[0]
     calibrate(q, [x])
     q.eval()

@@ -16,7 +16,7 @@ from fedhar.wire import (
     eval_reply,
     train_reply,
 )
-from strategies.tracking import Tracking
+from strategies.tracking import Tracking, summarize_error
 
 
 class Collect:
@@ -83,3 +83,12 @@ def test_per_user_scores_and_server_evaluation_reach_the_record(reply) -> None:
     assert record.per_user_summary.median_f1 == 0.6
     assert metrics is not None
     assert abs(metrics["eval-macro-f1"] - (0.8 * 10 + 0.4 * 30 + 0.6 * 20) / 60) < 1e-9
+
+
+def test_error_summary_keeps_the_last_line_of_a_wrapped_traceback() -> None:
+    reason = (
+        "ray::ClientAppActor.run() (pid=1)\n  File x.py, line 3\n"
+        "Exception ClientAppException occurred. Message: simulated crash of node 0 (u00)\n"
+    )
+    assert summarize_error(reason) == "simulated crash of node 0 (u00)"
+    assert summarize_error("") == "unknown error"
