@@ -1,21 +1,20 @@
-"""Compressed model-update codec and its safe wire format.
+"""Compressed model-update codec: per-channel quantization with log-coded scales.
 
-Uplink: the client's delta (local - global) is quantized per output channel (symmetric scale
-max|x_c| / (2^(b-1) - 1)) with unbiased stochastic rounding to 8, 4 or 2 bits and bit-packed, so
-4-bit and 2-bit codes take 4 and 2 bits each; optional top-k sparsification and an error-feedback
+Uplink: the client's delta (local - global) is quantized per output channel with unbiased
+stochastic rounding to 8, 4 or 2 bits; optional top-k sparsification and an error-feedback
 residual kept by the client. 32 bits is a raw float32 passthrough. Downlink: `encode_state`
 quantizes a state dict with deterministic rounding (MCU clients download int8 models).
 
-Wire format (`to_bytes`): magic b"FHQC", uint16 version, uint32 metadata length (little endian),
-UTF-8 JSON metadata, then per tensor its float32 scales, indices and values. No pickle; every
-length is derived from the metadata and checked, so truncation or garbage raises PayloadError.
+Scales cost about 2% of an int8 payload: one float32 base scale per payload, a 1-byte log-code
+per tensor (tensor scale = base * 2^(-code/8)) and a 4-bit log-code per output channel (channel
+scale = tensor scale * 2^(-code/2)). Codes are rounded towards larger scales, so no value ever
+clips and stochastic rounding stays unbiased; the price is a grid at most 1.09 * 1.41 times
+coarser than an exact float32 scale would give. `fedhar.payload` holds the wire format.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,8 +24,9 @@ from torch import Tensor
 
 SUPPORTED_BITS = (2, 4, 8, 32)
 KINDS = ("update", "state")
-MAGIC, VERSION = b"FHQC", 1
-_HEADER = struct.Struct("<4sHI")  # magic, version, metadata length
+TENSOR_STEPS, TENSOR_CODES = 8, 256  # 1/8-octave tensor scale steps over 32 octaves
+CHANNEL_STEPS, CHANNEL_CODES = 2, 16  # half-octave channel steps in 4 bits (7.5 octaves)
+Schema = Mapping[str, Sequence[int]]  # tensor name -> shape
 
 
 class PayloadError(ValueError):
@@ -48,120 +48,166 @@ class CodecConfig:
     error_feedback : keep what compression dropped and add it to the next round's delta.
     """
 
-    bits: int = 8  # 4x fewer bytes than float32 at negligible error for FedAvg
+    bits: int = 8  # about 4x fewer bytes than float32 at negligible error for FedAvg
     topk_fraction: float = 1.0
     error_feedback: bool = False
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits)
+        check_bits(self.bits)
         if not 0.0 < self.topk_fraction <= 1.0:
             raise ValueError(f"topk_fraction={self.topk_fraction} must be in (0, 1]")
 
 
 @dataclass(frozen=True)
 class EncodedTensor:
-    """One compressed tensor: packed codes (or float32 values), scales, optional indices."""
+    """One compressed tensor: scale codes, codes (or float32 values), optional indices."""
 
     name: str
     shape: tuple[int, ...]
-    bits: int
-    scales: np.ndarray  # float32 (num_scales(shape),), empty for 32 bits
-    values: np.ndarray  # uint8 packed codes, or float32 values for 32 bits
+    scale_code: int  # tensor scale = base * 2^(-scale_code/8); 0 at 32 bits
+    channel_codes: np.ndarray  # uint8 (shape[0],) for matrices and kernels, else empty
+    values: np.ndarray  # uint8 codes (one per kept entry), or float32 values at 32 bits
     indices: np.ndarray | None  # sorted flat positions (uint16/uint32); None means dense
 
 
 @dataclass(frozen=True)
 class EncodedUpdate:
-    """A compressed update ("update") or downlink model ("state")."""
+    """A compressed update ("update") or downlink model ("state"), tensors sorted by name."""
 
     kind: str
+    bits: int
+    base_scale: float  # float32-exact; 0.0 at 32 bits
     tensors: tuple[EncodedTensor, ...]
 
 
-def _check_bits(bits: int) -> None:
+def check_bits(bits: int) -> None:
+    """Raise ValueError for an unsupported bit width."""
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits={bits} is not supported; use one of {SUPPORTED_BITS}")
 
 
-def num_scales(shape: Sequence[int], bits: int) -> int:
-    """One scale per output channel (dim 0) for matrices and kernels, one for vectors."""
-    if bits == 32:
-        return 0
-    return shape[0] if len(shape) >= 2 else 1
+def num_channels(shape: Sequence[int], bits: int) -> int:
+    """Channel codes per tensor: one per output channel (dim 0) of matrices and kernels."""
+    return shape[0] if bits < 32 and len(shape) >= 2 else 0
 
 
-def _index_dtype(numel: int) -> np.dtype:
+def index_dtype(numel: int) -> np.dtype:
     return np.dtype("<u2") if numel <= 2**16 else np.dtype("<u4")
 
 
-def _channels(positions: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Output channel of each flat position."""
+def _channel_of(positions: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Output channel of each flat position (0 for vectors)."""
     if len(shape) < 2:
         return np.zeros(positions.shape, dtype=np.int64)
     return positions // max(1, math.prod(shape[1:]))
 
 
-def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack unsigned codes below 2^bits into bytes, first code in the low bits."""
-    if bits == 8:
-        return codes.astype(np.uint8)
-    per = 8 // bits
-    padded = np.zeros(-(-codes.size // per) * per, dtype=np.uint8)
-    padded[: codes.size] = codes
-    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
-    return np.bitwise_or.reduce(padded.reshape(-1, per) << shifts, axis=1).astype(np.uint8)
+def _levels(top: float, codes: np.ndarray, steps: int) -> np.ndarray:
+    return top * np.exp2(-codes.astype(np.float64) / steps)
 
 
-def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    if bits == 8:
-        return packed[:count]
-    shifts = (np.arange(8 // bits, dtype=np.uint8) * bits).astype(np.uint8)
-    return ((packed[:, None] >> shifts) & (2**bits - 1)).reshape(-1)[:count]
-
-
-def _encode_tensor(
-    name: str, x: np.ndarray, bits: int, fraction: float, rng: np.random.Generator | None
-) -> EncodedTensor:
-    """Quantize one tensor (float64 array); rng=None rounds to nearest, else stochastically."""
-    flat = x.reshape(-1)
-    indices = None
-    if fraction < 1.0 and flat.size > 0:
-        k = max(1, math.ceil(fraction * flat.size))
-        top = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :])
-        indices = top.astype(_index_dtype(flat.size))
-        flat = flat[top]
-    positions = np.arange(flat.size) if indices is None else indices.astype(np.int64)
-    if bits == 32:
-        return EncodedTensor(
-            name, x.shape, bits, np.zeros(0, np.float32), flat.astype("<f4"), indices
+def _codes_covering(top: float, need: np.ndarray, steps: int, count: int) -> np.ndarray:
+    """Largest codes whose level top * 2^(-code/steps) is still >= need (so nothing clips)."""
+    ratio = need / top if top > 0 else np.zeros_like(need)
+    with np.errstate(divide="ignore"):
+        codes = np.clip(
+            np.nan_to_num(np.floor(-np.log2(ratio) * steps), posinf=count), 0, count - 1
         )
+    while np.any(low := (_levels(top, codes, steps) < need) & (codes > 0)):  # float error
+        codes[low] -= 1
+    return codes.astype(np.uint8)
+
+
+def channel_scales(encoded: EncodedUpdate, t: EncodedTensor) -> np.ndarray:
+    """Decoded scale per channel of `t` (one entry for vectors).  # float64 (C,)"""
+    tensor = _levels(encoded.base_scale, np.array([t.scale_code]), TENSOR_STEPS)[0]
+    codes = t.channel_codes if t.channel_codes.size else np.zeros(1, np.uint8)
+    return _levels(tensor, codes, CHANNEL_STEPS)
+
+
+def _sparsify(flat: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """The kept entries and their sorted flat positions (None when all are kept)."""
+    if fraction >= 1.0:
+        return flat, None
+    k = math.ceil(fraction * flat.size)
+    top = np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :] if k else np.zeros(0)
+    indices = np.sort(top).astype(index_dtype(flat.size))
+    return flat[indices.astype(np.int64)], indices
+
+
+def _quantize(
+    values: np.ndarray,  # (K,) kept float64 entries
+    channel: np.ndarray,  # (K,) output channel of each entry
+    need: np.ndarray,  # (C,) smallest scale per channel that does not clip
+    base: float,
+    bits: int,
+    rng: np.random.Generator | None,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Tensor scale code, channel scale codes and value codes of one tensor."""
     qmax = 2 ** (bits - 1) - 1
-    channel = _channels(positions, x.shape)
-    amax = np.zeros(num_scales(x.shape, bits))
-    np.maximum.at(amax, channel, np.abs(flat))
-    scales = (amax / qmax).astype(np.float32)
-    s = scales[channel].astype(np.float64)
-    v = np.divide(flat, s, out=np.zeros_like(flat), where=s > 0)
+    code = int(_codes_covering(base, need.max(keepdims=True), TENSOR_STEPS, TENSOR_CODES)[0])
+    scale = float(_levels(base, np.array([code]), TENSOR_STEPS)[0])
+    channel_codes = _codes_covering(scale, need, CHANNEL_STEPS, CHANNEL_CODES)
+    s = _levels(scale, channel_codes, CHANNEL_STEPS)[channel]
+    v = np.divide(values, s, out=np.zeros_like(values), where=s > 0)  # within [-qmax, qmax]
     if rng is None:
         q = np.rint(v)
     else:
         low = np.floor(v)
         q = low + (rng.random(v.shape) < v - low)  # E[q] = v: unbiased
-    codes = (np.clip(q, -qmax, qmax) + qmax).astype(np.uint8)
-    return EncodedTensor(name, x.shape, bits, scales, _pack(codes, bits), indices)
+    return code, channel_codes, (np.clip(q, -qmax, qmax) + qmax).astype(np.uint8)
 
 
-def _decode_tensor(t: EncodedTensor) -> np.ndarray:
+def _encode(
+    kind: str,
+    arrays: Mapping[str, np.ndarray],
+    bits: int,
+    fraction: float,
+    rng: np.random.Generator | None,
+) -> EncodedUpdate:
+    """Quantize float64 arrays; rng=None rounds to nearest, else stochastically (unbiased)."""
+    names = sorted(arrays)
+    kept = {n: _sparsify(arrays[n].reshape(-1), fraction) for n in names}
+    if bits == 32:
+        raw = tuple(
+            EncodedTensor(n, arrays[n].shape, 0, np.zeros(0, np.uint8), v.astype("<f4"), idx)
+            for n, (v, idx) in kept.items()
+        )
+        return EncodedUpdate(kind, bits, 0.0, raw)
+    qmax = 2 ** (bits - 1) - 1
+    need: dict[str, np.ndarray] = {}
+    channel: dict[str, np.ndarray] = {}
+    for n, (values, idx) in kept.items():
+        shape = arrays[n].shape
+        positions = np.arange(values.size) if idx is None else idx.astype(np.int64)
+        channel[n] = _channel_of(positions, shape)
+        amax = np.zeros(max(1, num_channels(shape, bits)))
+        np.maximum.at(amax, channel[n], np.abs(values))
+        need[n] = amax / qmax
+    top = max((float(a.max()) for a in need.values()), default=0.0)
+    base = np.float32(top)
+    if float(base) < top:  # float32 rounding must not shrink the largest scale
+        base = np.nextafter(base, np.float32(np.inf))
+    tensors = []
+    for n, (values, idx) in kept.items():
+        code, channel_codes, codes = _quantize(values, channel[n], need[n], float(base), bits, rng)
+        if not num_channels(arrays[n].shape, bits):
+            channel_codes = np.zeros(0, np.uint8)  # vectors: the tensor scale alone
+        tensors.append(EncodedTensor(n, arrays[n].shape, code, channel_codes, codes, idx))
+    return EncodedUpdate(kind, bits, float(base), tuple(tensors))
+
+
+def _decode_tensor(encoded: EncodedUpdate, t: EncodedTensor) -> np.ndarray:
     """Dense float32 array of a validated tensor."""
     numel = math.prod(t.shape)
-    count = numel if t.indices is None else t.indices.size
-    if t.bits == 32:
+    if encoded.bits == 32:
         kept = t.values.astype(np.float32)
     else:
-        qmax = 2 ** (t.bits - 1) - 1
+        qmax = 2 ** (encoded.bits - 1) - 1
+        count = t.values.size
         positions = np.arange(count) if t.indices is None else t.indices.astype(np.int64)
-        q = _unpack(t.values, t.bits, count).astype(np.float32) - qmax
-        kept = q * t.scales[_channels(positions, t.shape)]
+        scales = channel_scales(encoded, t)[_channel_of(positions, t.shape)]
+        kept = ((t.values.astype(np.float64) - qmax) * scales).astype(np.float32)
     if t.indices is None:
         return kept.reshape(t.shape)
     out = np.zeros(numel, dtype=np.float32)
@@ -195,205 +241,91 @@ def encode_update(
             raise ValueError("residual names differ from the delta's; reset it to None")
         for name, r in residual.items():
             arrays[name] = arrays[name] + r.detach().cpu().double().numpy()
-    tensors = tuple(
-        _encode_tensor(n, a, cfg.bits, cfg.topk_fraction, rng) for n, a in arrays.items()
-    )
-    encoded = EncodedUpdate("update", tensors)
+    encoded = _encode("update", arrays, cfg.bits, cfg.topk_fraction, rng)
     if not cfg.error_feedback:
         return encoded, None
     new_residual = {
-        t.name: torch.from_numpy((arrays[t.name] - _decode_tensor(t)).astype(np.float32))
-        for t in tensors
+        t.name: torch.from_numpy((arrays[t.name] - _decode_tensor(encoded, t)).astype(np.float32))
+        for t in encoded.tensors
     }
     return encoded, new_residual
 
 
 def encode_state(state: Mapping[str, Tensor], bits: int) -> EncodedUpdate:
-    """Compress a full state dict for the downlink with deterministic round-to-nearest."""
-    _check_bits(bits)
-    arrays = _as_arrays(state, "state")
-    return EncodedUpdate(
-        "state", tuple(_encode_tensor(n, a, bits, 1.0, None) for n, a in arrays.items())
-    )
+    """Compress a float state dict for the downlink with deterministic round-to-nearest."""
+    check_bits(bits)
+    return _encode("state", _as_arrays(state, "state"), bits, 1.0, None)
 
 
-def _validate(t: EncodedTensor) -> None:
-    """Raise PayloadError unless the tensor's parts are mutually consistent and finite."""
-    if not isinstance(t.name, str) or not t.name:
-        raise PayloadError("tensor name must be a non-empty string")
-    if not all(type(d) is int and d >= 0 for d in t.shape):
-        raise PayloadError(f"{t.name}: shape {t.shape} must be non-negative integers")
-    if t.bits not in SUPPORTED_BITS:
-        raise PayloadError(f"{t.name}: bit width {t.bits} not in {SUPPORTED_BITS}")
+def _validate_tensor(t: EncodedTensor, bits: int, sparse: bool) -> None:
     numel = math.prod(t.shape)
     count = numel
+    if (t.indices is not None) != sparse:
+        raise PayloadError(f"{t.name}: every tensor or none must carry indices")
     if t.indices is not None:
         idx = t.indices
-        if idx.dtype != _index_dtype(numel) or idx.ndim != 1:
-            raise PayloadError(f"{t.name}: indices must be 1-D {_index_dtype(numel)}")
+        if idx.dtype != index_dtype(numel) or idx.ndim != 1 or idx.size > numel:
+            raise PayloadError(f"{t.name}: indices must be 1-D {index_dtype(numel)}")
         if idx.size and (idx[-1] >= numel or np.any(np.diff(idx.astype(np.int64)) <= 0)):
             raise PayloadError(f"{t.name}: indices must be increasing and below {numel}")
         count = idx.size
-    want_scales = num_scales(t.shape, t.bits)
-    if t.scales.dtype != np.float32 or t.scales.shape != (want_scales,):
-        raise PayloadError(
-            f"{t.name}: expected {want_scales} float32 scales, got {t.scales.size} {t.scales.dtype}"
-        )
-    if not np.all(np.isfinite(t.scales)) or np.any(t.scales < 0):
-        raise PayloadError(f"{t.name}: scales must be finite and non-negative")
-    if t.bits == 32:
+    want = num_channels(t.shape, bits)
+    codes = t.channel_codes
+    if codes.dtype != np.uint8 or codes.shape != (want,) or np.any(codes >= CHANNEL_CODES):
+        raise PayloadError(f"{t.name}: expected {want} channel scale codes below {CHANNEL_CODES}")
+    if type(t.scale_code) is not int or not 0 <= t.scale_code < TENSOR_CODES:
+        raise PayloadError(f"{t.name}: tensor scale code {t.scale_code!r} outside 0..255")
+    if bits == 32:
         if t.values.dtype != np.float32 or t.values.shape != (count,):
             raise PayloadError(f"{t.name}: expected {count} float32 values")
         if not np.all(np.isfinite(t.values)):
             raise PayloadError(f"{t.name}: values must be finite")
         return
-    nbytes = -(-count * t.bits // 8)
-    if t.values.dtype != np.uint8 or t.values.shape != (nbytes,):
-        raise PayloadError(
-            f"{t.name}: expected {nbytes} packed bytes for {count} "
-            f"{t.bits}-bit codes, got {t.values.size}"
-        )
-    if np.any(_unpack(t.values, t.bits, count) > 2**t.bits - 2):
-        raise PayloadError(f"{t.name}: code outside the symmetric {t.bits}-bit range")
+    if t.values.dtype != np.uint8 or t.values.shape != (count,):
+        raise PayloadError(f"{t.name}: expected {count} {bits}-bit codes, got {t.values.size}")
+    if np.any(t.values > 2**bits - 2):
+        raise PayloadError(f"{t.name}: code outside the symmetric {bits}-bit range")
 
 
-def _decode(
-    encoded: EncodedUpdate, expected: Mapping[str, Sequence[int]], kind: str, bits: int | None
-) -> dict[str, Tensor]:
+def check_encoded(encoded: EncodedUpdate, expected: Schema, kind: str, bits: int | None) -> None:
+    """Raise PayloadError unless `encoded` is a well-formed `kind` matching `expected`."""
     if not isinstance(encoded, EncodedUpdate) or encoded.kind != kind:
         raise PayloadError(f"expected an encoded {kind}, got {getattr(encoded, 'kind', encoded)!r}")
+    if encoded.bits not in SUPPORTED_BITS:
+        raise PayloadError(f"bit width {encoded.bits} not in {SUPPORTED_BITS}")
+    if bits is not None and encoded.bits != bits:
+        raise PayloadError(f"bit width {encoded.bits}, expected {bits}")
+    if not math.isfinite(encoded.base_scale) or encoded.base_scale < 0:
+        raise PayloadError("base scale must be finite and non-negative")
     names = [t.name for t in encoded.tensors]
-    if len(set(names)) != len(names):
-        raise PayloadError("duplicate tensor names")
     missing, extra = sorted(set(expected) - set(names)), sorted(set(names) - set(expected))
-    if missing or extra:
+    if missing or extra or len(set(names)) != len(names):
         raise PayloadError(f"tensor names differ: missing {missing}, unexpected {extra}")
-    out = {}
+    sparse = bool(encoded.tensors) and encoded.tensors[0].indices is not None
     for t in encoded.tensors:
-        _validate(t)
         if tuple(t.shape) != tuple(expected[t.name]):
             raise PayloadError(
                 f"{t.name}: shape {tuple(t.shape)}, expected {tuple(expected[t.name])}"
             )
-        if bits is not None and t.bits != bits:
-            raise PayloadError(f"{t.name}: bit width {t.bits}, expected {bits}")
-        out[t.name] = torch.from_numpy(_decode_tensor(t))
-    return out
+        _validate_tensor(t, encoded.bits, sparse)
+
+
+def _decode(
+    encoded: EncodedUpdate, expected: Schema, kind: str, bits: int | None
+) -> dict[str, Tensor]:
+    check_encoded(encoded, expected, kind, bits)
+    return {t.name: torch.from_numpy(_decode_tensor(encoded, t)) for t in encoded.tensors}
 
 
 def decode_update(
-    encoded: EncodedUpdate, expected: Mapping[str, Sequence[int]], bits: int | None = None
+    encoded: EncodedUpdate, expected: Schema, bits: int | None = None
 ) -> dict[str, Tensor]:
     """Dense float32 delta; PayloadError on any mismatch with `expected` names and shapes."""
     return _decode(encoded, expected, "update", bits)
 
 
 def decode_state(
-    encoded: EncodedUpdate, expected: Mapping[str, Sequence[int]], bits: int | None = None
+    encoded: EncodedUpdate, expected: Schema, bits: int | None = None
 ) -> dict[str, Tensor]:
     """Dense float32 state dict from `encode_state`; PayloadError on any mismatch."""
     return _decode(encoded, expected, "state", bits)
-
-
-def _metadata(encoded: EncodedUpdate) -> bytes:
-    tensors = [
-        {
-            "name": t.name,
-            "shape": list(t.shape),
-            "bits": t.bits,
-            "count": None if t.indices is None else int(t.indices.size),
-        }
-        for t in encoded.tensors
-    ]
-    meta = {"kind": encoded.kind, "tensors": tensors}
-    return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
-
-
-def to_bytes(encoded: EncodedUpdate) -> bytes:
-    """Serialize: header, JSON metadata, then scales, indices and values of each tensor."""
-    for t in encoded.tensors:
-        _validate(t)
-    meta = _metadata(encoded)
-    parts = [_HEADER.pack(MAGIC, VERSION, len(meta)), meta]
-    for t in encoded.tensors:
-        parts += [
-            t.scales.astype("<f4").tobytes(),
-            b"" if t.indices is None else t.indices.tobytes(),
-            t.values.tobytes(),
-        ]
-    return b"".join(parts)
-
-
-def payload_bytes(encoded: EncodedUpdate) -> int:
-    """Exact length of `to_bytes(encoded)` without building it."""
-    body = sum(
-        t.scales.nbytes + t.values.nbytes + (0 if t.indices is None else t.indices.nbytes)
-        for t in encoded.tensors
-    )
-    return _HEADER.size + len(_metadata(encoded)) + body
-
-
-def _take(data: bytes, offset: int, n: int, dtype: str, what: str) -> tuple[np.ndarray, int]:
-    size = n * np.dtype(dtype).itemsize
-    if offset + size > len(data):
-        raise PayloadError(f"truncated payload while reading {what}")
-    return np.frombuffer(data, dtype=dtype, count=n, offset=offset).copy(), offset + size
-
-
-def _parse_entry(entry: object) -> tuple[str, tuple[int, ...], int, int | None]:
-    if not isinstance(entry, dict) or set(entry) != {"name", "shape", "bits", "count"}:
-        raise PayloadError("tensor metadata must have exactly name, shape, bits, count")
-    name, shape, bits, count = entry["name"], entry["shape"], entry["bits"], entry["count"]
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise PayloadError(f"shape {shape!r} must be a list of non-negative integers")
-    if bits not in SUPPORTED_BITS or type(bits) is not int:
-        raise PayloadError(f"bit width {bits!r} not in {SUPPORTED_BITS}")
-    if count is not None and (type(count) is not int or not 0 <= count <= math.prod(shape)):
-        raise PayloadError(f"kept count {count!r} must be an integer within the tensor size")
-    if not isinstance(name, str):
-        raise PayloadError("tensor name must be a string")
-    return name, tuple(shape), bits, count
-
-
-def from_bytes(data: bytes) -> EncodedUpdate:
-    """Parse and validate `to_bytes` output; PayloadError on truncation, garbage or bad fields."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise PayloadError(f"payload must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < _HEADER.size:
-        raise PayloadError("truncated payload: shorter than the header")
-    magic, version, meta_len = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise PayloadError(f"bad magic {magic!r}; not a fedhar codec payload")
-    if version != VERSION:
-        raise PayloadError(f"unsupported payload version {version}; this reader knows {VERSION}")
-    offset = _HEADER.size + meta_len
-    if offset > len(data):
-        raise PayloadError("truncated payload: metadata cut short")
-    try:
-        meta = json.loads(data[_HEADER.size : offset].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PayloadError(f"metadata is not valid JSON: {err}") from None
-    if not isinstance(meta, dict) or set(meta) != {"kind", "tensors"}:
-        raise PayloadError("metadata must have exactly kind and tensors")
-    if meta["kind"] not in KINDS or not isinstance(meta["tensors"], list):
-        raise PayloadError(f"kind must be one of {KINDS} with a tensor list")
-    tensors = []
-    for entry in meta["tensors"]:
-        name, shape, bits, count = _parse_entry(entry)
-        numel = math.prod(shape)
-        scales, offset = _take(data, offset, num_scales(shape, bits), "<f4", f"{name} scales")
-        indices = None
-        if count is not None:
-            indices, offset = _take(data, offset, count, _index_dtype(numel).str, f"{name} indices")
-        kept = numel if count is None else count
-        if bits == 32:
-            values, offset = _take(data, offset, kept, "<f4", f"{name} values")
-        else:
-            values, offset = _take(data, offset, -(-kept * bits // 8), "u1", f"{name} values")
-        tensor = EncodedTensor(name, shape, bits, scales.astype(np.float32), values, indices)
-        _validate(tensor)
-        tensors.append(tensor)
-    if offset != len(data):
-        raise PayloadError(f"{len(data) - offset} trailing bytes after the last tensor")
-    return EncodedUpdate(meta["kind"], tuple(tensors))
