@@ -1,0 +1,408 @@
+"""Encrypted transport wrapper: sealed round trips and one test per rejection, without a Grid.
+
+Replies are sealed by the real client mod (``clients.encryption``) from the wrapper's own
+train messages, so both halves of the wire are exercised together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_reply
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.encryption import encryption_mod, record_to_bytes
+from fedhar.crypto import (
+    SIGNATURE_BYTES,
+    EnvelopeContext,
+    read_header,
+    seal,
+)
+from fedhar.keys import DeviceIdentity
+from fedhar.wire import ClientIdentity, NodeInfo, TrainReport, train_reply
+from strategies.encryption import EncryptedTransport
+from strategies.fleet import FleetDirectory, RunInfo
+
+SEED = 3
+NODES = {11: 0, 12: 1, 13: 2}  # Flower node id -> partition id
+VALUES = {11: 1.0, 12: 2.0, 13: 4.0}
+EXAMPLES = {11: 10, 12: 30, 13: 20}
+
+
+@pytest.fixture(autouse=True)
+def server_task() -> Iterator[None]:
+    """Messages need the identity of the task creating them, as a ServerApp has."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+class FakeGrid:
+    """Just enough Grid for FedAvg to sample every node."""
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(NODES)
+
+
+class Recorder(FedAvg):
+    """FedAvg that remembers the replies it was given (declines are left to Tracking)."""
+
+    def __init__(self) -> None:
+        super().__init__(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1)
+        self.seen: list[Message] = []
+
+    def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+        self.seen = list(replies)
+        updates = [m for m in self.seen if m.has_error() or "decline" not in m.content]
+        return super().aggregate_train(server_round, updates)
+
+
+def make_run(tmp_path: Path, directory: dict[int, NodeInfo] | None = None) -> RunInfo:
+    if directory is None:
+        directory = {
+            node: NodeInfo(
+                node, part, f"u{part}", "watch", 1.0, device(part).signing_public_bytes()
+            )
+            for node, part in NODES.items()
+        }
+    return RunInfo("run-x", SEED, tmp_path, FleetDirectory(dict(directory)))
+
+
+def device(partition: int) -> DeviceIdentity:
+    return DeviceIdentity.from_seed(SEED, partition)
+
+
+def make_wrapper(tmp_path: Path, **kwargs: object) -> EncryptedTransport:
+    run = kwargs.pop("run", None) or make_run(tmp_path)
+    return EncryptedTransport(Recorder(), run, **kwargs)  # type: ignore[arg-type]
+
+
+def state_of(node: int) -> dict[str, torch.Tensor]:
+    return {
+        "w": torch.full((3,), VALUES[node]) + torch.arange(3) / 7,
+        "bn.num_batches_tracked": torch.tensor(node * 1000 + 7, dtype=torch.int64),
+    }
+
+
+def handler_for(node: int, seen: list[Message] | None = None):  # type: ignore[no-untyped-def]
+    def train(msg: Message, context: Context) -> Message:
+        if seen is not None:
+            seen.append(msg)
+        report = TrainReport(EXAMPLES[node], 0.5, 3, 0.01)
+        content = train_reply(state_of(node), report, ClientIdentity(f"u{node}", "watch"), ["w"])
+        return Message(content, reply_to=msg)
+
+    return train
+
+
+def train_messages(
+    wrapper: EncryptedTransport, server_round: int = 1, arrays: ArrayRecord | None = None
+) -> dict[int, Message]:
+    arrays = arrays or ArrayRecord({"w": torch.zeros(3)})
+    messages = wrapper.configure_train(server_round, arrays, ConfigRecord({"lr": 0.1}), FakeGrid())
+    return {m.metadata.dst_node_id: m for m in messages}
+
+
+def client_context(node: int) -> Context:
+    return Context(1, node, {"partition-id": NODES[node]}, RecordDict(), {})
+
+
+def sealed_content(
+    wrapper: EncryptedTransport, node: int, server_round: int = 1, **mod_kwargs: object
+) -> RecordDict:
+    """What ``node``'s client mod sends back for its train message of ``server_round``."""
+    message = train_messages(wrapper, server_round)[node]
+    mod = encryption_mod(SEED, **mod_kwargs)  # type: ignore[arg-type]
+    return mod(message, client_context(node), handler_for(node)).content
+
+
+def clear_content(node: int) -> RecordDict:
+    report = TrainReport(EXAMPLES[node], 0.5, 3, 0.01)
+    return train_reply(state_of(node), report, ClientIdentity(f"u{node}", "watch"), ["w"])
+
+
+def with_envelope(content: RecordDict, envelope: bytes) -> RecordDict:
+    """``content`` with its envelope replaced (everything else as the client sent it)."""
+    records = dict(content.items())
+    records["sealed"] = ConfigRecord({**content["sealed"], "envelope": envelope})
+    return RecordDict(records)
+
+
+def aggregate(wrapper: EncryptedTransport, replies: list[Message], server_round: int = 1):  # type: ignore[no-untyped-def]
+    arrays, _ = wrapper.aggregate_train(server_round, replies)
+    assert arrays is not None
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def honest_replies(wrapper: EncryptedTransport, nodes=(11, 12), server_round: int = 1):  # type: ignore[no-untyped-def]
+    return [make_reply(sealed_content(wrapper, n, server_round), node_id=n) for n in nodes]
+
+
+def assert_rejected_without_effect(
+    tmp_path: Path, bad: Message, reason: str, wrapper: EncryptedTransport | None = None
+) -> None:
+    """Aggregating honest replies plus ``bad`` equals aggregating the honest ones alone."""
+    wrapper = wrapper or make_wrapper(tmp_path)
+    honest = honest_replies(wrapper)
+    with_bad = aggregate(wrapper, [*honest, bad])
+    stats = wrapper.round_stats()
+    assert stats["rejected"] == 1 and stats[f"rejected/{reason}"] == 1, stats
+    assert stats["dropped/rejected"] == 1 and stats["accepted"] == 2
+    reference = make_wrapper(tmp_path)
+    alone = aggregate(reference, honest_replies(reference))
+    assert with_bad.keys() == alone.keys()
+    for key in alone:
+        np.testing.assert_array_equal(with_bad[key], alone[key])
+
+
+def test_sealed_round_trip_aggregates_bit_for_bit_like_plain_fedavg(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    sealed = aggregate(wrapper, honest_replies(wrapper, nodes=(11, 12, 13)))
+    plain_strategy = Recorder()
+    plain, _ = plain_strategy.aggregate_train(
+        1, [make_reply(clear_content(n), node_id=n) for n in (11, 12, 13)]
+    )
+    assert plain is not None
+    for key, array in plain.items():
+        np.testing.assert_array_equal(sealed[key], array.numpy())
+    stats = wrapper.round_stats()
+    assert stats["accepted"] == 3 and stats["rejected"] == 0
+    assert stats["transport/overhead-bytes"] > 0 and stats["transport/client-seal-seconds"] > 0
+
+
+def test_accepted_replies_are_restored_exactly(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    aggregate(wrapper, honest_replies(wrapper, nodes=(11,)))
+    (restored,) = wrapper.strategy.seen  # type: ignore[attr-defined]
+    assert record_to_bytes(restored.content) == record_to_bytes(clear_content(11))
+
+
+def test_compressed_payload_is_restored_for_the_inner_wrapper(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    message = train_messages(wrapper)[11]
+    compressed = RecordDict(
+        {
+            "compressed": ConfigRecord({"payload": b"FHQC\x01\x00" + bytes(range(40)), "bits": 8}),
+            "metrics": MetricRecord({"num-examples": 5}),
+            "client": ConfigRecord({"user": "u11", "device": "watch"}),
+        }
+    )
+    mod = encryption_mod(SEED)
+    reply = mod(message, client_context(11), lambda m, c: Message(compressed, reply_to=m))
+    assert reply.content["sealed"]["inner"] == "compressed"
+    assert "compressed" not in reply.content
+    opened = wrapper._open(1, make_reply(reply.content, node_id=11))
+    assert record_to_bytes(opened.content) == record_to_bytes(compressed)
+
+
+def test_keys_and_fingerprint_reach_every_train_message(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    for message in train_messages(wrapper).values():
+        config = message.content["config"]
+        assert config["server-public-key"] == wrapper.keys.public_bytes()
+        assert config["server-key-fingerprint"] == wrapper.keys.fingerprint()
+        assert config["run-id"] == "run-x" and config["lr"] == 0.1
+    assert make_wrapper(tmp_path).keys.fingerprint() == wrapper.keys.fingerprint()  # seeded
+    assert (
+        make_wrapper(tmp_path, seeded_keys=False).keys.fingerprint() != wrapper.keys.fingerprint()
+    )
+
+
+def test_replay_of_the_same_envelope_in_the_same_round(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    first = sealed_content(wrapper, 11)
+    replies = [make_reply(first, node_id=11), make_reply(first, node_id=11)]
+    aggregate(wrapper, [*replies, *honest_replies(wrapper, nodes=(12,))])
+    stats = wrapper.round_stats()
+    assert stats["rejected/replay"] == 1 and stats["accepted"] == 2
+
+
+def test_replay_of_an_earlier_round(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    old = sealed_content(wrapper, 13, server_round=1)
+    wrapper.configure_train(2, ArrayRecord({"w": torch.zeros(3)}), ConfigRecord(), FakeGrid())
+    honest = honest_replies(wrapper, server_round=2)
+    arrays, _ = wrapper.aggregate_train(2, [*honest, make_reply(old, node_id=13)])
+    assert wrapper.round_stats()["rejected/context-mismatch"] == 1
+    assert arrays is not None
+
+
+def test_replay_of_another_nodes_envelope(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    stolen = sealed_content(wrapper, 13)
+    assert_rejected_without_effect(
+        tmp_path, make_reply(stolen, node_id=12), "bad-signature", wrapper
+    )
+
+
+@pytest.mark.parametrize("where", ["magic", "round", "run-id", "ciphertext", "tag", "signature"])
+def test_a_flipped_bit_anywhere_is_rejected(tmp_path: Path, where: str) -> None:
+    wrapper = make_wrapper(tmp_path)
+    content = sealed_content(wrapper, 13)
+    blob = bytearray(content["sealed"]["envelope"])
+    size = read_header(bytes(blob)).size
+    tag_end, end = len(blob) - SIGNATURE_BYTES, len(blob)
+    offset = {"magic": 0, "round": 12, "run-id": size - 1, "ciphertext": size + 5,
+              "tag": tag_end - 1, "signature": end - 1}[where]  # fmt: skip
+    blob[offset] ^= 0x10
+    bad = make_reply(with_envelope(content, bytes(blob)), node_id=13)
+    reason = "malformed" if where == "magic" else "bad-signature"
+    assert_rejected_without_effect(tmp_path, bad, reason, wrapper)
+
+
+@pytest.mark.parametrize("keep", [0, 40, 200, -1])
+def test_truncation_is_rejected(tmp_path: Path, keep: int) -> None:
+    wrapper = make_wrapper(tmp_path)
+    content = sealed_content(wrapper, 13)
+    blob = content["sealed"]["envelope"][:keep]
+    bad = make_reply(with_envelope(content, blob), node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "truncated", wrapper)
+
+
+def test_wrong_signing_key_is_rejected(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    info = run.directory[13]
+    run.directory.nodes[13] = dataclasses.replace(
+        info, signing_key=device(9).signing_public_bytes()
+    )
+    wrapper = make_wrapper(tmp_path, run=run)
+    bad = make_reply(sealed_content(wrapper, 13), node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "bad-signature", wrapper)
+
+
+def test_unknown_node_is_rejected(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    wrapper = make_wrapper(tmp_path, run=run)
+    content = sealed_content(wrapper, 13)
+    del run.directory.nodes[13]  # never enrolled
+    assert_rejected_without_effect(
+        tmp_path, make_reply(content, node_id=13), "unknown-signer", wrapper
+    )
+
+
+def test_oversize_payload_is_rejected(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path, max_payload_bytes=4096)  # honest replies take ~1 KB
+    message = train_messages(wrapper)[13]
+    big = clear_content(13)
+    big["arrays"]["extra"] = Array(np.zeros(2000, dtype=np.float32))
+    sealed = encryption_mod(SEED)(
+        message, client_context(13), lambda m, c: Message(big, reply_to=m)
+    )
+    bad = make_reply(sealed.content, node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "oversize", wrapper)
+
+
+@pytest.mark.parametrize("key", [b"\x01" * 31, bytes(32), b"\xec" + b"\xff" * 30 + b"\x7f"])
+def test_malformed_device_public_key_is_rejected(tmp_path: Path, key: bytes) -> None:
+    run = make_run(tmp_path)
+    run.directory.nodes[13] = dataclasses.replace(run.directory[13], signing_key=key)
+    wrapper = make_wrapper(tmp_path, run=run)
+    bad = make_reply(sealed_content(wrapper, 13), node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "bad-signer-key", wrapper)
+
+
+def test_low_order_ephemeral_key_is_rejected(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    content = sealed_content(wrapper, 13)
+    blob = content["sealed"]["envelope"]
+    header = read_header(blob)
+    forged = dataclasses.replace(header, ephemeral_key=bytes(32)).pack()  # a low-order point
+    body = forged + blob[header.size : -SIGNATURE_BYTES]
+    envelope = body + device(NODES[13]).sign(body)  # the device itself signs it
+    bad = make_reply(with_envelope(content, envelope), node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "bad-ephemeral-key", wrapper)
+
+
+def test_algorithm_downgrade_is_rejected(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path, aead_allowed=["aes-256-gcm"])
+    bad = make_reply(sealed_content(wrapper, 13, aead="chacha20-poly1305"), node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "aead-not-allowed", wrapper)
+
+
+def test_format_version_downgrade_is_rejected(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    content = sealed_content(wrapper, 13)
+    old = EnvelopeContext("run-x", 1, 13, "train-reply", format_version=0)
+    envelope = seal(record_to_bytes(clear_content(13)), old, wrapper.keys.public_bytes(), device(2))
+    bad = make_reply(with_envelope(content, envelope), node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "format-version-too-old", wrapper)
+
+
+def test_envelope_version_downgrade_is_rejected(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    content = sealed_content(wrapper, 13)
+    blob = bytearray(content["sealed"]["envelope"])
+    blob[4] = 0  # wire version byte
+    bad = make_reply(with_envelope(content, bytes(blob)), node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "unsupported-version", wrapper)
+
+
+def test_unsealed_update_is_rejected(tmp_path: Path) -> None:
+    bad = make_reply(clear_content(13), node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "not-sealed")
+
+
+def test_forged_clear_weight_is_rejected(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    content = sealed_content(wrapper, 13)
+    records = dict(content.items())
+    records["metrics"] = MetricRecord({**content["metrics"], "num-examples": 10**6})
+    bad = make_reply(RecordDict(records), node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "clear-mismatch", wrapper)
+
+
+def test_signed_garbage_payload_is_rejected(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    content = sealed_content(wrapper, 13)
+    context = EnvelopeContext("run-x", 1, 13, "train-reply", format_version=1)
+    envelope = seal(b"\x0a\x05garbage", context, wrapper.keys.public_bytes(), device(2))
+    bad = make_reply(with_envelope(content, envelope), node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "bad-payload", wrapper)
+
+
+def test_declines_and_errors_pass_through(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    decline = RecordDict({"decline": ConfigRecord({"reason": "no SRAM"})})
+    replies = [*honest_replies(wrapper), make_reply(decline, node_id=13),
+               make_reply(error_reason="crash", node_id=14)]  # fmt: skip
+    wrapper.aggregate_train(1, replies)
+    assert len(wrapper.strategy.seen) == 4  # type: ignore[attr-defined]
+    assert wrapper.round_stats()["rejected"] == 0
+
+
+def test_downlink_model_is_sealed_and_opened_by_the_device(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path, downlink=True)
+    model = ArrayRecord({"w": torch.arange(3.0), "n": torch.tensor(5, dtype=torch.int64)})
+    message = train_messages(wrapper, 1, model)[12]
+    assert "arrays" not in message.content and "sealed-model" in message.content
+    seen: list[Message] = []
+    reply = encryption_mod(SEED, downlink=True)(message, client_context(12), handler_for(12, seen))
+    assert record_to_bytes(RecordDict({"arrays": seen[0].content["arrays"]})) == record_to_bytes(
+        RecordDict({"arrays": model})
+    )
+    wrapper.aggregate_train(1, [make_reply(reply.content, node_id=12)])
+    assert wrapper.round_stats()["accepted"] == 1
+
+
+def test_downlink_for_another_device_cannot_be_opened(tmp_path: Path) -> None:
+    from fedhar.crypto import EnvelopeRejected
+
+    wrapper = make_wrapper(tmp_path, downlink=True)
+    message = train_messages(wrapper)[12]
+    with pytest.raises(EnvelopeRejected, match=r"context-mismatch|bad-signature|decryption"):
+        encryption_mod(SEED, downlink=True)(message, client_context(11), handler_for(11))
+
+
+def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="chacha20-poly1305"):
+        make_wrapper(tmp_path, aead_allowed=["aes-128-ctr"])
+    with pytest.raises(ValueError, match="lower min_format_version"):
+        make_wrapper(tmp_path, min_format_version=2)
