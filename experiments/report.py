@@ -47,12 +47,12 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
     table = Table(title=f"fedhar run: {run_dir}")
     for column in (
         "round",
-        "train loss",
-        "held-out F1",
-        "user mean F1",
-        "worst-10% F1",
-        "failed",
-        "declined",
+        "loss",
+        "heldout F1",
+        "user F1",
+        "worst10 F1",
+        "fail",
+        "decl",
         "MB up",
         "wall s",
     ):

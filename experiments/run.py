@@ -7,6 +7,7 @@ and sweeps run with ``-m``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import hydra
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from flwr.simulation import run_simulation
@@ -27,12 +29,17 @@ from clients.app import ClientSettings, make_client_app
 from experiments.report import print_summary, summarize_run
 from experiments.sinks import RoundProgress, RunFiles, WandbTracking, truncate_outputs
 from fedhar.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from fedhar.devices import DeviceProfile, FleetSpec, assign_devices, load_catalogue
 from fedhar.federation import Federation, FederationSpec, load_federation
+from fedhar.keys import DeviceIdentity
 from fedhar.models import build_model
+from fedhar.ondevice import QuantSettings
 from fedhar.records import RoundSink
+from fedhar.sensors import SensorVariability
 from fedhar.train import evaluate, seed_everything
 from fedhar.wire import arrays_to_state, numpy_to_arrays, state_to_arrays
 from strategies.checkpointing import Checkpointing, restore_state
+from strategies.fleet import FleetDirectory, FleetSimulation, RunInfo
 from strategies.tracking import ServerEvaluate, Tracking
 
 log = logging.getLogger("fedhar")
@@ -64,19 +71,42 @@ def federation_spec(cfg: DictConfig) -> FederationSpec:
     )
 
 
-def client_settings(cfg: DictConfig) -> ClientSettings:
+def fleet_config(cfg: DictConfig) -> tuple[dict[str, DeviceProfile], FleetSpec | None]:
+    """The device catalogue and fleet spec, or ({}, None) for a run without devices."""
+    fleet = cfg.get("fleet") or {}
+    if not fleet.get("mix") and not fleet.get("device_map"):
+        return {}, None
+    catalogue = load_catalogue(_plain(fleet.devices))
+    return catalogue, FleetSpec.from_mapping(_plain(fleet))
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def client_settings(cfg: DictConfig, federation: Federation) -> ClientSettings:
+    catalogue, fleet = fleet_config(cfg)
+    devices: tuple[tuple[str, DeviceProfile], ...] = ()
+    if fleet is not None:
+        labels = {u: federation.client(i).device for i, u in enumerate(federation.clients)}
+        assigned = assign_devices(federation.clients, fleet, catalogue, cfg.seed, labels)
+        devices = tuple(sorted(assigned.items()))
     return ClientSettings(
-        federation=federation_spec(cfg),
+        federation=federation.spec,
         model=cfg.model.name,
-        width=cfg.model.width,
         seed=cfg.seed,
+        devices=devices,
+        variability=fleet.sensor_variability if fleet else SensorVariability.none(),
+        quant=QuantSettings(**_plain(cfg.quant)),
         crash_partitions=tuple(cfg.faults.crash_partitions),
     )
 
 
-def build_strategy(cfg: DictConfig, num_clients: int) -> Strategy:
+def build_strategy(cfg: DictConfig, num_clients: int, run: RunInfo) -> Strategy:
     """Instantiate the configured Flower strategy and check it can run on this fleet."""
-    strategy = instantiate(cfg.strategy.algorithm)
+    target = hydra.utils.get_class(cfg.strategy.algorithm._target_)
+    takes_run = "run" in inspect.signature(target.__init__).parameters
+    strategy = instantiate(cfg.strategy.algorithm, **({"run": run} if takes_run else {}))
     if not isinstance(strategy, Strategy):
         raise ConfigError(
             f"strategy.algorithm built {type(strategy).__name__}, not a Flower Message-API "
@@ -106,6 +136,36 @@ def wait_for_fleet(grid: Grid, num_nodes: int, timeout_s: float) -> None:
                 f"{timeout_s:.0f} s; raise runtime.round_timeout_s or check the Ray resources"
             )
         time.sleep(0.05)
+
+
+def wrap_strategy(cfg: DictConfig, strategy: Strategy, run: RunInfo) -> Strategy:
+    """Apply the configured wrappers, listed inner to outer, then the fleet simulation."""
+    for spec in (cfg.get("wrappers") or {}).values():
+        strategy = instantiate(spec.server, strategy=strategy, run=run)
+    catalogue, fleet = fleet_config(cfg)
+    expected_keys = {
+        partition: DeviceIdentity.from_seed(cfg.seed, partition).signing_public_bytes()
+        for partition in range(len(load_federation(federation_spec(cfg)).clients))
+    }
+    return FleetSimulation(
+        strategy,
+        run,
+        expected_keys,
+        catalogue,
+        deadline_s=fleet.deadline_s if fleet else None,
+        enroll_timeout_s=cfg.runtime.round_timeout_s,
+    )
+
+
+def client_mods(cfg: DictConfig) -> list[Mod]:
+    """Client mods, outermost first: the outermost server wrapper pairs with the first mod."""
+    wrapper_mods = [
+        instantiate(spec.client_mod)
+        for spec in (cfg.get("wrappers") or {}).values()
+        if spec.get("client_mod") is not None
+    ]
+    strategy_mods = [instantiate(mod) for mod in cfg.strategy.get("client_mods") or []]
+    return [*reversed(wrapper_mods), *strategy_mods]
 
 
 def server_evaluator(cfg: DictConfig, federation: Federation) -> ServerEvaluate:
@@ -164,10 +224,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     _quiet_logs(cfg.runtime.verbose)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    settings = client_settings(cfg)
-    federation = load_federation(settings.federation)
+    federation = load_federation(federation_spec(cfg))
+    settings = client_settings(cfg, federation)
     num_clients = len(federation.clients)
-    strategy = build_strategy(cfg, num_clients)
+    run = RunInfo(run_id=run_dir.name, seed=cfg.seed, run_dir=run_dir, directory=FleetDirectory())
+    strategy = build_strategy(cfg, num_clients, run)
     rounds_done, start = _start_state(cfg, run_dir, federation)
     if rounds_done:
         restore_state(strategy, start.strategy_state)
@@ -176,11 +237,17 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     else:
         initial_arrays = start
     sinks = _sinks(cfg, run_dir, rounds_done)
-    tracked = Tracking(strategy, server_evaluator(cfg, federation), sinks)
+    tracked = Tracking(wrap_strategy(cfg, strategy, run), server_evaluator(cfg, federation), sinks)
     wrapped = Checkpointing(tracked, run_dir, seed=cfg.seed, rounds_done=rounds_done)
     train_config = ConfigRecord(
-        {"epochs": cfg.train.epochs, "batch-size": cfg.train.batch_size, "lr": cfg.train.lr}
+        {
+            "epochs": cfg.train.epochs,
+            "batch-size": cfg.train.batch_size,
+            "lr": cfg.train.lr,
+            "width": float(cfg.model.width),
+        }
     )
+    evaluate_config = ConfigRecord({"width": float(cfg.model.width)})
     server_errors: list[BaseException] = []
     server_app = ServerApp()
 
@@ -194,6 +261,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 num_rounds=cfg.num_rounds - rounds_done,
                 timeout=cfg.runtime.round_timeout_s,
                 train_config=train_config,
+                evaluate_config=evaluate_config,
             )
         except BaseException as error:  # re-raised in the caller's thread below
             server_errors.append(error)
@@ -203,7 +271,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if rounds_done < cfg.num_rounds:
             run_simulation(
                 server_app=server_app,
-                client_app=make_client_app(lambda _: settings),
+                client_app=make_client_app(lambda _: settings, client_mods(cfg)),
                 num_supernodes=num_clients,
                 backend_name="ray",
                 backend_config=_backend_config(cfg),

@@ -18,6 +18,8 @@ ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 CLIENT_KEY = "client"  # ConfigRecord with the replying user's identity (strings)
+TRAINED_KEY = "trained"  # ConfigRecord {"names": [...]}: state keys the local update changed
+NODE_KEY = "node"  # ConfigRecord answering enrollment (NodeInfo)
 DECLINE_KEY = "decline"  # ConfigRecord sent instead of an update when a client cannot train
 
 T = TypeVar("T")
@@ -40,6 +42,15 @@ class TrainInstructions:
     batch_size: int
     lr: float
     proximal_mu: float = 0.0
+    width: float = 1.0  # width of the sub-model the arrays belong to
+
+
+@dataclass(frozen=True)
+class EvalInstructions:
+    """What the server asks of one client when it evaluates the global model."""
+
+    server_round: int
+    width: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,20 @@ class TrainReport:
     num_examples: int
     train_loss: float
     num_steps: int
-    compute_seconds: float
+    compute_seconds: float  # host wall time of the update
+    sim_compute_s: float = 0.0  # simulated on-device compute time (0 without a device model)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node's answer to enrollment: who it is, what it can train, how it signs."""
+
+    node_id: int
+    partition_id: int
+    user: str
+    device: str
+    max_width: float  # widest width its SRAM allows; 0.0 when nothing fits
+    signing_key: bytes  # raw Ed25519 public key of the device identity
 
 
 @dataclass(frozen=True)
@@ -99,6 +123,10 @@ def instructions_from_config(config: ConfigRecord) -> TrainInstructions:
     return _from_record(TrainInstructions, config)
 
 
+def eval_instructions_from_config(config: ConfigRecord) -> EvalInstructions:
+    return _from_record(EvalInstructions, config)
+
+
 def identity_from_record(record: ConfigRecord) -> ClientIdentity:
     return _from_record(ClientIdentity, record)
 
@@ -135,20 +163,47 @@ def arrays_nbytes(record: ArrayRecord) -> int:
 
 
 def content_nbytes(content: RecordDict) -> int:
-    """Bytes of array payload in every ArrayRecord of a message's content."""
-    return sum(arrays_nbytes(record) for record in content.array_records.values())
+    """Payload bytes of a message: every array, plus bytes values in config records
+    (where compressed or sealed updates travel)."""
+    arrays = sum(arrays_nbytes(record) for record in content.array_records.values())
+    blobs = sum(
+        len(value)
+        for record in content.config_records.values()
+        for value in record.values()
+        if isinstance(value, bytes)
+    )
+    return arrays + blobs
 
 
 def train_reply(
-    state: dict[str, torch.Tensor], report: TrainReport, identity: ClientIdentity
+    state: dict[str, torch.Tensor],
+    report: TrainReport,
+    identity: ClientIdentity,
+    trained: list[str],
 ) -> RecordDict:
+    """An update: the (sub-)model's state, metrics, identity and the keys training changed."""
     return RecordDict(
         {
             ARRAYS_KEY: state_to_arrays(state),
             METRICS_KEY: to_metric_record(report),
             CLIENT_KEY: to_config_record(identity),
+            TRAINED_KEY: ConfigRecord({"names": list(trained)}),
         }
     )
+
+
+def trained_names(content: RecordDict) -> list[str] | None:
+    """Keys the client's training changed, or None if the reply does not say."""
+    record = content.config_records.get(TRAINED_KEY)
+    return None if record is None else [str(name) for name in record["names"]]
+
+
+def node_info_record(info: NodeInfo) -> RecordDict:
+    return RecordDict({NODE_KEY: to_config_record(info)})
+
+
+def node_info_from_record(content: RecordDict) -> NodeInfo:
+    return _from_record(NodeInfo, content[NODE_KEY])
 
 
 def eval_reply(report: EvalReport, identity: ClientIdentity) -> RecordDict:

@@ -24,7 +24,8 @@ from fedhar.wire import (
 )
 
 ServerEvaluate = Callable[[int, ArrayRecord], dict[str, float]]
-MAX_REASON_CHARS = 300  # keep a failing client's traceback summary readable in metrics
+MAX_REASON_CHARS = 300
+DROPPED_PREFIX = "dropped/"  # keep a failing client's traceback summary readable in metrics
 
 
 def summarize_error(reason: str) -> str:
@@ -32,6 +33,22 @@ def summarize_error(reason: str) -> str:
     lines = [line.strip() for line in reason.splitlines() if line.strip()]
     gist = lines[-1] if lines else "unknown error"
     return gist.split("Message: ", 1)[-1][:MAX_REASON_CHARS]
+
+
+def collect_round_stats(strategy: Strategy) -> dict[str, float]:
+    """Merge ``round_stats()`` of every wrapper down the ``.strategy`` chain.
+
+    Keys starting with ``dropped/`` count replies a wrapper kept from aggregation (rejected,
+    late, malformed); they are subtracted from the round's successful updates.
+    """
+    stats: dict[str, float] = {}
+    current: object | None = strategy
+    while current is not None:
+        round_stats = getattr(current, "round_stats", None)
+        if callable(round_stats):
+            stats.update(round_stats())
+        current = getattr(current, "strategy", None)
+    return stats
 
 
 def _as_floats(record: MetricRecord | None) -> dict[str, float]:
@@ -145,11 +162,13 @@ class Tracking(Strategy):
             if self.server_evaluate is not None and progress.arrays is not None
             else {}
         )
+        extra = collect_round_stats(self.strategy)
+        dropped = sum(v for k, v in extra.items() if k.startswith(DROPPED_PREFIX))
         record = RoundRecord(
             server_round=server_round,
             wall_time_s=time.perf_counter() - progress.started,
             sampled=progress.sampled,
-            succeeded=progress.succeeded,
+            succeeded=progress.succeeded - int(dropped),
             failures=progress.failures,
             declines=progress.declines,
             bytes_down=progress.bytes_down,
@@ -159,6 +178,7 @@ class Tracking(Strategy):
             federated=_as_floats(metrics),
             per_user=scores,
             per_user_summary=summarize_users(list(scores)) if scores else None,
+            extra=extra,
         )
         for sink in self.sinks:
             sink.on_round(record)

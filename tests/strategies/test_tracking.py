@@ -33,7 +33,7 @@ class Collect:
 def _update(value: float, n: int, user: str):
     state = {"w": torch.full((3,), value)}
     report = TrainReport(num_examples=n, train_loss=1.0, num_steps=1, compute_seconds=0.1)
-    return train_reply(state, report, ClientIdentity(user, "phone"))
+    return train_reply(state, report, ClientIdentity(user, "phone"), list(state))
 
 
 def test_failures_and_declines_are_counted_and_kept_from_aggregation(reply) -> None:
