@@ -101,6 +101,10 @@ def restore_reply(clear: RecordDict, opened: RecordDict) -> RecordDict:
     return opened
 
 
+def _fresh_stats() -> defaultdict[str, float]:
+    return defaultdict(float, {"accepted": 0.0, "rejected": 0.0, "dropped/rejected": 0.0})
+
+
 class EncryptedTransport(Strategy):
     """Wraps ``strategy``; only verified, decrypted updates reach it.
 
@@ -146,7 +150,7 @@ class EncryptedTransport(Strategy):
         self.downlink = downlink
         self.keys = ServerKeyPair.from_seed(run.seed) if seeded_keys else ServerKeyPair.generate()
         self.guard = ReplayGuard()  # one per run: an envelope opens once
-        self._stats: defaultdict[str, float] = defaultdict(float)
+        self._stats = _fresh_stats()
         logger.info("run %s: server key fingerprint %s", run.run_id, self.keys.fingerprint())
 
     def summary(self) -> None:
