@@ -125,7 +125,8 @@ class MaskedFedAvg(FedAvg):
         super().summary()
 
     def round_stats(self) -> dict[str, float]:
-        """Rejected replies by reason, skipped nodes, and contributors per layer this round."""
+        """This round's rejected replies (by reason), nodes that sat out (no width fits), and
+        contributors per layer, under ``partial/``; rejections also count as ``dropped/``."""
         return {key: float(value) for key, value in sorted(self._stats.items())}
 
     def _max_width(self, node_id: int) -> float:
@@ -180,7 +181,7 @@ class MaskedFedAvg(FedAvg):
                 assignment = self.policy.assign(self._max_width(node_id), server_round, node_id)
             except ValueError as too_small:
                 log(INFO, "node %d sits out round %d: %s", node_id, server_round, too_small)
-                self._stats["skipped/too-small"] += 1
+                self._stats["partial/skipped"] += 1
                 continue
             spec = self._spec(assignment)
             expected = tuple(n for n in spec.names if n not in self._personal)
@@ -242,8 +243,9 @@ class MaskedFedAvg(FedAvg):
             if reason is not None:
                 node_id = reply.metadata.src_node_id
                 log(WARNING, "rejected reply from node %d: %s", node_id, reason)
-                self._stats["rejected"] += 1
-                self._stats[f"rejected/{reason.split(':', 1)[0]}"] += 1
+                self._stats["partial/rejected"] += 1
+                self._stats["dropped/partial-mismatch"] += 1  # Tracking: not a successful update
+                self._stats[f"partial/rejected/{reason.split(':', 1)[0]}"] += 1
                 continue
             accepted.append(reply)
             self._holds_personal.add(reply.metadata.src_node_id)
@@ -257,7 +259,7 @@ class MaskedFedAvg(FedAvg):
         for name, count in counts.items():
             layer = name.rpartition(".")[0] or name
             layers[layer] = max(layers.get(layer, 0), count)
-            self._stats[f"contributors/{layer}"] = layers[layer]
+            self._stats[f"partial/contributors/{layer}"] = layers[layer]
         log(INFO, "aggregate_train: contributors per layer %s", layers)
         self._global = new_state
         metrics = self.train_metrics_aggr_fn([m.content for m in accepted], self.weighted_by_key)

@@ -61,7 +61,7 @@ def test_full_width_masked_aggregation_equals_flower_fedavg_exactly(reply) -> No
         np.testing.assert_array_equal(
             ours[name].numpy(), flower[name].numpy().astype(ours[name].numpy().dtype)
         )
-    assert strategy.round_stats()["contributors/lstm"] == 3.0
+    assert strategy.round_stats()["partial/contributors/lstm"] == 3.0
 
 
 def test_untrained_elements_keep_their_value_and_overlaps_average(reply) -> None:
@@ -95,7 +95,7 @@ def test_untrained_elements_keep_their_value_and_overlaps_average(reply) -> None
     torch.testing.assert_close(head[:, 0], expected)
     torch.testing.assert_close(head[:, 21], start["head.weight"][:, 21] + 100)
     stats = strategy.round_stats()
-    assert stats["contributors/head"] == 3.0 and stats["contributors/conv1"] == 2.0
+    assert stats["partial/contributors/head"] == 3.0 and stats["partial/contributors/conv1"] == 2.0
 
 
 def test_mismatching_replies_are_rejected_with_a_reason_not_aggregated(reply) -> None:
@@ -120,10 +120,10 @@ def test_mismatching_replies_are_rejected_with_a_reason_not_aggregated(reply) ->
     assert torch.equal(state["conv1.weight"][:8], torch.ones(8, C, 5))
     assert torch.equal(state["conv1.weight"][8:], start["conv1.weight"][8:])
     stats = strategy.round_stats()
-    assert stats["rejected"] == 3.0
-    assert stats["rejected/shapes"] == 1.0
-    assert stats["rejected/names"] == 1.0
-    assert stats["rejected/unexpected-node"] == 1.0
+    assert stats["partial/rejected"] == 3.0 and stats["dropped/partial-mismatch"] == 3.0
+    assert stats["partial/rejected/shapes"] == 1.0
+    assert stats["partial/rejected/names"] == 1.0
+    assert stats["partial/rejected/unexpected-node"] == 1.0
 
 
 def test_only_rejected_replies_leave_the_model_unchanged(reply) -> None:
@@ -135,7 +135,7 @@ def test_only_rejected_replies_leave_the_model_unchanged(reply) -> None:
         1, [reply(bad, node_id=messages[0].metadata.dst_node_id)]
     )
     assert new is None and metrics is None
-    assert strategy.round_stats()["rejected/trained"] == 1.0
+    assert strategy.round_stats()["partial/rejected/trained"] == 1.0
 
 
 def test_heterofl_sends_each_node_the_leading_slice_its_device_allows() -> None:
@@ -150,7 +150,7 @@ def test_heterofl_sends_each_node_the_leading_slice_its_device_allows() -> None:
         )
         by_node = {m.metadata.dst_node_id: m for m in messages}
         assert sorted(by_node) == [1, 2, 3]  # node 4 cannot hold even width 0.25
-        assert strategy.round_stats() == {"skipped/too-small": 1.0}
+        assert strategy.round_stats() == {"partial/skipped": 1.0}
         for node, width in ((1, 1.0), (2, 0.5), (3, 0.25)):
             assert by_node[node].content[CONFIG_KEY]["width"] == width
             sub = build_model(MODEL, C, K, width)

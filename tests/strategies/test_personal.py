@@ -54,7 +54,7 @@ def test_fedper_heads_stay_on_nodes_across_rounds_and_are_never_sent() -> None:
         replies = [mod(m, contexts[m.metadata.dst_node_id], _client(seen)) for m in messages]
         assert all(set(HEAD).isdisjoint(r.content[ARRAYS_KEY]) for r in replies)
         new, _ = strategy.aggregate_train(server_round, replies)
-        assert new is not None and "rejected" not in strategy.round_stats()
+        assert new is not None and "partial/rejected" not in strategy.round_stats()
         arrays = new
     # each node's head: global init + 1 after round 1, + 2 after round 2 (restored, not resent)
     assert torch.equal(seen[2]["head.weight"], start["head.weight"] + 1)
@@ -76,7 +76,7 @@ def test_a_reply_that_carries_personal_entries_is_rejected_with_a_hint(reply) ->
     ]
     new, _ = strategy.aggregate_train(1, replies)
     assert new is None
-    assert strategy.round_stats()["rejected/names"] == 2.0
+    assert strategy.round_stats()["partial/rejected/names"] == 2.0
 
 
 def test_evaluation_sends_personal_entries_only_to_nodes_without_them() -> None:
