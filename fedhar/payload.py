@@ -210,3 +210,8 @@ def from_bytes(data: bytes, expected: Schema) -> EncodedUpdate:
     encoded = EncodedUpdate(KINDS[kind], bits, base, tensors)
     check_encoded(encoded, shapes, encoded.kind, None)
     return encoded
+
+
+def fp32_payload_bytes(expected: Schema) -> int:
+    """Length of the dense float32 payload of `expected`: the fp32 baseline, same framing."""
+    return _HEADER.size + 4 * sum(math.prod(shape) for shape in expected.values())
