@@ -56,7 +56,11 @@ def open_downlink(content: RecordDict, bits: int) -> RecordDict:
         raise ValueError(f"'{COMPRESSED_KEY}' downlink record needs payload and schema bytes")
     schema = schema_from_bytes(schema_bytes)
     floats = decode_state(from_bytes(payload, schema), schema, bits=bits)
-    ints = arrays_to_state(content[ARRAYS_KEY]) if ARRAYS_KEY in content.array_records else {}
+    ints = (
+        arrays_to_state(content.array_records[ARRAYS_KEY])
+        if ARRAYS_KEY in content.array_records
+        else {}
+    )
     opened = RecordDict({k: v for k, v in content.items() if k != COMPRESSED_KEY})
     opened[ARRAYS_KEY] = state_to_arrays({**floats, **ints})
     return opened
@@ -81,7 +85,7 @@ def compress_reply(
     context: Context,
 ) -> RecordDict:
     """Reply content whose ``arrays`` record became a ``compressed`` delta payload."""
-    local = arrays_to_state(content[ARRAYS_KEY])
+    local = arrays_to_state(content.array_records[ARRAYS_KEY])
     if local.keys() != sent.keys() or any(local[n].shape != sent[n].shape for n in sent):
         raise ValueError(
             "the reply's arrays differ in names or shapes from the model the client received; "
@@ -129,8 +133,8 @@ def compression_mod(
             )
         if encoded_model:
             msg.content = open_downlink(msg.content, downlink_bits)
-        sent = arrays_to_state(msg.content[ARRAYS_KEY])
-        server_round = int(msg.content[CONFIG_KEY]["server-round"])
+        sent = arrays_to_state(msg.content.array_records[ARRAYS_KEY])
+        server_round = int(str(msg.content.config_records[CONFIG_KEY]["server-round"]))
         reply = call_next(msg, context)
         if reply.has_error() or ARRAYS_KEY not in reply.content.array_records:
             return reply  # an error or a decline: no update to compress

@@ -314,7 +314,12 @@ def _decode(
     encoded: EncodedUpdate, expected: Schema, kind: str, bits: int | None
 ) -> dict[str, Tensor]:
     check_encoded(encoded, expected, kind, bits)
-    return {t.name: torch.from_numpy(_decode_tensor(encoded, t)) for t in encoded.tensors}
+    with np.errstate(over="ignore"):
+        out = {t.name: _decode_tensor(encoded, t) for t in encoded.tensors}
+    bad = [name for name, x in out.items() if not np.all(np.isfinite(x))]
+    if bad:
+        raise PayloadError(f"decoded values of {bad} are non-finite: scales overflow float32")
+    return {name: torch.from_numpy(x) for name, x in out.items()}
 
 
 def decode_update(

@@ -1,0 +1,175 @@
+"""A strategy wrapper that decodes compressed client updates before aggregation.
+
+Pairs with ``clients.compression.compression_mod``. ``configure_train`` passes the inner
+strategy's messages through and remembers, per node, the arrays it sent (with
+``downlink_bits`` < 32 it first encodes the float tensors with ``fedhar.codec.encode_state``
+and remembers the model as the client will decode it). ``aggregate_train`` turns every
+``compressed`` reply back into a plain ``arrays`` ArrayRecord, global + decoded delta (integer
+buffers keep the values sent), so any inner strategy aggregates as usual.
+
+A payload that does not match the model sent to that node (other schema, shapes, scales,
+bit width, truncation, non-finite result) or a reply that is not compressed is rejected with
+its reason, counted, and dropped: it never reaches the inner strategy or the global model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from typing import TYPE_CHECKING
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from fedhar.codec import PayloadError, check_bits, decode_state, decode_update, encode_state
+from fedhar.payload import (
+    fp32_payload_bytes,
+    from_bytes,
+    schema_to_bytes,
+    to_bytes,
+)
+from fedhar.wire import ARRAYS_KEY, arrays_to_state, decline_reason, state_to_arrays
+
+if TYPE_CHECKING:
+    from strategies.fleet import RunInfo
+
+COMPRESSED_KEY = "compressed"  # as in clients.compression
+
+
+def float_schema(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the float tensors: what a compressed payload carries."""
+    return {n: tuple(t.shape) for n, t in state.items() if t.is_floating_point()}
+
+
+def apply_update(state: dict[str, torch.Tensor], payload: object, bits: int) -> ArrayRecord:
+    """``state`` + the decoded delta in ``payload``; PayloadError if it does not fit ``state``."""
+    if not isinstance(payload, bytes):
+        raise PayloadError(f"'{COMPRESSED_KEY}' record lacks its payload bytes")
+    expected = float_schema(state)
+    delta = decode_update(from_bytes(payload, expected), expected, bits=bits)
+    merged = {
+        n: (t.double() + delta[n].double()).to(t.dtype) if n in delta else t
+        for n, t in state.items()
+    }
+    if not all(bool(torch.isfinite(merged[n]).all()) for n in delta):
+        raise PayloadError("the decoded update overflows the model: non-finite values")
+    return state_to_arrays(merged)
+
+
+class CompressedUpdates(Strategy):
+    """Wraps ``strategy``; decodes compressed updates (see the module docstring).
+
+    Parameters
+    ----------
+    strategy : the strategy that aggregates the decoded updates.
+    run : the run being served (compression needs no run identity; kept for the contract).
+    bits : uplink bit width every payload must carry (as the client mod's ``bits``).
+    downlink_bits : 32 sends the global model as is; 8, 4 or 2 encode its float tensors.
+    """
+
+    def __init__(
+        self, strategy: Strategy, run: RunInfo | None = None, bits: int = 8, downlink_bits: int = 32
+    ) -> None:
+        check_bits(bits)
+        check_bits(downlink_bits)
+        self.strategy, self.run = strategy, run
+        self.bits, self.downlink_bits = bits, downlink_bits
+        self.rejections: list[tuple[int, str]] = []  # (node id, reason) of the current round
+        self._sent: dict[int, dict[str, torch.Tensor]] = {}
+        self._bytes = {"up": 0, "up-fp32": 0, "down": 0}
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> CompressedUpdates: %d-bit uplink, %d-bit downlink around:",
+            self.bits, self.downlink_bits)  # fmt: skip
+        self.strategy.summary()
+
+    def round_stats(self) -> dict[str, float]:
+        """Rejections and exact payload bytes of the current round, under ``compression/``.
+
+        Rejections also count as ``dropped/compression``. ``bytes-up-fp32`` is what the accepted
+        updates would take as dense float32 in the same framing: up-fp32 / up is the round's
+        reduction factor.
+        """
+        rejected = float(len(self.rejections))
+        stats = {f"compression/bytes-{k}": float(v) for k, v in self._bytes.items()}
+        return {"compression/rejected": rejected, "dropped/compression": rejected, **stats}
+
+    def _encode_downlink(self, content: RecordDict) -> tuple[RecordDict, dict[str, torch.Tensor]]:
+        """The message content with an encoded model, and that model as the client decodes it."""
+        state = arrays_to_state(content.array_records[ARRAYS_KEY])
+        schema = float_schema(state)
+        encoded = encode_state({n: state[n] for n in schema}, self.downlink_bits)
+        decoded = decode_state(encoded, schema)
+        payload = ConfigRecord({"payload": to_bytes(encoded), "schema": schema_to_bytes(schema)})
+        out = RecordDict({k: v for k, v in content.items() if k != ARRAYS_KEY})
+        out[COMPRESSED_KEY] = payload
+        ints = {n: t for n, t in state.items() if n not in schema}
+        if ints:
+            out[ARRAYS_KEY] = state_to_arrays(ints)
+        return out, {n: decoded[n] if n in schema else t for n, t in state.items()}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.rejections, self._sent = [], {}
+        self._bytes = {"up": 0, "up-fp32": 0, "down": 0}
+        encoded: dict[int, tuple[RecordDict, dict[str, torch.Tensor]]] = {}
+        for message in messages:
+            if self.downlink_bits == 32:
+                sent = arrays_to_state(message.content.array_records[ARRAYS_KEY])
+            else:  # strategies may share one content among messages: encode it once
+                key = id(message.content)
+                if key not in encoded:
+                    encoded[key] = self._encode_downlink(message.content)
+                content, sent = encoded[key]
+                message.content = content
+                self._bytes["down"] += len(content[COMPRESSED_KEY]["payload"])  # type: ignore[arg-type]
+            self._sent[message.metadata.dst_node_id] = sent
+        return messages
+
+    def _decode(self, message: Message) -> Message:
+        """The reply with its compressed delta applied to what that node was sent."""
+        node = message.metadata.src_node_id
+        if COMPRESSED_KEY not in message.content.config_records:
+            raise PayloadError("reply carries no compressed update; is compression_mod set?")
+        if node not in self._sent:
+            raise PayloadError(f"node {node} was sent no model this round")
+        payload = message.content.config_records[COMPRESSED_KEY].get("payload")
+        arrays = apply_update(self._sent[node], payload, self.bits)
+        self._bytes["up"] += len(payload)  # type: ignore[arg-type]
+        self._bytes["up-fp32"] += fp32_payload_bytes(float_schema(self._sent[node]))
+        content = RecordDict({k: v for k, v in message.content.items() if k != COMPRESSED_KEY})
+        content[ARRAYS_KEY] = arrays
+        message.content = content
+        return message
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        kept = []
+        for message in replies:
+            if message.has_error() or decline_reason(message.content) is not None:
+                kept.append(message)
+                continue
+            try:
+                kept.append(self._decode(message))
+            except PayloadError as error:
+                node = message.metadata.src_node_id
+                self.rejections.append((node, error.reason))
+                log(WARNING, "round %d: rejected update of node %d: %s",
+                    server_round, node, error.reason)  # fmt: skip
+        return self.strategy.aggregate_train(server_round, kept)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
