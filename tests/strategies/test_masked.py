@@ -126,16 +126,29 @@ def test_mismatching_replies_are_rejected_with_a_reason_not_aggregated(reply) ->
     assert stats["partial/rejected/unexpected-node"] == 1.0
 
 
-def test_only_rejected_replies_leave_the_model_unchanged(reply) -> None:
+def test_a_reply_that_trained_nothing_it_returned_changes_nothing(reply) -> None:
     strategy = MaskedFedAvg(model=MODEL, min_train_nodes=2, min_available_nodes=2)
     arrays = global_arrays()
     messages = list(strategy.configure_train(1, arrays, _config(), FakeGrid([1, 2])))
-    bad = trained_reply(messages[0], lambda k, t: t, 10, trained=["not-an-entry"])
+    node = messages[0].metadata.dst_node_id
+    idle = trained_reply(messages[0], lambda k, t: t + 1, 10, trained=["observer.min_val"])
+    new, metrics = strategy.aggregate_train(1, [reply(idle, node_id=node)])
+    assert new is not None and metrics is not None
+    assert "partial/rejected" not in strategy.round_stats()
+    for name, value in arrays_to_state(new).items():
+        assert torch.equal(value, arrays_to_state(arrays)[name])
+
+
+def test_only_rejected_replies_leave_no_new_model(reply) -> None:
+    strategy = MaskedFedAvg(model=MODEL, min_train_nodes=2, min_available_nodes=2)
+    messages = list(strategy.configure_train(1, global_arrays(), _config(), FakeGrid([1, 2])))
+    narrow = build_model(MODEL, C, K, 0.5).state_dict()
+    content = trained_reply(messages[0], lambda k, t: narrow[k], 10)
     new, metrics = strategy.aggregate_train(
-        1, [reply(bad, node_id=messages[0].metadata.dst_node_id)]
+        1, [reply(content, node_id=messages[0].metadata.dst_node_id)]
     )
     assert new is None and metrics is None
-    assert strategy.round_stats()["partial/rejected/trained"] == 1.0
+    assert strategy.round_stats()["partial/rejected/shapes"] == 1.0
 
 
 def test_heterofl_sends_each_node_the_leading_slice_its_device_allows() -> None:
