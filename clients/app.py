@@ -171,7 +171,8 @@ def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDic
     )
     state = model.state_dict()
     # Buffers (BatchNorm statistics) change in train mode even where parameters are frozen.
-    buffers = [name for name, _ in model.named_buffers()]
+    parameters = {name for name, _ in model.named_parameters()}
+    buffers = [name for name in state if name not in parameters]
     changed = list(state) if trained is None else [*trained, *buffers]
     return train_reply(state, report, identity, changed)
 

@@ -7,6 +7,7 @@ so opening a checkpoint never runs code. Writes are atomic (temp file, then rena
 from __future__ import annotations
 
 import os
+import pickle  # only for the error type torch.load raises on a damaged file
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
             arrays=_to_numpy(payload["arrays"]),
             strategy_state={k: _to_numpy(v) for k, v in payload["strategy_state"].items()},
         )
-    except (RuntimeError, KeyError, TypeError, EOFError) as error:
+    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as error:
         raise ValueError(
-            f"checkpoint {path} is unreadable ({error}); delete it to start the run afresh"
+            f"checkpoint {path} is unreadable ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:120]}); delete it to start the run afresh"
         ) from error

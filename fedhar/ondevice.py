@@ -81,14 +81,19 @@ def plan_on_device(
 
 
 def max_width(profile: DeviceProfile, model: ModelShape, settings: QuantSettings) -> float:
-    """The widest level the device can train at all (0.0 when not even the narrowest fits)."""
+    """The widest level at which the device can update every parameter of the sub-model.
+
+    Falls back to the widest level with any plan (last-k, bias-only), and 0.0 when not even
+    the narrowest model fits.
+    """
+    fits: list[tuple[float, TrainingPlan]] = []
     for width in WIDTH_LEVELS:
         try:
-            plan_on_device(profile, model, width, settings)
+            fits.append((width, plan_on_device(profile, model, width, settings)))
         except PlanDeclined:
             continue
-        return width
-    return 0.0
+    full = [width for width, plan in fits if plan.mode == "full"]
+    return max(full or [width for width, _ in fits] or [0.0])
 
 
 def record_with_device(

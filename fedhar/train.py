@@ -85,8 +85,8 @@ def train_local(
         order = torch.randperm(len(inputs), generator=generator)
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            if len(batch) < 2 and len(order) >= 2:
-                continue  # BatchNorm needs two samples; a trailing singleton adds nothing
+            if len(batch) == 1 < config.batch_size:
+                continue  # a trailing singleton of a larger batch size adds noise, not signal
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(inputs[batch]), targets[batch])
             if anchors:

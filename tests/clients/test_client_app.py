@@ -1,0 +1,86 @@
+"""ClientApp handlers: local training within a device plan, QAT, evaluation, crashes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+from clients.app import ClientSettings, make_client_app
+from fedhar.devices import load_catalogue
+from fedhar.federation import FederationSpec, load_federation
+from fedhar.models import build_model
+from fedhar.wire import (
+    METRICS_KEY,
+    arrays_to_numpy,
+    eval_report_from_record,
+    state_to_arrays,
+    train_report_from_record,
+    trained_names,
+)
+
+CATALOGUE = load_catalogue(
+    Path(__file__).resolve().parents[2] / "configs/fleet/devices/catalogue.yaml"
+)
+SPEC = FederationSpec(
+    "synthetic",
+    FederationSpec.options_from({"num_users": 2, "seconds_per_user": 40.0, "seed": 5}),
+    holdout_fraction=0.0,
+)
+
+
+def _settings(device: str | None, **changes: object) -> ClientSettings:
+    users = load_federation(SPEC).clients
+    devices = () if device is None else tuple((u, CATALOGUE[device]) for u in users)
+    return replace(ClientSettings(SPEC, "microbi_convlstm", seed=1, devices=devices), **changes)
+
+
+def _global() -> ArrayRecord:
+    torch.manual_seed(0)
+    federation = load_federation(SPEC)
+    model = build_model("microbi_convlstm", federation.in_channels, federation.num_classes)
+    return state_to_arrays(model.state_dict())
+
+
+def _ask(settings: ClientSettings, grid_type, kind: str = MessageType.TRAIN) -> Message:
+    config = ConfigRecord({"server-round": 1, "epochs": 1, "batch-size": 16, "lr": 0.05})
+    grid = grid_type(make_client_app(lambda _: settings), num_nodes=2)
+    message = Message(RecordDict({"arrays": _global(), "config": config}), 101, kind)
+    return grid.send_and_receive([message])[0]
+
+
+def test_same_message_same_update(in_process_grid) -> None:
+    first, second = (_ask(_settings(None), in_process_grid) for _ in range(2))
+    a, b = arrays_to_numpy(first.content["arrays"]), arrays_to_numpy(second.content["arrays"])
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert trained_names(first.content) == list(a)
+
+
+def test_mcu_trains_int8_qat_within_its_plan(in_process_grid) -> None:
+    reply = _ask(_settings("stm32f446"), in_process_grid)
+    state = arrays_to_numpy(reply.content["arrays"])
+    assert state.keys() == arrays_to_numpy(_global()).keys()  # QAT keeps the float model's keys
+    trained = set(trained_names(reply.content) or [])
+    params = {
+        k for k in state if not k.endswith(("running_mean", "running_var", "batches_tracked"))
+    }
+    assert trained < set(state) and not params <= trained  # only bias-only fits 104 KiB
+    report = train_report_from_record(reply.content[METRICS_KEY])
+    assert report.sim_compute_s > 0 and np.isfinite(report.train_loss)
+    before = arrays_to_numpy(_global())
+    frozen = params - trained
+    assert all(np.array_equal(before[k], state[k]) for k in frozen)
+
+
+def test_evaluation_reports_the_users_own_test_split(in_process_grid) -> None:
+    reply = _ask(_settings("android_phone"), in_process_grid, MessageType.EVALUATE)
+    report = eval_report_from_record(reply.content[METRICS_KEY])
+    assert report.num_examples > 0 and 0.0 <= report.eval_macro_f1 <= 1.0
+
+
+def test_configured_crash_becomes_an_error_reply(in_process_grid) -> None:
+    reply = _ask(_settings(None, crash_partitions=(0,)), in_process_grid)
+    assert reply.has_error() and "simulated crash of node 0" in reply.error.reason
