@@ -100,7 +100,7 @@ def _kind(msg: Message) -> str:
 
 
 def _open_model(
-    msg: Message, context: Context, identity: DeviceIdentity, guard: ReplayGuard
+    msg: Message, context: Context, identity: DeviceIdentity, guards: dict[str, ReplayGuard]
 ) -> float:
     """Replace the sealed global model by its arrays in place; returns the seconds taken."""
     config = msg.content.config_records[CONFIG_KEY]
@@ -113,6 +113,7 @@ def _open_model(
     blob = msg.content.config_records[SEALED_MODEL_KEY].get("envelope")
     if not isinstance(blob, bytes):
         raise ValueError(f"'{SEALED_MODEL_KEY}' record lacks its envelope bytes")
+    guard = guards.setdefault(expected.run_id, ReplayGuard())
     opened = record_from_bytes(open_from_server(blob, expected, identity, signing,
                                                 EnvelopePolicy(), guard))  # fmt: skip
     if list(opened) != [ARRAYS_KEY] or not isinstance(opened[ARRAYS_KEY], ArrayRecord):
@@ -164,7 +165,7 @@ def encryption_mod(seed: int, aead: str = "aes-256-gcm", downlink: bool = False)
     """
     if aead not in AEADS:
         raise ValueError(f"unknown aead {aead!r}; valid: {sorted(AEADS)}")
-    guard = ReplayGuard()  # downlink envelopes this process has opened
+    guards: dict[str, ReplayGuard] = {}  # per run id; filled in the worker (locks don't pickle)
 
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
             ) -> Message:  # fmt: skip
@@ -179,7 +180,7 @@ def encryption_mod(seed: int, aead: str = "aes-256-gcm", downlink: bool = False)
                 f"the global model arrived {'sealed' if sealed_model else 'in clear'} but this "
                 f"client has downlink={downlink}; set the same downlink on server and client"
             )
-        open_seconds = _open_model(msg, context, identity, guard) if downlink else 0.0
+        open_seconds = _open_model(msg, context, identity, guards) if downlink else 0.0
         reply = call_next(msg, context)
         if kind != MessageType.TRAIN or reply.has_error():
             return reply

@@ -133,3 +133,11 @@ def test_unknown_payload_format_and_aead_are_clear_errors() -> None:
 def test_a_model_in_clear_is_refused_when_the_downlink_is_sealed() -> None:
     with pytest.raises(ValueError, match="same downlink"):
         encryption_mod(SEED, downlink=True)(message(server_config()), context(), trains)
+
+
+def test_the_mod_ships_to_simulation_workers() -> None:
+    from ray import cloudpickle
+
+    mod = cloudpickle.loads(cloudpickle.dumps(encryption_mod(SEED, downlink=True)))
+    with pytest.raises(ValueError, match="same downlink"):
+        mod(message(server_config()), context(), trains)
