@@ -14,8 +14,9 @@ records equal their sealed copies, so they are readable but not forgeable. A ``t
 MetricRecord with the seal time rides in clear too; it is telemetry, dropped by the server.
 Declines and error replies carry no update and pass through unsealed.
 
-Downlink (``downlink=True``): the server seals the global model to the device's X25519 key
-and the mod opens it before the handler runs; a model arriving in clear is refused.
+Downlink (``downlink=True``): the server seals the global model (its ``arrays`` and, with
+compression, ``compressed`` records) to the device's X25519 key and the mod opens it before
+the handler runs; a model arriving in clear is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import time
 from collections.abc import Callable
 
 from flwr.app import (
-    ArrayRecord,
     ConfigRecord,
     Context,
     Message,
@@ -102,7 +102,7 @@ def _kind(msg: Message) -> str:
 def _open_model(
     msg: Message, context: Context, identity: DeviceIdentity, guards: dict[str, ReplayGuard]
 ) -> float:
-    """Replace the sealed global model by its arrays in place; returns the seconds taken."""
+    """Replace the sealed global model by its records in place; returns the seconds taken."""
     config = msg.content.config_records[CONFIG_KEY]
     _, signing = _server_keys(config)
     started = time.perf_counter()
@@ -116,10 +116,11 @@ def _open_model(
     guard = guards.setdefault(expected.run_id, ReplayGuard())
     opened = record_from_bytes(open_from_server(blob, expected, identity, signing,
                                                 EnvelopePolicy(), guard))  # fmt: skip
-    if list(opened) != [ARRAYS_KEY] or not isinstance(opened[ARRAYS_KEY], ArrayRecord):
-        raise ValueError(f"sealed model must hold exactly an '{ARRAYS_KEY}' ArrayRecord")
+    if not opened or any(k not in PAYLOAD_KEYS for k in opened):
+        raise ValueError(f"sealed model must hold only payload records {PAYLOAD_KEYS}")
     content = RecordDict({k: v for k, v in msg.content.items() if k != SEALED_MODEL_KEY})
-    content[ARRAYS_KEY] = opened[ARRAYS_KEY]
+    for key, record in opened.items():
+        content[key] = record
     msg.content = content
     return time.perf_counter() - started
 

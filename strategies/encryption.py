@@ -177,24 +177,28 @@ class EncryptedTransport(Strategy):
         content = RecordDict(dict(message.content.items()))
         config = content.config_records.get(CONFIG_KEY, ConfigRecord())
         content[CONFIG_KEY] = ConfigRecord({**config, **self._key_config(server_round)})
-        if self.downlink and ARRAYS_KEY in content:
-            started = time.perf_counter()
+        model = RecordDict({k: content[k] for k in PAYLOAD_KEYS if k in content})
+        if self.downlink and model:
+            for key in model:
+                del content[key]
             node_id = message.metadata.dst_node_id
-            if node_id not in self.run.directory:
-                raise ValueError(f"node {node_id} is not enrolled; cannot seal the model to it")
-            partition_id = self.run.directory[node_id].partition_id
-            device = DeviceIdentity.from_seed(self.run.seed, partition_id)  # simulated enrollment
-            context = EnvelopeContext(
-                self.run.run_id, server_round, node_id, "global-model", PAYLOAD_FORMAT
-            )
-            model = record_to_bytes(RecordDict({ARRAYS_KEY: content.pop(ARRAYS_KEY)}))
-            envelope = seal_for_device(
-                model, context, device.public_bytes(), self.keys, self.downlink_aead
-            )
-            content[SEALED_MODEL_KEY] = ConfigRecord({"envelope": envelope})
-            self._stats["transport/downlink-seal-seconds"] += time.perf_counter() - started
+            content[SEALED_MODEL_KEY] = self._seal_model(model, node_id, server_round)
         message.content = content
         return message
+
+    def _seal_model(self, model: RecordDict, node_id: int, server_round: int) -> ConfigRecord:
+        started = time.perf_counter()
+        if node_id not in self.run.directory:
+            raise ValueError(f"node {node_id} is not enrolled; cannot seal the model to it")
+        partition_id = self.run.directory[node_id].partition_id
+        device = DeviceIdentity.from_seed(self.run.seed, partition_id)  # simulated enrollment
+        context = EnvelopeContext(self.run.run_id, server_round, node_id, "global-model",
+                                  PAYLOAD_FORMAT)  # fmt: skip
+        envelope = seal_for_device(
+            record_to_bytes(model), context, device.public_bytes(), self.keys, self.downlink_aead
+        )
+        self._stats["transport/downlink-seal-seconds"] += time.perf_counter() - started
+        return ConfigRecord({"envelope": envelope})
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import make_reply
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.encryption import encryption_mod, record_to_bytes
@@ -454,3 +454,44 @@ def test_sealed_run_aggregates_exactly_like_the_plain_run(tmp_path: Path) -> Non
         assert row["succeeded"] == 5 and row["extra"]["accepted"] == 5
         assert row["extra"]["rejected"] == 0 and row["num_failures"] == 0
         assert row["extra"]["transport/downlink-seal-seconds"] > 0
+
+
+def compressed_client(message: Message, encrypted: bool) -> Message:
+    """The client mods of wrappers=[compression,encryption] (or compression alone)."""
+    from clients.compression import compression_mod
+
+    node = message.metadata.dst_node_id
+    compress = compression_mod(bits=8, downlink_bits=8, seed=SEED)
+
+    def compressed(m: Message, c: Context) -> Message:
+        return compress(m, c, handler_for(node))
+
+    if not encrypted:
+        return compressed(message, client_context(node))
+    return encryption_mod(SEED, downlink=True)(message, client_context(node), compressed)
+
+
+def test_composes_with_compression_both_ways(tmp_path: Path) -> None:
+    """wrappers=[compression,encryption]: int8 downlink and uplink, both sealed, same aggregate."""
+    from strategies.compression import CompressedUpdates
+
+    model = ArrayRecord(state_of(11))
+    results = []
+    for encrypted in (False, True):
+        strategy: Strategy = CompressedUpdates(Recorder(), make_run(tmp_path), 8, 8)
+        if encrypted:
+            strategy = EncryptedTransport(strategy, make_run(tmp_path), downlink=True)
+        messages = strategy.configure_train(1, model, ConfigRecord({"lr": 0.1}), FakeGrid())
+        replies = []
+        for message in messages:
+            assert ("sealed-model" in message.content) == encrypted
+            reply = compressed_client(message, encrypted)
+            assert ("compressed" in reply.content) != encrypted
+            replies.append(make_reply(reply.content, node_id=message.metadata.dst_node_id))
+        arrays, _ = strategy.aggregate_train(1, replies)
+        assert arrays is not None
+        results.append({k: v.numpy() for k, v in arrays.items()})
+    plain, sealed = results
+    assert plain.keys() == sealed.keys()
+    for key in plain:
+        np.testing.assert_array_equal(plain[key], sealed[key])
