@@ -5,6 +5,10 @@ state entries are personal; `MaskedFedAvg` sends those entries to a node only un
 replied once, names them in the config (``personal-names``) and never aggregates them. The
 client mod `clients.personal.personal_layers` keeps them in the node's ``context.state``.
 
+Nodes train static leading slices (HeteroFL's policy): the widest level each device holds,
+the same every round, so a node's personal entries keep their shape. Each node is evaluated
+at that width with its own personal entries.
+
 The global model's personal entries keep their initial values, so the server-side evaluation
 of the global model means little here; the per-user scores (each node with its own personal
 entries) are the measure.
@@ -20,12 +24,21 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from fedhar.partial import select_head, select_without_batchnorm
+from fedhar.widths import HeteroFLWidths, WidthPolicy
 from strategies.masked import MaskedFedAvg
 
 HEAD_EPOCHS_KEY = "head-epochs"
 
 
-class FedPer(MaskedFedAvg):
+class PersonalLayers(MaskedFedAvg):
+    """Masked FedAvg on static widths; subclasses name the personal entries."""
+
+    def width_policy(self) -> WidthPolicy:
+        """Largest fitting level, offset 0, every round."""
+        return HeteroFLWidths(self.levels)
+
+
+class FedPer(PersonalLayers):
     """Shared body, personal classifier head.
 
     Arivazhagan, Aggarwal, Singh, Choudhary. "Federated Learning with Personalization
@@ -37,7 +50,7 @@ class FedPer(MaskedFedAvg):
         return select_head(model).names
 
 
-class FedBN(MaskedFedAvg):
+class FedBN(PersonalLayers):
     """Everything shared except BatchNorm: its affine parameters and running statistics stay
     local, which absorbs each device's feature shift (sensor gain, placement, rate).
 

@@ -17,6 +17,7 @@ from tests.strategies.fleet_helpers import (
     FakeGrid,
     K,
     global_arrays,
+    run_with,
     server_task,
     trained_reply,
 )
@@ -112,3 +113,21 @@ def test_fedrep_asks_for_head_epochs_first() -> None:
     messages = list(strategy.configure_train(1, global_arrays(), _config(), FakeGrid([1, 2])))
     assert {m.content[CONFIG_KEY][HEAD_EPOCHS_KEY] for m in messages} == {3}
     assert strategy.personal_names(build_model(MODEL, C, K)) == HEAD
+
+
+def test_personal_strategies_give_each_node_the_same_width_every_round() -> None:
+    run = run_with({1: 1.0, 2: 0.6})
+    strategy = FedBN(model=MODEL, run=run, min_train_nodes=2, min_available_nodes=2)
+    grid, arrays = FakeGrid([1, 2]), global_arrays()
+    for server_round in (1, 2, 3):
+        train = {
+            m.metadata.dst_node_id: m
+            for m in strategy.configure_train(server_round, arrays, _config(), grid)
+        }
+        evaluate = {
+            m.metadata.dst_node_id: m
+            for m in strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        }
+        for messages in (train, evaluate):
+            assert messages[1].content[CONFIG_KEY]["width"] == 1.0
+            assert messages[2].content[CONFIG_KEY]["width"] == 0.5

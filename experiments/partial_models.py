@@ -1,0 +1,150 @@
+"""Partial-model strategies on a memory-bound fleet: does mixing widths beat a small common model?
+
+Runs, on the same data, fleet and seed:
+
+- ``fedavg-small``: FedAvg on the widest model every device in the fleet can train;
+- ``heterofl``, ``fedrolex``, ``fjord``: each device trains the widest width it can hold;
+- ``fedper``: full model with a personal head (devices that cannot hold it sit out).
+
+and reports the held-out macro-F1 of the full global model, of each width (leading slices of the
+final global model), and the per-user mean macro-F1 (each user's own later test windows).
+
+Example::
+
+    python -m experiments.partial_models --out outputs/partial_models \\
+        --model deepconvlstm --fleet mcu_heavy --rounds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experiments.run import client_settings, federation_spec, load_config, run_experiment
+from fedhar.checkpoint import load_checkpoint
+from fedhar.federation import load_federation
+from fedhar.ondevice import ModelShape, QuantSettings, max_width
+from fedhar.width_eval import evaluate_widths, width_key
+
+LEVELS = (0.25, 0.5, 0.75, 1.0)
+STRATEGIES = ("heterofl", "fedrolex", "fjord", "fedper")
+
+
+def smallest_common_width(overrides: list[str]) -> float:
+    """The widest level every device in the configured fleet can train (0-width devices,
+    which cannot train at all, are left out)."""
+    cfg = load_config(overrides)
+    federation = load_federation(federation_spec(cfg))
+    settings = client_settings(cfg, federation)
+    shape = ModelShape(
+        cfg.model.name, federation.in_channels, federation.num_classes, federation.window_length
+    )
+    quant = QuantSettings(**dict(cfg.quant))
+    widths = [max_width(profile, shape, quant) for _, profile in settings.devices]
+    usable = [w for w in widths if w > 0]
+    if not usable:
+        raise ValueError(
+            f"no device of fleet {cfg.fleet} can train {cfg.model.name}; pick a smaller model"
+        )
+    return min(usable)
+
+
+def width_scores(
+    overrides: list[str], run_dir: Path, widths: tuple[float, ...]
+) -> dict[str, float]:
+    """Held-out scores of each width of the run's final global model."""
+    cfg = load_config(overrides)
+    federation = load_federation(federation_spec(cfg))
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint; the run did not finish a round")
+    state = {k: torch.from_numpy(v.copy()) for k, v in checkpoint.arrays.items()}
+    holdout = federation.holdout
+    if float(cfg.model.width) < 1.0:  # the global model is itself the small model
+        return {
+            width_key(float(cfg.model.width), "macro_f1"): run_summary(run_dir)["heldout_macro_f1"]
+        }
+    return evaluate_widths(
+        cfg.model.name, state, widths, holdout.x, holdout.y, federation.num_classes
+    )
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's ``summary.json``."""
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def variants(base: list[str], small: float) -> dict[str, list[str]]:
+    """Overrides per compared method."""
+    out = {"fedavg-small": [*base, "strategy=fedavg", f"model.width={small}"]}
+    for name in STRATEGIES:
+        out[name] = [*base, f"strategy={name}", "model.width=1.0"]
+    return out
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of the compared methods."""
+    head = ["method", "held-out F1 (full)", *[f"F1 @{w:g}" for w in LEVELS], "user mean F1"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in rows.items():
+        cells = [name, _fmt(row["heldout_macro_f1"])]
+        cells += [_fmt(row["widths"].get(width_key(w, "macro_f1"))) for w in LEVELS]
+        cells.append(_fmt(row["user_mean_f1"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/partial_models"))
+    parser.add_argument("--model", default="deepconvlstm")
+    parser.add_argument("--fleet", default="mcu_heavy")
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="run only these methods")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.epochs=1")
+    args = parser.parse_args(argv)
+    base = [
+        f"dataset={args.dataset}",
+        f"model={args.model}",
+        f"fleet={args.fleet}",
+        f"num_rounds={args.rounds}",
+        f"seed={args.seed}",
+        "tracking.plots=false",
+        "resume=false",
+        *args.overrides,
+    ]
+    small = smallest_common_width([*base, "model.width=1.0"])
+    rows: dict[str, dict[str, Any]] = {}
+    for name, overrides in variants(base, small).items():
+        if args.only and name not in args.only:
+            continue
+        run_dir = args.out / name
+        summary = run_experiment(load_config(overrides), run_dir)
+        rows[name] = {
+            "overrides": overrides,
+            "heldout_macro_f1": summary["heldout_macro_f1"],
+            "user_mean_f1": summary["user_mean_f1"],
+            "bytes_down": summary["bytes_down"],
+            "bytes_up": summary["bytes_up"],
+            "widths": width_scores(overrides, run_dir, LEVELS),
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    text = f"smallest common width: {small:g}\n\n{table(rows)}\n"
+    (args.out / "table.md").write_text(text)
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
