@@ -129,3 +129,20 @@ def test_unknown_strategy_lists_the_options() -> None:
 def test_summary_json_is_written(tmp_path: Path) -> None:
     summary, _ = _run(tmp_path, "one", ["num_rounds=1"])
     assert json.loads((tmp_path / "one" / "summary.json").read_text()) == summary
+
+
+def test_multirun_sweep_collects_one_summary_table(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    overrides = [o for o in TINY if not o.startswith("num_rounds")]
+    completed = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "-m", "strategy=fedavg,fedprox",
+         "num_rounds=1", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    rows = (sweep_dir / "sweep_summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2
+    assert [row.split(",")[0] for row in rows[1:]] == ["strategy=fedavg", "strategy=fedprox"]

@@ -1,0 +1,76 @@
+"""Run outputs: metrics.jsonl, per_user.csv, plots, truncation on resume, offline wandb."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments.sinks import RunFiles, WandbTracking, read_metrics, truncate_outputs
+from experiments.sweep import collect_summaries, write_sweep_summary
+from fedhar.metrics import UserScore, summarize_users
+from fedhar.records import ClientFailure, RoundRecord
+
+
+def _record(server_round: int) -> RoundRecord:
+    scores = (UserScore("u1", "phone", 10, 0.9, 0.8), UserScore("u2", "watch", 12, 0.5, 0.4))
+    return RoundRecord(
+        server_round=server_round,
+        wall_time_s=1.5,
+        sampled=3,
+        succeeded=2,
+        failures=(ClientFailure(7, "simulated crash"),),
+        declines=(),
+        bytes_down=300,
+        bytes_up=200,
+        train={"train-loss": 1.0 / server_round},
+        server={"macro_f1": 0.1 * server_round},
+        federated={"eval-macro-f1": 0.5},
+        per_user=scores,
+        per_user_summary=summarize_users(list(scores)),
+        extra={"fleet/sim_energy_j": 2.0},
+    )
+
+
+def test_run_files_and_truncation(tmp_path: Path) -> None:
+    sink = RunFiles(tmp_path)
+    for r in (1, 2, 3):
+        sink.on_round(_record(r))
+    rows = read_metrics(tmp_path)
+    assert [r["server_round"] for r in rows] == [1, 2, 3]
+    assert rows[0]["num_failures"] == 1 and rows[0]["failures"][0]["reason"] == "simulated crash"
+    assert rows[0]["per_user_summary"]["worst10_f1"] == 0.4
+    assert (tmp_path / "metrics.png").stat().st_size > 0
+    assert (tmp_path / "per_user_f1.png").stat().st_size > 0
+    assert len((tmp_path / "per_user.csv").read_text().splitlines()) == 1 + 3 * 2
+    truncate_outputs(tmp_path, 1)
+    assert [r["server_round"] for r in read_metrics(tmp_path)] == [1]
+    assert len((tmp_path / "per_user.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_wandb_logs_offline_without_an_account(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    RunFiles(tmp_path).on_round(_record(1))  # the plots wandb picks up
+    sink = WandbTracking(tmp_path, "fedhar-test", {"seed": 0}, mode="offline")
+    logged: list[dict] = []
+    log = sink.run.log
+    monkeypatch.setattr(
+        sink.run, "log", lambda data, step: (logged.append(data), log(data, step=step))
+    )
+    sink.on_round(_record(1))
+    sink.close()
+    assert logged[0]["server/macro_f1"] == 0.1
+    assert abs(logged[0]["per_user_summary/mean_f1"] - 0.6) < 1e-9
+    assert logged[0]["extra/fleet/sim_energy_j"] == 2.0
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("run-*.wandb"))
+    assert any((runs[0] / "files" / "media").rglob("*.png"))
+
+
+def test_sweep_summary_collects_every_finished_job(tmp_path: Path) -> None:
+    for job, f1 in (("seed=0", 0.5), ("seed=1", 0.7)):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "summary.json").write_text(json.dumps({"heldout_macro_f1": f1}))
+    (tmp_path / "seed=2").mkdir()  # a job that died before finishing
+    assert [r["job"] for r in collect_summaries(tmp_path)] == ["seed=0", "seed=1"]
+    table = write_sweep_summary(tmp_path).read_text().splitlines()
+    assert table == ["job,heldout_macro_f1", "seed=0,0.5", "seed=1,0.7"]
