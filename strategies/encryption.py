@@ -203,9 +203,7 @@ class EncryptedTransport(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._stats = defaultdict(
-            float, {"accepted": 0.0, "rejected": 0.0, "dropped/rejected": 0.0}
-        )
+        self._stats = _fresh_stats()
         messages = self.strategy.configure_train(server_round, arrays, config, grid)
         return [self._prepare(m, server_round) for m in messages]
 
