@@ -106,7 +106,9 @@ def build_strategy(cfg: DictConfig, num_clients: int, run: RunInfo) -> Strategy:
     """Instantiate the configured Flower strategy and check it can run on this fleet."""
     target = hydra.utils.get_class(cfg.strategy.algorithm._target_)
     takes_run = "run" in inspect.signature(target.__init__).parameters
-    strategy = instantiate(cfg.strategy.algorithm, **({"run": run} if takes_run else {}))
+    # _partial_: Hydra would turn a dataclass argument (RunInfo) into a config copy.
+    build = instantiate(cfg.strategy.algorithm, _partial_=True)
+    strategy = build(run=run) if takes_run else build()
     if not isinstance(strategy, Strategy):
         raise ConfigError(
             f"strategy.algorithm built {type(strategy).__name__}, not a Flower Message-API "
@@ -141,7 +143,7 @@ def wait_for_fleet(grid: Grid, num_nodes: int, timeout_s: float) -> None:
 def wrap_strategy(cfg: DictConfig, strategy: Strategy, run: RunInfo) -> Strategy:
     """Apply the configured wrappers, listed inner to outer, then the fleet simulation."""
     for spec in (cfg.get("wrappers") or {}).values():
-        strategy = instantiate(spec.server, strategy=strategy, run=run)
+        strategy = instantiate(spec.server, _partial_=True)(strategy=strategy, run=run)
     catalogue, fleet = fleet_config(cfg)
     expected_keys = {
         partition: DeviceIdentity.from_seed(cfg.seed, partition).signing_public_bytes()
@@ -219,8 +221,13 @@ def _start_state(cfg: DictConfig, run_dir: Path, federation: Federation) -> tupl
     return 0, state_to_arrays(model.state_dict())
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run (or resume) one federated experiment in ``run_dir``; return its summary."""
+def run_experiment(
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) one federated experiment in ``run_dir``; return its summary.
+
+    ``overrides`` (the command line's) are recorded in the summary to label sweep jobs.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     _quiet_logs(cfg.runtime.verbose)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -282,7 +289,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             sink.close()
     if server_errors:
         raise server_errors[0]
-    summary = summarize_run(run_dir)
+    summary = {"overrides": " ".join(overrides or []), **summarize_run(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -297,8 +304,9 @@ def _backend_config(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Console entry point (``fedhar``)."""
     torch.set_num_threads(1)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run_experiment(cfg, run_dir)
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    summary = run_experiment(cfg, run_dir, overrides=list(hydra_config.overrides.task))
     print_summary(summary, run_dir)
     return summary
 

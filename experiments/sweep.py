@@ -38,7 +38,10 @@ def write_sweep_summary(sweep_dir: Path) -> Path:
 def print_sweep_summary(sweep_dir: Path, console: Console | None = None) -> None:
     rows = collect_summaries(sweep_dir)
     table = Table(title=f"sweep {sweep_dir}")
-    columns = ("job", "heldout_macro_f1", "user_mean_f1", "user_worst10_f1", "mean_round_wall_s")
+    columns = (
+        "job", "overrides", "heldout_macro_f1", "user_mean_f1", "user_worst10_f1",
+        "mean_round_wall_s",
+    )  # fmt: skip
     for column in columns:
         table.add_column(column)
     for row in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -143,6 +144,8 @@ def test_multirun_sweep_collects_one_summary_table(tmp_path: Path) -> None:
         timeout=600,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-2000:]
-    rows = (sweep_dir / "sweep_summary.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2
-    assert [row.split(",")[0] for row in rows[1:]] == ["strategy=fedavg", "strategy=fedprox"]
+    with (sweep_dir / "sweep_summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["job"] for row in rows] == ["job0", "job1"]
+    assert ["strategy=fedprox" in row["overrides"] for row in rows] == [False, True]
+    assert all(float(row["user_mean_f1"]) > 0 for row in rows)
