@@ -1,0 +1,40 @@
+"""HeteroFL end to end on a mixed fleet: MCUs train narrow slices, phones the full model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from experiments.run import load_config, run_experiment
+from experiments.sinks import read_metrics
+
+pytestmark = pytest.mark.e2e
+
+OVERRIDES = [
+    "dataset.options.num_users=12",  # 10 clients + 2 held-out users
+    "dataset.options.seconds_per_user=120",
+    "num_rounds=2",
+    "train.epochs=1",
+    "tracking.progress=false",
+    "tracking.plots=false",
+    "runtime.round_timeout_s=300",
+    "strategy=heterofl",
+    "fleet=mixed",
+    "model=deepconvlstm",  # fp32 DeepConvLSTM fits MCUs only at width 0.25
+    "quant.enabled=false",
+]
+
+
+def test_heterofl_aggregates_every_width_without_rejections(tmp_path: Path) -> None:
+    summary = run_experiment(load_config(OVERRIDES), tmp_path / "heterofl")
+    rows = read_metrics(tmp_path / "heterofl")
+    assert [r["server_round"] for r in rows] == [1, 2]
+    for row in rows:
+        extra = row["extra"]
+        assert "partial/rejected" not in extra
+        assert row["succeeded"] >= 2
+        # every update trains the head's leading slice; last-k plans leave the first conv out
+        assert extra["partial/contributors/head"] == row["succeeded"]
+        assert 1 <= extra["partial/contributors/convs.0"] <= row["succeeded"]
+    assert summary["user_mean_f1"] is not None
