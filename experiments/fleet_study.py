@@ -12,6 +12,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from experiments.fleet_plots import plot_fleet_study
 from experiments.run import client_settings, federation_spec, load_config, run_experiment
 from experiments.sinks import PER_USER_FILE, read_metrics
 from fedhar.costs import simulate_client_cost
-from fedhar.devices import DeviceProfile
+from fedhar.devices import DeviceProfile, training_budget_bytes
 from fedhar.federation import load_federation
 from fedhar.models import build_model, count_macs
 from fedhar.ondevice import ModelShape, QuantSettings, plan_on_device
@@ -121,20 +122,23 @@ def device_plans(cfg: DictConfig) -> list[dict[str, Any]]:
     quant = QuantSettings(**OmegaConf.to_container(cfg.quant, resolve=True))  # type: ignore[arg-type]
     rows = []
     for name, profile in sorted(profiles.items()):
+        slowest = max(windows[u] for u in users[name])
+        compute_s: float | None = simulate_client_cost(
+            profile, macs, slowest, cfg.train.epochs, 0, 0
+        ).compute_s
         try:
             plan = plan_on_device(profile, shape, float(cfg.model.width), quant)
             what = f"{plan.mode}{plan.last_k or ''} b{plan.batch_size}"
         except PlanDeclined as declined:
-            what = f"declines ({declined.smallest_bytes // 1024} KiB needed)"
-        slowest = max(windows[u] for u in users[name])
-        cost = simulate_client_cost(profile, macs, slowest, cfg.train.epochs, 0, 0)
+            what = f"declines ({math.ceil(declined.smallest_bytes / 1024)} KiB needed)"
+            compute_s = None  # a declining device never trains
         rows.append(
             {
                 "device": name,
                 "users": len(users[name]),
-                "budget_kib": (profile.sram_bytes - profile.runtime_reserve_bytes) // 1024,
+                "budget_kib": training_budget_bytes(profile) // 1024,
                 "plan": what,
-                "compute_s": cost.compute_s,
+                "compute_s": compute_s,
             }
         )
     return rows
@@ -144,8 +148,8 @@ def _f(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _g(value: float) -> str:
-    return f"{value:.3g}"
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def format_tables(results: list[dict[str, Any]], plans: dict[str, list[dict[str, Any]]]) -> str:
