@@ -35,7 +35,7 @@ from fedhar.ondevice import (
 from fedhar.planner import PlanDeclined, apply_plan, trainable_names
 from fedhar.quant import calibrate, prepare_qat, scale_gradients
 from fedhar.sensors import SensorVariability
-from fedhar.train import TrainConfig, derive_seed, evaluate, train_local
+from fedhar.train import TrainConfig, derive_seed, evaluate, train_head_first, train_local
 from fedhar.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -161,7 +161,11 @@ def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDic
     )
     seed = derive_seed(settings.seed, instructions.server_round, node.partition_id)
     started = time.perf_counter()
-    result = train_local(model, node.data.train.x, node.data.train.y, config, seed, step_hook)
+    x, y = node.data.train.x, node.data.train.y
+    if instructions.head_epochs > 0:
+        result = train_head_first(model, x, y, config, instructions.head_epochs, seed, step_hook)
+    else:
+        result = train_local(model, x, y, config, seed, step_hook)
     report = TrainReport(
         num_examples=result.num_examples,
         train_loss=result.mean_loss,

@@ -84,8 +84,8 @@ class RoundCosts:
     participants: int  # clients that started training
     completed: int  # replies that made the deadline
     stragglers: int  # replies that missed it
-    dropouts: int  # clients that started and failed (e.g. the plan did not fit)
-    declines: int  # sampled clients that were unavailable
+    dropouts: int  # sampled clients that were not available this round
+    declines: int  # clients that answered they cannot train (e.g. no plan fits their SRAM)
 
 
 def summarize_round(

@@ -61,6 +61,10 @@ class QuantConfig:
 class ActivationObserver(nn.Module):
     """Per-tensor affine fake quantizer whose range is observed in training or calibration."""
 
+    min_val: Tensor
+    max_val: Tensor
+    seen: Tensor
+
     def __init__(self, bits: int, momentum: float | None) -> None:
         super().__init__()
         self.bits, self.momentum, self.calibrating = bits, momentum, False
@@ -159,9 +163,10 @@ class QLSTM(_QuantMixin, nn.LSTM):
         if not isinstance(x, Tensor) or x.dim() != 3:
             raise ValueError("QLSTM expects a batched 3-D tensor; packed sequences are unsupported")
         bits = self.quant_config.weight_bits
-        weights = [
+        weights: list[Tensor] = [
             fake_quantize_weight(w, bits) if name.startswith("weight") else w
             for name, w in zip(self._flat_weights_names, self._flat_weights, strict=True)
+            if w is not None
         ]
         if hx is None:
             batch = x.size(0) if self.batch_first else x.size(1)
@@ -219,7 +224,7 @@ def prepare_qat(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     return qat
 
 
-def quantized_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def quantized_layers(model: nn.Module) -> Iterator[tuple[str, QConv1d | QLinear | QLSTM]]:
     """Yield (name, layer) for every fake-quantized layer of a prepared model."""
     for name, module in model.named_modules():
         if isinstance(module, QUANT_LAYERS):

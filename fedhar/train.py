@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -102,6 +102,35 @@ def train_local(
             if config.max_steps is not None and steps >= config.max_steps:
                 return TrainResult(len(x), steps, total_loss / steps)
     return TrainResult(len(x), steps, total_loss / max(steps, 1))
+
+
+def train_head_first(
+    model: nn.Module,
+    x: np.ndarray,  # (N, C, T)
+    y: np.ndarray,  # (N,)
+    config: TrainConfig,
+    head_epochs: int,
+    seed: int,
+    step_hook: Callable[[nn.Module], None] | None = None,
+    head_prefix: str = "head.",
+) -> TrainResult:
+    """FedRep's local schedule (Collins et al. 2021): the head alone for ``head_epochs``,
+    then the body alone for ``config.epochs``; parameters frozen before stay frozen."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    phases = ((True, replace(config, epochs=head_epochs)), (False, config))
+    results = []
+    for phase, (head_phase, phase_config) in enumerate(phases):
+        if phase_config.epochs == 0:
+            continue
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in trainable and name.startswith(head_prefix) == head_phase)
+        if any(p.requires_grad for p in model.parameters()):
+            results.append(train_local(model, x, y, phase_config, seed + phase, step_hook))
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    steps = sum(r.num_steps for r in results)
+    loss = sum(r.mean_loss * r.num_steps for r in results) / max(steps, 1)
+    return TrainResult(len(x), steps, loss)
 
 
 @torch.no_grad()

@@ -43,6 +43,7 @@ class TrainInstructions:
     lr: float
     proximal_mu: float = 0.0
     width: float = 1.0  # width of the sub-model the arrays belong to
+    head_epochs: int = 0  # FedRep: epochs on the head alone before the body's epochs
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,12 @@ def train_reply(
 def trained_names(content: RecordDict) -> list[str] | None:
     """Keys the client's training changed, or None if the reply does not say."""
     record = content.config_records.get(TRAINED_KEY)
-    return None if record is None else [str(name) for name in record["names"]]
+    if record is None:
+        return None
+    names = record["names"]
+    if not isinstance(names, list):
+        raise ValueError(f"'{TRAINED_KEY}' record holds {type(names).__name__}, not a list")
+    return [str(name) for name in names]
 
 
 def node_info_record(info: NodeInfo) -> RecordDict:
@@ -203,7 +209,7 @@ def node_info_record(info: NodeInfo) -> RecordDict:
 
 
 def node_info_from_record(content: RecordDict) -> NodeInfo:
-    return _from_record(NodeInfo, content[NODE_KEY])
+    return _from_record(NodeInfo, content.config_records[NODE_KEY])
 
 
 def eval_reply(report: EvalReport, identity: ClientIdentity) -> RecordDict:

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedhar.costs import ClientCost, is_available, straggles
+from fedhar.costs import ClientCost, is_available, straggles, summarize_round
 from fedhar.devices import DeviceProfile
 from fedhar.train import derive_seed
 from fedhar.wire import (
@@ -62,17 +62,6 @@ class RunInfo:
     directory: FleetDirectory
 
 
-@dataclass(frozen=True)
-class FleetRound:
-    """Simulated cost figures of one round (written to the round record's extras)."""
-
-    completed: int = 0
-    dropouts: int = 0
-    stragglers: int = 0
-    wall_clock_s: float = 0.0
-    energy_j: float = 0.0
-
-
 class FleetSimulation(Strategy):
     """Wraps ``strategy``; enrolls nodes and, given devices, simulates their round.
 
@@ -108,7 +97,8 @@ class FleetSimulation(Strategy):
         self.deadline_s = deadline_s
         self.enroll_timeout_s = enroll_timeout_s
         self._download: dict[int, int] = {}
-        self._round = FleetRound()
+        self._dropouts = 0
+        self._round = summarize_round([])
 
     def summary(self) -> None:
         log(
@@ -126,7 +116,7 @@ class FleetSimulation(Strategy):
             "dropped/straggler": float(self._round.stragglers),
             "fleet/sim_wall_clock_s": self._round.wall_clock_s,
             "fleet/sim_energy_j": self._round.energy_j,
-        }
+        }  # declines are counted by Tracking, which sees the replies that carry them
 
     def enroll(self, grid: Grid) -> None:
         """Ask every node who it is; keep those whose signing key the server expects."""
@@ -164,7 +154,8 @@ class FleetSimulation(Strategy):
             self.enroll(grid)
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         available = [m for m in messages if self._available(m.metadata.dst_node_id, server_round)]
-        self._round = FleetRound(dropouts=len(messages) - len(available))
+        self._dropouts = len(messages) - len(available)
+        self._round = summarize_round([], dropouts=self._dropouts)
         self._download = {m.metadata.dst_node_id: content_nbytes(m.content) for m in available}
         return available
 
@@ -190,33 +181,17 @@ class FleetSimulation(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         kept: list[Message] = []
-        costs: list[tuple[ClientCost, bool]] = []
+        costs: list[ClientCost] = []
+        declines = 0
         for reply in replies:
             cost = self._cost(reply)
-            late = cost is not None and straggles(cost, self.deadline_s)
             if cost is not None:
-                costs.append((cost, late))
-            if not late:
+                costs.append(cost)
+            declines += not reply.has_error() and decline_reason(reply.content) is not None
+            if cost is None or not straggles(cost, self.deadline_s):
                 kept.append(reply)
-        self._round = self._summarize(costs)
+        self._round = summarize_round(costs, self.deadline_s, self._dropouts, declines)
         return self.strategy.aggregate_train(server_round, kept)
-
-    def _summarize(self, costs: list[tuple[ClientCost, bool]]) -> FleetRound:
-        on_time = [c.total_s for c, late in costs if not late]
-        any_late = any(late for _, late in costs)
-        deadline = self.deadline_s if self.deadline_s is not None else 0.0
-        wall = deadline if any_late else max(on_time, default=0.0)
-        energy = sum(
-            c.energy_j * (min(1.0, deadline / c.total_s) if late and c.total_s > 0 else 1.0)
-            for c, late in costs
-        )  # a straggler spends energy until the server stops waiting for it
-        return FleetRound(
-            completed=len(on_time),
-            dropouts=self._round.dropouts,
-            stragglers=sum(late for _, late in costs),
-            wall_clock_s=wall,
-            energy_j=energy,
-        )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedhar.train import TrainConfig, derive_seed, evaluate, train_local
+from fedhar.train import TrainConfig, derive_seed, evaluate, train_head_first, train_local
 
 
 def _problem(n: int = 96) -> tuple[np.ndarray, np.ndarray]:
@@ -71,3 +71,25 @@ def test_empty_data_is_refused() -> None:
     with pytest.raises(ValueError, match="no training windows"):
         train_local(_model(), np.zeros((0, 2, 16), np.float32), np.zeros(0, int), TrainConfig(), 0)
     assert derive_seed(1, 2) == derive_seed(1, 2) != derive_seed(1, 3)
+
+
+def test_head_first_trains_the_head_then_the_body_and_respects_frozen_layers() -> None:
+    x, y = _problem()
+    model = nn.Sequential()
+    model.add_module("body", _model()[0])
+    model.add_module("act", nn.ReLU())
+    model.add_module("pool", nn.AdaptiveAvgPool1d(1))
+    model.add_module("flat", nn.Flatten())
+    model.add_module("head", nn.Linear(4, 3))
+    model.body.bias.requires_grad_(False)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    head_only = train_head_first(model, x, y, TrainConfig(epochs=0), head_epochs=2, seed=0)
+    assert head_only.num_steps > 0
+    assert torch.equal(model.body.weight, before["body.weight"])
+    assert not torch.equal(model.head.weight, before["head.weight"])
+    head_after = model.head.weight.detach().clone()
+    train_head_first(model, x, y, TrainConfig(epochs=1), head_epochs=0, seed=0)
+    assert torch.equal(model.head.weight, head_after)  # body phase leaves the head alone
+    assert not torch.equal(model.body.weight, before["body.weight"])
+    assert torch.equal(model.body.bias, before["body.bias"])  # frozen by the plan: stays
+    assert not model.body.bias.requires_grad and model.head.weight.requires_grad

@@ -1,0 +1,169 @@
+"""Building a run's pieces from a Hydra config: the one place that calls ``instantiate``.
+
+Library code takes typed dataclasses; this module turns the composed config into them, and
+into the strategy, its wrappers and the client mods named in the config.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import hydra
+from flwr.app import ArrayRecord
+from flwr.clientapp.typing import Mod
+from flwr.serverapp.strategy import Strategy
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from clients.app import ClientSettings
+from fedhar.devices import DeviceProfile, FleetSpec, assign_devices, load_catalogue
+from fedhar.federation import Federation, FederationSpec, load_federation
+from fedhar.keys import DeviceIdentity
+from fedhar.models import build_model
+from fedhar.ondevice import QuantSettings
+from fedhar.sensors import SensorVariability
+from fedhar.train import evaluate
+from fedhar.width_eval import evaluate_widths
+from fedhar.wire import arrays_to_state
+from strategies.fleet import FleetSimulation, RunInfo
+from strategies.tracking import ServerEvaluate
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``configs/config.yaml`` with Hydra overrides, outside ``@hydra.main``."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides or []))
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which and how to fix it."""
+
+
+def federation_spec(cfg: DictConfig) -> FederationSpec:
+    options = OmegaConf.to_container(cfg.dataset.options, resolve=True)
+    assert isinstance(options, dict)
+    return FederationSpec(
+        dataset=cfg.dataset.name,
+        options=FederationSpec.options_from({str(k): v for k, v in options.items()}),
+        holdout_fraction=cfg.federation.holdout_fraction,
+        test_fraction=cfg.federation.test_fraction,
+        gap_s=cfg.federation.gap_s,
+        seed=cfg.seed,
+    )
+
+
+def fleet_config(cfg: DictConfig) -> tuple[dict[str, DeviceProfile], FleetSpec | None]:
+    """The device catalogue and fleet spec, or ({}, None) for a run without devices."""
+    fleet = cfg.get("fleet") or {}
+    if not fleet.get("mix") and not fleet.get("device_map"):
+        return {}, None
+    catalogue = load_catalogue(_plain(fleet.devices))
+    return catalogue, FleetSpec.from_mapping(_plain(fleet))
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def client_settings(cfg: DictConfig, federation: Federation) -> ClientSettings:
+    catalogue, fleet = fleet_config(cfg)
+    devices: tuple[tuple[str, DeviceProfile], ...] = ()
+    if fleet is not None:
+        labels = {u: federation.client(i).device for i, u in enumerate(federation.clients)}
+        assigned = assign_devices(federation.clients, fleet, catalogue, cfg.seed, labels)
+        devices = tuple(sorted(assigned.items()))
+    return ClientSettings(
+        federation=federation.spec,
+        model=cfg.model.name,
+        seed=cfg.seed,
+        devices=devices,
+        variability=fleet.sensor_variability if fleet else SensorVariability.none(),
+        quant=QuantSettings(**_plain(cfg.quant)),
+        crash_partitions=tuple(cfg.faults.crash_partitions),
+    )
+
+
+def build_strategy(cfg: DictConfig, num_clients: int, run: RunInfo) -> Strategy:
+    """Instantiate the configured Flower strategy and check it can run on this fleet."""
+    target = hydra.utils.get_class(cfg.strategy.algorithm._target_)
+    takes_run = "run" in inspect.signature(target.__init__).parameters
+    # _partial_: Hydra would turn a dataclass argument (RunInfo) into a config copy.
+    build = instantiate(cfg.strategy.algorithm, _partial_=True)
+    strategy = build(run=run) if takes_run else build()
+    if not isinstance(strategy, Strategy):
+        raise ConfigError(
+            f"strategy.algorithm built {type(strategy).__name__}, not a Flower Message-API "
+            "Strategy; point _target_ at a class from flwr.serverapp.strategy or strategies/"
+        )
+    for name in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
+        needed = getattr(strategy, name, 0)
+        if needed > num_clients:
+            raise ConfigError(
+                f"strategy.algorithm.{name}={needed} but the federation has only {num_clients} "
+                f"client users; lower {name} or use more users"
+            )
+    return strategy
+
+
+def wrap_strategy(cfg: DictConfig, strategy: Strategy, run: RunInfo) -> Strategy:
+    """Apply the configured wrappers, listed inner to outer, then the fleet simulation."""
+    for spec in (cfg.get("wrappers") or {}).values():
+        strategy = instantiate(spec.server, _partial_=True)(strategy=strategy, run=run)
+    catalogue, fleet = fleet_config(cfg)
+    expected_keys = {
+        partition: DeviceIdentity.from_seed(cfg.seed, partition).signing_public_bytes()
+        for partition in range(len(load_federation(federation_spec(cfg)).clients))
+    }
+    return FleetSimulation(
+        strategy,
+        run,
+        expected_keys,
+        catalogue,
+        deadline_s=fleet.deadline_s if fleet else None,
+        enroll_timeout_s=cfg.runtime.round_timeout_s,
+    )
+
+
+def client_mods(cfg: DictConfig) -> list[Mod]:
+    """Client mods, outermost first: the outermost server wrapper pairs with the first mod."""
+    wrapper_mods = [
+        instantiate(spec.client_mod)
+        for spec in (cfg.get("wrappers") or {}).values()
+        if spec.get("client_mod") is not None
+    ]
+    strategy_mods = [instantiate(mod) for mod in cfg.strategy.get("client_mods") or []]
+    return [*reversed(wrapper_mods), *strategy_mods]
+
+
+def server_evaluator(cfg: DictConfig, federation: Federation) -> ServerEvaluate:
+    """Evaluate the global model on the held-out users (none held out: no server metrics).
+
+    With ``strategy.evaluate_widths`` (partial-model strategies), every nested width is scored
+    as well, as ``width_<w>/macro_f1`` and friends.
+    """
+    holdout = federation.holdout
+    model = build_model(
+        cfg.model.name, federation.in_channels, federation.num_classes, cfg.model.width
+    )
+    widths = list(cfg.strategy.get("evaluate_widths") or [])
+
+    def evaluate_holdout(_: int, arrays: ArrayRecord) -> dict[str, float]:
+        if len(holdout) == 0:
+            return {}
+        state = arrays_to_state(arrays)
+        model.load_state_dict(state)
+        result = evaluate(model, holdout.x, holdout.y, federation.num_classes)
+        scores = {"loss": result.loss, "accuracy": result.accuracy, "macro_f1": result.macro_f1}
+        if widths:
+            scores |= evaluate_widths(
+                cfg.model.name, state, widths, holdout.x, holdout.y, federation.num_classes
+            )
+        return scores
+
+    return evaluate_holdout

@@ -1,0 +1,78 @@
+"""The Flower App behind ``flwr run .``: the same ServerApp and ClientApp as ``fedhar``.
+
+The run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, or ``--run-config``) selects
+the Hydra config: ``experiment`` names a preset in ``configs/experiment/``, ``overrides`` adds
+space-separated Hydra overrides, and ``run-dir`` is where outputs go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig
+
+from clients.app import ClientSettings, make_client_app
+from experiments.compose import client_mods, client_settings, federation_spec, load_config
+from experiments.report import print_summary
+from experiments.server import prepare_run
+from fedhar.federation import load_federation
+
+DEFAULT_RUN_DIR = "outputs/flwr-run"
+
+
+def _overrides(run_config: Mapping[str, object]) -> tuple[str, ...]:
+    experiment = str(run_config.get("experiment", "") or "")
+    extra = str(run_config.get("overrides", "") or "").split()
+    return (*([f"experiment={experiment}"] if experiment else []), *extra)
+
+
+@lru_cache(maxsize=4)
+def _config(overrides: tuple[str, ...]) -> DictConfig:
+    return load_config(list(overrides))
+
+
+@lru_cache(maxsize=4)
+def _settings(overrides: tuple[str, ...]) -> ClientSettings:
+    cfg = _config(overrides)
+    return client_settings(cfg, load_federation(federation_spec(cfg)))
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = _config(_overrides(context.run_config))
+    run = prepare_run(cfg, Path(str(context.run_config.get("run-dir", DEFAULT_RUN_DIR))))
+    try:
+        run.serve(grid)
+    finally:
+        run.close()
+    print_summary(run.finish(list(_overrides(context.run_config))), run.run_dir)
+
+
+def configured_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Apply the client mods the run config's wrappers and strategy name, outermost first."""
+    handler = call_next
+    for mod in reversed(_mods(_overrides(context.run_config))):
+        handler = _bind(mod, handler)
+    return handler(msg, context)
+
+
+@lru_cache(maxsize=4)
+def _mods(overrides: tuple[str, ...]) -> tuple[Mod, ...]:
+    return tuple(client_mods(_config(overrides)))
+
+
+def _bind(mod: Mod, call_next: ClientAppCallable) -> ClientAppCallable:
+    return lambda msg, context: mod(msg, context, call_next)
+
+
+client_app = make_client_app(
+    lambda context: _settings(_overrides(context.run_config)), [configured_mods]
+)

@@ -1,0 +1,162 @@
+"""The server side of a run: resume or start, wrap the strategy, and drive its rounds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from omegaconf import DictConfig, OmegaConf
+
+from clients.app import ClientSettings
+from experiments.compose import (
+    build_strategy,
+    client_settings,
+    federation_spec,
+    server_evaluator,
+    wrap_strategy,
+)
+from experiments.report import summarize_run
+from experiments.sinks import RoundProgress, RunFiles, WandbTracking, truncate_outputs
+from fedhar.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from fedhar.federation import Federation, load_federation
+from fedhar.models import build_model
+from fedhar.records import RoundSink
+from fedhar.train import seed_everything
+from fedhar.wire import numpy_to_arrays, state_to_arrays
+from strategies.checkpointing import Checkpointing, restore_state
+from strategies.fleet import FleetDirectory, RunInfo
+from strategies.tracking import Tracking
+
+log = logging.getLogger("fedhar")
+
+
+@dataclass
+class ServerRun:
+    """A prepared run: the wrapped strategy and where it starts from."""
+
+    cfg: DictConfig
+    run_dir: Path
+    settings: ClientSettings
+    num_clients: int
+    strategy: Strategy
+    initial_arrays: ArrayRecord
+    rounds_done: int
+    sinks: list[RoundSink]
+
+    def serve(self, grid: Grid) -> None:
+        """Run the remaining rounds on ``grid``."""
+        cfg = self.cfg
+        width = float(cfg.model.width)
+        train_config = ConfigRecord(
+            {
+                "epochs": cfg.train.epochs,
+                "batch-size": cfg.train.batch_size,
+                "lr": cfg.train.lr,
+                "width": width,
+            }
+        )
+        wait_for_fleet(grid, self.num_clients, cfg.runtime.round_timeout_s)
+        self.strategy.start(
+            grid=grid,
+            initial_arrays=self.initial_arrays,
+            num_rounds=cfg.num_rounds - self.rounds_done,
+            timeout=cfg.runtime.round_timeout_s,
+            train_config=train_config,
+            evaluate_config=ConfigRecord({"width": width}),
+        )
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+    def finish(self, overrides: list[str] | None = None) -> dict[str, Any]:
+        """Write and return ``summary.json``; ``overrides`` label sweep jobs."""
+        summary = {"overrides": " ".join(overrides or []), **summarize_run(self.run_dir)}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
+    """Compose the run in ``run_dir``: fresh, or resumed from its checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_logs(cfg.runtime.verbose)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    federation = load_federation(federation_spec(cfg))
+    run = RunInfo(run_id=run_dir.name, seed=cfg.seed, run_dir=run_dir, directory=FleetDirectory())
+    strategy = build_strategy(cfg, len(federation.clients), run)
+    rounds_done, start = _start_state(cfg, run_dir, federation)
+    if rounds_done:
+        restore_state(strategy, start.strategy_state)
+        initial_arrays = numpy_to_arrays(start.arrays)
+        log.warning("resuming %s after round %d", run_dir, rounds_done)
+    else:
+        initial_arrays = start
+    sinks = _sinks(cfg, run_dir, rounds_done)
+    tracked = Tracking(wrap_strategy(cfg, strategy, run), server_evaluator(cfg, federation), sinks)
+    return ServerRun(
+        cfg=cfg,
+        run_dir=run_dir,
+        settings=client_settings(cfg, federation),
+        num_clients=len(federation.clients),
+        strategy=Checkpointing(tracked, run_dir, seed=cfg.seed, rounds_done=rounds_done),
+        initial_arrays=initial_arrays,
+        rounds_done=rounds_done,
+        sinks=sinks,
+    )
+
+
+def wait_for_fleet(grid: Grid, num_nodes: int, timeout_s: float) -> None:
+    """Block until every simulated node has registered, so round 1 samples the whole fleet.
+
+    Flower samples from the nodes registered so far; without this wait, round 1 would depend
+    on how fast the runtime starts its nodes.
+    """
+    deadline = time.monotonic() + timeout_s
+    while len(list(grid.get_node_ids())) < num_nodes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {len(list(grid.get_node_ids()))} of {num_nodes} nodes registered within "
+                f"{timeout_s:.0f} s; raise runtime.round_timeout_s or check the Ray resources"
+            )
+        time.sleep(0.05)
+
+
+def _sinks(cfg: DictConfig, run_dir: Path, rounds_done: int) -> list[RoundSink]:
+    sinks: list[RoundSink] = [RunFiles(run_dir, plots=cfg.tracking.plots)]
+    if cfg.tracking.wandb:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(config, dict)
+        sinks.append(WandbTracking(run_dir, cfg.tracking.project, config, cfg.tracking.wandb_mode))
+    if cfg.tracking.progress:
+        sinks.append(RoundProgress(cfg.num_rounds, rounds_done))
+    return sinks
+
+
+def _quiet_logs(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.getLogger("flwr").setLevel(level)
+    logging.getLogger("ray").setLevel(level)
+
+
+def _start_state(cfg: DictConfig, run_dir: Path, federation: Federation) -> tuple[int, Any]:
+    """(rounds already done, initial arrays): from the checkpoint if resuming, else fresh."""
+    if not cfg.resume:
+        for name in (CHECKPOINT_NAME, "metrics.jsonl", "per_user.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is not None:
+        truncate_outputs(run_dir, checkpoint.server_round)
+        return checkpoint.server_round, checkpoint
+    seed_everything(cfg.seed)
+    model = build_model(
+        cfg.model.name, federation.in_channels, federation.num_classes, cfg.model.width
+    )
+    truncate_outputs(run_dir, 0)
+    return 0, state_to_arrays(model.state_dict())
