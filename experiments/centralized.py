@@ -124,7 +124,7 @@ def plot_curve(curve: list[dict[str, float]], path: Path) -> None:
     twin.plot(epochs, [c["test_macro_f1"] for c in curve], label="test macro-F1")
     twin.set(ylabel="macro-F1", ylim=(0, 1))
     fig.legend(loc="lower center", ncol=2, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))  # leave room for the legend under the axes
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -6,6 +6,7 @@ Every config group can be overridden on the command line, e.g.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ def run_experiment(
 def _backend_config(cfg: DictConfig) -> dict[str, Any]:
     resources = OmegaConf.to_container(cfg.runtime.client_resources, resolve=True)
     init_args = OmegaConf.to_container(cfg.runtime.ray_init_args, resolve=True)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default
     return {"client_resources": resources, "init_args": init_args}
 
 

@@ -140,7 +140,7 @@ def _sinks(cfg: DictConfig, run_dir: Path, rounds_done: int) -> list[RoundSink]:
 
 
 def _quiet_logs(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.WARNING
+    level = logging.INFO if verbose else logging.ERROR
     logging.getLogger("flwr").setLevel(level)
     logging.getLogger("ray").setLevel(level)
 

@@ -178,7 +178,9 @@ def assign_devices(
         if missing_users or unmapped:
             raise ValueError(
                 f"users without a dataset device {missing_users[:5]}, dataset devices without a "
-                f"profile {unmapped}; device_map covers {sorted(fleet.device_map)}"
+                f"profile {unmapped}; device_map covers {sorted(fleet.device_map)} (a user "
+                "recorded on several devices needs one device per client, e.g. sp-sw-har with "
+                "dataset.options.devices=sp or sw)"
             )
         return {u: catalogue[fleet.device_map[dataset_devices[u]]] for u in users}
     _check_names(list(fleet.mix), catalogue)

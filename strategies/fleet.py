@@ -110,6 +110,8 @@ class FleetSimulation(Strategy):
         self.strategy.summary()
 
     def round_stats(self) -> dict[str, float]:
+        if not self.catalogue:
+            return {}  # enrollment only: there are no device figures to report
         return {
             "fleet/completed": float(self._round.completed),
             "fleet/dropouts": float(self._round.dropouts),
