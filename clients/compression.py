@@ -31,12 +31,16 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from fedhar.codec import CodecConfig, check_bits, decode_state, encode_update
 from fedhar.payload import from_bytes, schema_from_bytes, to_bytes
 from fedhar.train import derive_seed
-from fedhar.wire import ARRAYS_KEY, CONFIG_KEY, arrays_to_state, state_to_arrays
+from fedhar.wire import (
+    ARRAYS_KEY,
+    COMPRESSED_KEY,
+    CONFIG_KEY,
+    RESIDUAL_KEY,
+    arrays_to_state,
+    state_to_arrays,
+)
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
-
-COMPRESSED_KEY = "compressed"  # ConfigRecord {"payload": bytes[, "schema": bytes]}
-RESIDUAL_KEY = "compression-residual"  # ArrayRecord in context.state: error-feedback residual
 
 
 def _kind(msg: Message) -> str:

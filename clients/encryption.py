@@ -32,8 +32,6 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from fedhar.crypto import (
     AEADS,
@@ -44,41 +42,40 @@ from fedhar.crypto import (
     seal,
 )
 from fedhar.keys import DeviceIdentity, fingerprint
-from fedhar.wire import ARRAYS_KEY, CONFIG_KEY
+from fedhar.wire import (
+    CONFIG_KEY,
+    PAYLOAD_FORMAT,
+    PAYLOAD_FORMAT_KEY,
+    PAYLOAD_KEYS,
+    RUN_ID_KEY,
+    SEALED_KEY,
+    SEALED_MODEL_KEY,
+    SERVER_FINGERPRINT_KEY,
+    SERVER_PUBLIC_KEY_KEY,
+    SERVER_SIGNING_KEY_KEY,
+    TRANSPORT_KEY,
+    record_from_bytes,
+    record_to_bytes,
+)
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
-
-PAYLOAD_FORMATS = (1,)  # 1: the reply's RecordDict as Flower protobuf bytes
-PAYLOAD_KEYS = ("compressed", ARRAYS_KEY)  # sealed, never left in clear
-SEALED_KEY = "sealed"  # ConfigRecord {"envelope": bytes, "inner": name of the main payload}
-SEALED_MODEL_KEY = "sealed-model"  # ConfigRecord {"envelope": bytes}: the downlink model
-TRANSPORT_KEY = "transport"  # MetricRecord of seal/open seconds, clear telemetry
-
-
-def record_to_bytes(content: RecordDict) -> bytes:
-    """Serialize records with Flower's protobuf format (safe: no pickle anywhere)."""
-    return bytes(recorddict_to_proto(content).SerializeToString())
-
-
-def record_from_bytes(data: bytes) -> RecordDict:
-    """Parse ``record_to_bytes`` output; malformed bytes raise (DecodeError or ValueError)."""
-    return recorddict_from_proto(ProtoRecordDict.FromString(data))
 
 
 def _server_keys(config: ConfigRecord) -> tuple[bytes, bytes]:
     """The server's (X25519, Ed25519) public keys, checked against the sent fingerprint."""
-    missing = [k for k in ("server-public-key", "server-signing-key", "server-key-fingerprint",
-                           "run-id", "payload-format") if k not in config]  # fmt: skip
+    needed = (SERVER_PUBLIC_KEY_KEY, SERVER_SIGNING_KEY_KEY, SERVER_FINGERPRINT_KEY, RUN_ID_KEY,
+              PAYLOAD_FORMAT_KEY)  # fmt: skip
+    missing = [k for k in needed if k not in config]
     if missing:
         raise ValueError(
             f"train config lacks {missing}: the server must wrap its strategy in "
             "strategies.encryption.EncryptedTransport when clients use encryption_mod"
         )
-    public, signing = config["server-public-key"], config["server-signing-key"]
+    public, signing = config[SERVER_PUBLIC_KEY_KEY], config[SERVER_SIGNING_KEY_KEY]
     if not isinstance(public, bytes) or not isinstance(signing, bytes):
-        raise ValueError("server-public-key and server-signing-key must be bytes")
-    if fingerprint(public + signing) != config["server-key-fingerprint"]:
-        raise ValueError("server keys do not match server-key-fingerprint; refusing to seal")
+        raise ValueError(f"{SERVER_PUBLIC_KEY_KEY} and {SERVER_SIGNING_KEY_KEY} must be bytes")
+    if fingerprint(public + signing) != config[SERVER_FINGERPRINT_KEY]:
+        raise ValueError(f"server keys do not match {SERVER_FINGERPRINT_KEY}; refusing to seal")
     return public, signing
 
 
@@ -107,8 +104,8 @@ def _open_model(
     _, signing = _server_keys(config)
     started = time.perf_counter()
     expected = EnvelopeContext(
-        str(config["run-id"]), _int(config, "server-round"), context.node_id, "global-model",
-        _int(config, "payload-format"),
+        str(config[RUN_ID_KEY]), _int(config, "server-round"), context.node_id, "global-model",
+        _int(config, PAYLOAD_FORMAT_KEY),
     )  # fmt: skip
     blob = msg.content.config_records[SEALED_MODEL_KEY].get("envelope")
     if not isinstance(blob, bytes):
@@ -138,13 +135,17 @@ def _seal_reply(
     if not payload:  # a decline: nothing to protect
         return reply
     public, _ = _server_keys(config)
-    version = _int(config, "payload-format")
-    if version not in PAYLOAD_FORMATS:
+    version = _int(config, PAYLOAD_FORMAT_KEY)
+    if version != PAYLOAD_FORMAT:
         raise ValueError(f"server asks for payload format {version}; this client writes "
-                         f"{list(PAYLOAD_FORMATS)}: update the client")  # fmt: skip
+                         f"{PAYLOAD_FORMAT}: update the client")  # fmt: skip
     started = time.perf_counter()
     envelope_context = EnvelopeContext(
-        str(config["run-id"]), _int(config, "server-round"), context.node_id, "train-reply", version
+        str(config[RUN_ID_KEY]),
+        _int(config, "server-round"),
+        context.node_id,
+        "train-reply",
+        version,
     )
     envelope = seal(record_to_bytes(reply.content), envelope_context, public, identity, aead)
     transport = {**transport, "seal-seconds": time.perf_counter() - started}

@@ -12,10 +12,14 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from fedhar.wire import ARRAYS_KEY, CONFIG_KEY, TRAINED_KEY, trained_names
-
-PERSONAL_NAMES_KEY = "personal-names"  # config: entries the node keeps to itself
-STATE_KEY = "personal-layers"  # context.state ArrayRecord holding them between rounds
+from fedhar.wire import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    PERSONAL_NAMES_KEY,
+    PERSONAL_STATE_KEY,
+    TRAINED_KEY,
+    trained_names,
+)
 
 
 class PersonalLayersMissing(ValueError):
@@ -48,7 +52,9 @@ def _keep(reply: Message, names: list[str], context: Context) -> None:
     """Save the reply's personal entries on the node and take them out of the reply."""
     arrays = reply.content.array_records[ARRAYS_KEY]
     personal = set(names)
-    context.state[STATE_KEY] = ArrayRecord({k: v for k, v in arrays.items() if k in personal})
+    context.state[PERSONAL_STATE_KEY] = ArrayRecord(
+        {k: v for k, v in arrays.items() if k in personal}
+    )
     reply.content[ARRAYS_KEY] = ArrayRecord({k: v for k, v in arrays.items() if k not in personal})
     trained = trained_names(reply.content)
     if trained is not None:
@@ -63,7 +69,7 @@ def personal_layers() -> Mod:
         names = _personal_names(msg)
         if not names or ARRAYS_KEY not in msg.content.array_records:
             return call_next(msg, context)
-        saved = context.state.array_records.get(STATE_KEY, ArrayRecord())
+        saved = context.state.array_records.get(PERSONAL_STATE_KEY, ArrayRecord())
         msg.content[ARRAYS_KEY] = _fill(msg.content[ARRAYS_KEY], saved, names)
         reply = call_next(msg, context)
         if not reply.has_error() and ARRAYS_KEY in reply.content.array_records:

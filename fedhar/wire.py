@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
@@ -21,6 +23,27 @@ CLIENT_KEY = "client"  # ConfigRecord with the replying user's identity (strings
 TRAINED_KEY = "trained"  # ConfigRecord {"names": [...]}: state keys the local update changed
 NODE_KEY = "node"  # ConfigRecord answering enrollment (NodeInfo)
 DECLINE_KEY = "decline"  # ConfigRecord sent instead of an update when a client cannot train
+
+# Compressed transport (strategies.compression, clients.compression).
+COMPRESSED_KEY = "compressed"  # ConfigRecord {"payload": bytes[, "schema": bytes]}
+RESIDUAL_KEY = "compression-residual"  # context.state ArrayRecord: error-feedback residual
+
+# Personal layers (strategies.masked and .personal, clients.personal).
+PERSONAL_NAMES_KEY = "personal-names"  # config list of state entries the node keeps to itself
+PERSONAL_STATE_KEY = "personal-layers"  # context.state ArrayRecord holding them between rounds
+HEAD_EPOCHS_KEY = "head-epochs"  # config int: FedRep's head-only epochs before the body's
+
+# Encrypted transport (strategies.encryption, clients.encryption).
+SEALED_KEY = "sealed"  # ConfigRecord {"envelope": bytes, "inner": name of the main payload}
+SEALED_MODEL_KEY = "sealed-model"  # ConfigRecord {"envelope": bytes}: the sealed downlink model
+TRANSPORT_KEY = "transport"  # MetricRecord of the client's seal/open seconds, clear telemetry
+PAYLOAD_KEYS = (COMPRESSED_KEY, ARRAYS_KEY)  # records that only travel sealed
+PAYLOAD_FORMAT_KEY = "payload-format"  # config int: the sealed payload's format version
+SERVER_PUBLIC_KEY_KEY = "server-public-key"  # config bytes: the server's X25519 public key
+SERVER_SIGNING_KEY_KEY = "server-signing-key"  # config bytes: the server's Ed25519 public key
+SERVER_FINGERPRINT_KEY = "server-key-fingerprint"  # config str: fingerprint of both keys
+RUN_ID_KEY = "run-id"  # config str: the run an envelope is bound to
+PAYLOAD_FORMAT = 1  # sealed payload format: the records as Flower protobuf bytes (record_to_bytes)
 
 T = TypeVar("T")
 
@@ -138,6 +161,16 @@ def train_report_from_record(record: MetricRecord) -> TrainReport:
 
 def eval_report_from_record(record: MetricRecord) -> EvalReport:
     return _from_record(EvalReport, record)
+
+
+def record_to_bytes(content: RecordDict) -> bytes:
+    """Serialize records with Flower's protobuf format (no pickle anywhere)."""
+    return bytes(recorddict_to_proto(content).SerializeToString())
+
+
+def record_from_bytes(data: bytes) -> RecordDict:
+    """Parse ``record_to_bytes`` output; malformed bytes raise (DecodeError or ValueError)."""
+    return recorddict_from_proto(ProtoRecordDict.FromString(data))
 
 
 def state_to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:

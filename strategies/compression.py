@@ -31,12 +31,16 @@ from fedhar.payload import (
     schema_to_bytes,
     to_bytes,
 )
-from fedhar.wire import ARRAYS_KEY, arrays_to_state, decline_reason, state_to_arrays
+from fedhar.wire import (
+    ARRAYS_KEY,
+    COMPRESSED_KEY,
+    arrays_to_state,
+    decline_reason,
+    state_to_arrays,
+)
 
 if TYPE_CHECKING:
     from strategies.fleet import RunInfo
-
-COMPRESSED_KEY = "compressed"  # as in clients.compression
 
 
 def float_schema(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:

@@ -26,8 +26,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -41,16 +39,27 @@ from fedhar.crypto import (
     seal_for_device,
 )
 from fedhar.keys import DeviceIdentity, ServerKeyPair
-from fedhar.wire import ARRAYS_KEY, CONFIG_KEY, content_nbytes, decline_reason
+from fedhar.wire import (
+    CONFIG_KEY,
+    PAYLOAD_FORMAT,
+    PAYLOAD_FORMAT_KEY,
+    PAYLOAD_KEYS,
+    RUN_ID_KEY,
+    SEALED_KEY,
+    SEALED_MODEL_KEY,
+    SERVER_FINGERPRINT_KEY,
+    SERVER_PUBLIC_KEY_KEY,
+    SERVER_SIGNING_KEY_KEY,
+    TRANSPORT_KEY,
+    content_nbytes,
+    decline_reason,
+    record_from_bytes,
+    record_to_bytes,
+)
 from strategies.fleet import RunInfo
 
 logger = logging.getLogger("fedhar")
 
-PAYLOAD_FORMAT = 1  # the reply's RecordDict as Flower protobuf bytes (clients.encryption)
-PAYLOAD_KEYS = ("compressed", ARRAYS_KEY)  # records that only travel sealed
-SEALED_KEY = "sealed"  # ConfigRecord {"envelope": bytes, "inner": "compressed" | "arrays"}
-SEALED_MODEL_KEY = "sealed-model"  # ConfigRecord {"envelope": bytes}: the downlink model
-TRANSPORT_KEY = "transport"  # clients' seal/open seconds, clear telemetry
 _NUMERIC_KINDS = "biuf"  # bool, int, uint, float arrays only
 
 
@@ -63,15 +72,10 @@ class PayloadRejected(Exception):
         self.detail = detail
 
 
-def record_to_bytes(content: RecordDict) -> bytes:
-    """Serialize records with Flower's protobuf format (no pickle anywhere)."""
-    return bytes(recorddict_to_proto(content).SerializeToString())
-
-
 def parse_payload(data: bytes) -> RecordDict:
     """Opened envelope bytes -> records; anything malformed -> ``PayloadRejected``."""
     try:
-        content = recorddict_from_proto(ProtoRecordDict.FromString(data))
+        content = record_from_bytes(data)
         for record in content.array_records.values():
             for name, array in record.items():
                 values = array.numpy()  # np.load with allow_pickle=False
@@ -164,11 +168,11 @@ class EncryptedTransport(Strategy):
 
     def _key_config(self, server_round: int) -> dict[str, bytes | str | int]:
         return {
-            "server-public-key": self.keys.public_bytes(),
-            "server-signing-key": self.keys.signing_public_bytes(),
-            "server-key-fingerprint": self.keys.fingerprint(),
-            "run-id": self.run.run_id,
-            "payload-format": PAYLOAD_FORMAT,
+            SERVER_PUBLIC_KEY_KEY: self.keys.public_bytes(),
+            SERVER_SIGNING_KEY_KEY: self.keys.signing_public_bytes(),
+            SERVER_FINGERPRINT_KEY: self.keys.fingerprint(),
+            RUN_ID_KEY: self.run.run_id,
+            PAYLOAD_FORMAT_KEY: PAYLOAD_FORMAT,
             "server-round": server_round,
         }
 

@@ -31,10 +31,14 @@ from fedhar.aggregate import Contribution, aggregate_masked
 from fedhar.models import build_model
 from fedhar.partial import SubModelSpec, extract, scatter, slice_width
 from fedhar.widths import DEFAULT_LEVELS, HeteroFLWidths, WidthAssignment, WidthPolicy
-from fedhar.wire import METRICS_KEY, arrays_to_state, state_to_arrays, trained_names
+from fedhar.wire import (
+    METRICS_KEY,
+    PERSONAL_NAMES_KEY,
+    arrays_to_state,
+    state_to_arrays,
+    trained_names,
+)
 from strategies.fleet import RunInfo
-
-PERSONAL_NAMES_KEY = "personal-names"  # config list of entries the client keeps to itself
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,8 @@ from torch import nn
 
 from fedhar.partial import select_head, select_without_batchnorm
 from fedhar.widths import HeteroFLWidths, WidthPolicy
+from fedhar.wire import HEAD_EPOCHS_KEY
 from strategies.masked import MaskedFedAvg
-
-HEAD_EPOCHS_KEY = "head-epochs"
 
 
 class PersonalLayers(MaskedFedAvg):

@@ -12,10 +12,12 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.app.metadata import Metadata
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.compression import COMPRESSED_KEY, RESIDUAL_KEY, compression_mod
+from clients.compression import compression_mod
 from fedhar.codec import channel_scales, decode_update
 from fedhar.payload import from_bytes
 from fedhar.wire import (
+    COMPRESSED_KEY,
+    RESIDUAL_KEY,
     ClientIdentity,
     TrainReport,
     arrays_to_state,

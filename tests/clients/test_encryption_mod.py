@@ -12,10 +12,18 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.app.metadata import Metadata
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.encryption import encryption_mod, record_from_bytes, record_to_bytes
+from clients.encryption import encryption_mod
 from fedhar.crypto import EnvelopeContext, EnvelopePolicy, ReplayGuard, open_envelope, read_header
 from fedhar.keys import DeviceIdentity, ServerKeyPair
-from fedhar.wire import ClientIdentity, TrainReport, decline_reply, state_to_arrays, train_reply
+from fedhar.wire import (
+    ClientIdentity,
+    TrainReport,
+    decline_reply,
+    record_from_bytes,
+    record_to_bytes,
+    state_to_arrays,
+    train_reply,
+)
 
 SEED, NODE, PARTITION = 5, 42, 3
 SERVER = ServerKeyPair.from_seed(99)

@@ -9,15 +9,12 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.personal import (
-    PERSONAL_NAMES_KEY,
-    STATE_KEY,
-    PersonalLayersMissing,
-    personal_layers,
-)
+from clients.personal import PersonalLayersMissing, personal_layers
 from fedhar.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
+    PERSONAL_NAMES_KEY,
+    PERSONAL_STATE_KEY,
     ClientIdentity,
     TrainReport,
     arrays_to_state,
@@ -76,7 +73,7 @@ def test_personal_entries_are_kept_restored_and_never_sent() -> None:
     assert list(first.content[ARRAYS_KEY]) == ["body.weight"]
     assert trained_names(first.content) == ["body.weight"]
     assert torch.equal(handler.seen[0]["head.weight"], torch.full((4, 3), 7.0))  # global init
-    saved = arrays_to_state(context.state[STATE_KEY])
+    saved = arrays_to_state(context.state[PERSONAL_STATE_KEY])
     assert torch.equal(saved["head.bias"], torch.full((4,), 8.0))
 
     shared_only = {"body.weight": torch.zeros(3, 2)}  # round 2: the server sends no head
@@ -84,7 +81,7 @@ def test_personal_entries_are_kept_restored_and_never_sent() -> None:
     assert torch.equal(handler.seen[1]["head.weight"], torch.full((4, 3), 8.0))  # restored
     assert list(second.content[ARRAYS_KEY]) == ["body.weight"]
     assert torch.equal(
-        arrays_to_state(context.state[STATE_KEY])["head.bias"], torch.full((4,), 9.0)
+        arrays_to_state(context.state[PERSONAL_STATE_KEY])["head.bias"], torch.full((4,), 9.0)
     )
 
 
@@ -104,4 +101,4 @@ def test_messages_without_personal_names_pass_through_untouched() -> None:
     handler, context = Handler(), _context()
     reply = personal_layers()(_message(_global(), personal=[]), context, handler)
     assert sorted(reply.content[ARRAYS_KEY]) == sorted(_global())
-    assert STATE_KEY not in context.state
+    assert PERSONAL_STATE_KEY not in context.state

@@ -11,11 +11,18 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.compression import COMPRESSED_KEY, compression_mod
+from clients.compression import compression_mod
 from fedhar.codec import CodecConfig, encode_update
 from fedhar.models import build_model
 from fedhar.payload import HEADER_BYTES, to_bytes
-from fedhar.wire import ARRAYS_KEY, ClientIdentity, arrays_to_state, decline_reply, state_to_arrays
+from fedhar.wire import (
+    ARRAYS_KEY,
+    COMPRESSED_KEY,
+    ClientIdentity,
+    arrays_to_state,
+    decline_reply,
+    state_to_arrays,
+)
 from strategies.compression import CompressedUpdates
 from tests.strategies.conftest import make_reply
 from tests.strategies.fleet_helpers import FakeGrid, trained_reply

@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.encryption import encryption_mod, record_to_bytes
+from clients.encryption import encryption_mod
 from fedhar.crypto import (
     SIGNATURE_BYTES,
     EnvelopeContext,
@@ -27,7 +27,7 @@ from fedhar.crypto import (
     seal,
 )
 from fedhar.keys import DeviceIdentity
-from fedhar.wire import ClientIdentity, NodeInfo, TrainReport, train_reply
+from fedhar.wire import ClientIdentity, NodeInfo, TrainReport, record_to_bytes, train_reply
 from strategies.encryption import EncryptedTransport
 from strategies.fleet import FleetDirectory, RunInfo
 

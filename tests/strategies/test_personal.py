@@ -5,12 +5,19 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from clients.personal import PERSONAL_NAMES_KEY as CLIENT_KEY
-from clients.personal import STATE_KEY, personal_layers
+from clients.personal import personal_layers
 from fedhar.models import build_model
-from fedhar.wire import ARRAYS_KEY, CONFIG_KEY, arrays_nbytes, arrays_to_state, content_nbytes
-from strategies.masked import PERSONAL_NAMES_KEY
-from strategies.personal import HEAD_EPOCHS_KEY, FedBN, FedPer, FedRep
+from fedhar.wire import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    HEAD_EPOCHS_KEY,
+    PERSONAL_NAMES_KEY,
+    PERSONAL_STATE_KEY,
+    arrays_nbytes,
+    arrays_to_state,
+    content_nbytes,
+)
+from strategies.personal import FedBN, FedPer, FedRep
 from tests.strategies.fleet_helpers import (
     MODEL,
     C,
@@ -39,7 +46,6 @@ def _client(seen: list[dict[str, torch.Tensor]]):
 
 
 def test_fedper_heads_stay_on_nodes_across_rounds_and_are_never_sent() -> None:
-    assert PERSONAL_NAMES_KEY == CLIENT_KEY
     strategy = FedPer(model=MODEL, min_train_nodes=2, min_available_nodes=2)
     grid, arrays = FakeGrid([1, 2]), global_arrays()
     start = arrays_to_state(arrays)
@@ -60,7 +66,7 @@ def test_fedper_heads_stay_on_nodes_across_rounds_and_are_never_sent() -> None:
     # each node's head: global init + 1 after round 1, + 2 after round 2 (restored, not resent)
     assert torch.equal(seen[2]["head.weight"], start["head.weight"] + 1)
     for context in contexts.values():
-        saved = arrays_to_state(context.state[STATE_KEY])
+        saved = arrays_to_state(context.state[PERSONAL_STATE_KEY])
         torch.testing.assert_close(saved["head.weight"], start["head.weight"] + 1 + 1)
     state = arrays_to_state(arrays)
     assert torch.equal(state["head.weight"], start["head.weight"])  # never aggregated
