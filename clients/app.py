@@ -134,7 +134,7 @@ def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDic
     identity = ClientIdentity(user=node.data.user, device=node.data.device)
     model = _model_at(node, instructions.width)
     model.load_state_dict(arrays_to_state(msg.content[ARRAYS_KEY]))
-    batch_size, step_hook, trained = instructions.batch_size, None, None
+    batch_size, lr, step_hook, trained = instructions.batch_size, instructions.lr, None, None
     compute_s = 0.0
     if node.device is not None:
         try:
@@ -149,6 +149,9 @@ def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDic
         apply_plan(model, plan)
         trained = trainable_names(model, plan)
         batch_size = min(batch_size, plan.batch_size)
+        # Linear scaling rule: a device that can only afford smaller batches takes smaller
+        # steps, so that its many steps do not outweigh the clients training at full batch.
+        lr *= batch_size / instructions.batch_size
         macs = count_macs(model, node.shape.in_channels, node.shape.window_length)
         compute_s = simulate_client_cost(
             node.device, macs, len(node.data.train), instructions.epochs, 0, 0
@@ -156,7 +159,7 @@ def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDic
     config = TrainConfig(
         epochs=instructions.epochs,
         batch_size=batch_size,
-        lr=instructions.lr,
+        lr=lr,
         proximal_mu=instructions.proximal_mu,
     )
     seed = derive_seed(settings.seed, instructions.server_round, node.partition_id)

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 
 from fedhar.metrics import UserScore
 
@@ -29,7 +30,7 @@ def plot_metrics(rows: Sequence[dict[str, Any]], path: Path) -> None:
         if any(v is not None for v in values):
             ax_f1.plot(rounds, values, marker="o", label=label)
     ax_f1.set(xlabel="round", ylabel="macro-F1", ylim=(0, 1), title="Evaluation")
-    ax_f1.legend(loc="lower right", fontsize=8)
+    ax_f1.legend(loc="upper left", fontsize=8)
     ax_f1.grid(alpha=0.3)
     losses = [(r.get("train") or {}).get("train-loss") for r in rows]
     ax_loss.plot(rounds, losses, marker="o", color="tab:red")
@@ -51,11 +52,10 @@ def plot_per_user(scores: Sequence[UserScore], path: Path) -> None:
         [s.macro_f1 for s in ordered],
         color=[colours[s.device] for s in ordered],
     )
-    for device, colour in colours.items():
-        ax.bar([], [], color=colour, label=device)
-    ax.set(ylabel="macro-F1", ylim=(0, 1), title="Per-user macro-F1 (latest round)")
+    ax.set(ylabel="macro-F1", ylim=(0, 1.05), title="Per-user macro-F1 (latest round)")
     ax.tick_params(axis="x", rotation=90, labelsize=7)
-    ax.legend(fontsize=8, loc="lower right")
+    handles = [Patch(color=colour, label=device) for device, colour in colours.items()]
+    ax.legend(handles=handles, fontsize=8, loc="upper left")  # bars rise to the right
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
