@@ -23,6 +23,7 @@ from flwr.supercore import log
 from fedhar.checkpoint import Checkpoint, save_checkpoint
 from fedhar.train import derive_seed
 from fedhar.wire import arrays_to_numpy
+from strategies.wrapper import StrategyWrapper
 
 # Attributes of Flower's strategies that carry state from round to round (FedOpt family:
 # FedAdam, FedYogi, FedAdagrad keep the current arrays and their moment estimates).
@@ -54,7 +55,7 @@ def restore_state(strategy: Strategy, state: dict[str, dict[str, np.ndarray]]) -
         setattr(core, name, dict(value))
 
 
-class Checkpointing(Strategy):
+class Checkpointing(StrategyWrapper):
     """Wraps ``strategy``; saves ``run_dir/checkpoint.pt`` at the end of every round.
 
     Parameters
@@ -70,7 +71,7 @@ class Checkpointing(Strategy):
     """
 
     def __init__(self, strategy: Strategy, run_dir: Path, seed: int, rounds_done: int = 0):
-        self.strategy = strategy
+        super().__init__(strategy)
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.rounds_done = rounds_done

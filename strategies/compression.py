@@ -38,6 +38,7 @@ from fedhar.wire import (
     decline_reason,
     state_to_arrays,
 )
+from strategies.wrapper import StrategyWrapper
 
 if TYPE_CHECKING:
     from strategies.fleet import RunInfo
@@ -63,7 +64,7 @@ def apply_update(state: dict[str, torch.Tensor], payload: object, bits: int) -> 
     return state_to_arrays(merged)
 
 
-class CompressedUpdates(Strategy):
+class CompressedUpdates(StrategyWrapper):
     """Wraps ``strategy``; decodes compressed updates (see the module docstring).
 
     Parameters
@@ -79,7 +80,8 @@ class CompressedUpdates(Strategy):
     ) -> None:
         check_bits(bits)
         check_bits(downlink_bits)
-        self.strategy, self.run = strategy, run
+        super().__init__(strategy)
+        self.run = run
         self.bits, self.downlink_bits = bits, downlink_bits
         self.rejections: list[tuple[int, str]] = []  # (node id, reason) of the current round
         self._sent: dict[int, dict[str, torch.Tensor]] = {}
@@ -167,13 +169,3 @@ class CompressedUpdates(Strategy):
                 log(WARNING, "round %d: rejected update of node %d: %s",
                     server_round, node, error.reason)  # fmt: skip
         return self.strategy.aggregate_train(server_round, kept)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)

@@ -57,6 +57,7 @@ from fedhar.wire import (
     record_to_bytes,
 )
 from strategies.fleet import RunInfo
+from strategies.wrapper import StrategyWrapper
 
 logger = logging.getLogger("fedhar")
 
@@ -109,7 +110,7 @@ def _fresh_stats() -> defaultdict[str, float]:
     return defaultdict(float, {"accepted": 0.0, "rejected": 0.0, "dropped/rejected": 0.0})
 
 
-class EncryptedTransport(Strategy):
+class EncryptedTransport(StrategyWrapper):
     """Wraps ``strategy``; only verified, decrypted updates reach it.
 
     Parameters
@@ -146,7 +147,7 @@ class EncryptedTransport(Strategy):
                 f"min_format_version={min_format_version} but this server reads payload format "
                 f"{PAYLOAD_FORMAT}; lower min_format_version"
             )
-        self.strategy = strategy
+        super().__init__(strategy)
         self.run = run
         allowed = [str(name) for name in aead_allowed]
         self.policy = EnvelopePolicy(frozenset(allowed), min_format_version, max_payload_bytes)
@@ -269,8 +270,3 @@ class EncryptedTransport(Strategy):
         if not self.downlink:
             return messages
         return [self._prepare(m, server_round) for m in messages]
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)

@@ -34,6 +34,7 @@ from fedhar.wire import (
     decline_reason,
     node_info_from_record,
 )
+from strategies.wrapper import StrategyWrapper
 
 
 @dataclass
@@ -62,7 +63,7 @@ class RunInfo:
     directory: FleetDirectory
 
 
-class FleetSimulation(Strategy):
+class FleetSimulation(StrategyWrapper):
     """Wraps ``strategy``; enrolls nodes and, given devices, simulates their round.
 
     Parameters
@@ -90,7 +91,7 @@ class FleetSimulation(Strategy):
         deadline_s: float | None = None,
         enroll_timeout_s: float = 120.0,
     ) -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.run = run
         self.expected_keys = dict(expected_keys)
         self.catalogue = dict(catalogue or {})
@@ -194,13 +195,3 @@ class FleetSimulation(Strategy):
                 kept.append(reply)
         self._round = summarize_round(costs, self.deadline_s, self._dropouts, declines)
         return self.strategy.aggregate_train(server_round, kept)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)

@@ -22,6 +22,7 @@ from fedhar.wire import (
     eval_report_from_record,
     identity_from_record,
 )
+from strategies.wrapper import StrategyWrapper
 
 ServerEvaluate = Callable[[int, ArrayRecord], dict[str, float]]
 MAX_REASON_CHARS = 300
@@ -88,7 +89,7 @@ class _RoundInProgress:
     arrays: ArrayRecord | None = None
 
 
-class Tracking(Strategy):
+class Tracking(StrategyWrapper):
     """Wraps ``strategy``: counts bytes, failures and declines, collects per-user scores,
     runs server-side evaluation, and emits one :class:`RoundRecord` per round to ``sinks``.
 
@@ -102,7 +103,7 @@ class Tracking(Strategy):
         server_evaluate: ServerEvaluate | None = None,
         sinks: Sequence[RoundSink] = (),
     ) -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.server_evaluate = server_evaluate
         self.sinks = list(sinks)
         self._round = _RoundInProgress()
