@@ -21,7 +21,7 @@ from torch import nn
 from fedhar.costs import simulate_client_cost
 from fedhar.data.dataset import WindowDataset
 from fedhar.devices import DeviceProfile, client_seed
-from fedhar.federation import ClientData, FederationSpec, load_federation
+from fedhar.federation import ClientData, FederationSpec, load_client
 from fedhar.keys import DeviceIdentity
 from fedhar.models import build_model, count_macs
 from fedhar.ondevice import (
@@ -87,8 +87,7 @@ class _Node:
 
 @lru_cache(maxsize=16)  # bounded: a worker serves many nodes but keeps only a few users' data
 def _node(settings: ClientSettings, partition_id: int) -> _Node:
-    federation = load_federation(settings.federation)
-    data = federation.client(partition_id)
+    data = load_client(settings.federation, partition_id)
     device = settings.device_of(data.user)
     if device is not None:
         seed = client_seed(data.user, settings.seed)
@@ -99,9 +98,8 @@ def _node(settings: ClientSettings, partition_id: int) -> _Node:
             train=_recorded(data.train, rate, device, settings.variability, seed, 0),
             test=_recorded(data.test, rate, device, settings.variability, seed, 1),
         )
-    shape = ModelShape(
-        settings.model, federation.in_channels, federation.num_classes, federation.window_length
-    )
+    _, channels, length = data.train.x.shape
+    shape = ModelShape(settings.model, channels, data.train.num_classes, length)
     return _Node(partition_id, data, device, shape)
 
 
@@ -130,10 +128,10 @@ def _model_at(node: _Node, width: float) -> nn.Module:
 
 def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDict:
     """One local update of one user, within their device's SRAM plan."""
-    instructions = instructions_from_config(msg.content[CONFIG_KEY])
+    instructions = instructions_from_config(msg.content.config_records[CONFIG_KEY])
     identity = ClientIdentity(user=node.data.user, device=node.data.device)
     model = _model_at(node, instructions.width)
-    model.load_state_dict(arrays_to_state(msg.content[ARRAYS_KEY]))
+    model.load_state_dict(arrays_to_state(msg.content.array_records[ARRAYS_KEY]))
     batch_size, lr, step_hook, trained = instructions.batch_size, instructions.lr, None, None
     compute_s = 0.0
     if node.device is not None:
@@ -186,9 +184,9 @@ def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDic
 
 def evaluate_user(node: _Node, msg: Message) -> RecordDict:
     """The global model on the user's own (later in time) test windows."""
-    instructions = eval_instructions_from_config(msg.content[CONFIG_KEY])
+    instructions = eval_instructions_from_config(msg.content.config_records[CONFIG_KEY])
     model = _model_at(node, instructions.width)
-    model.load_state_dict(arrays_to_state(msg.content[ARRAYS_KEY]))
+    model.load_state_dict(arrays_to_state(msg.content.array_records[ARRAYS_KEY]))
     result = evaluate(model, node.data.test.x, node.data.test.y, node.shape.num_classes)
     report = EvalReport(
         num_examples=result.num_examples,

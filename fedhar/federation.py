@@ -97,5 +97,18 @@ class Federation:
 
 @lru_cache(maxsize=4)
 def load_federation(spec: FederationSpec) -> Federation:
-    """Load (once per process) the dataset behind ``spec``; clients load lazily in workers."""
+    """Load (once per process) the dataset behind ``spec``: the server's view of it."""
+    return open_federation(spec)
+
+
+def open_federation(spec: FederationSpec) -> Federation:
+    """The dataset behind ``spec``, loaded afresh (loaders keep processed windows on disk)."""
     return Federation(spec, load_dataset(spec.dataset, **dict(spec.options)))
+
+
+def load_client(spec: FederationSpec, partition_id: int) -> ClientData:
+    """One client's data, without keeping the other users' windows in memory.
+
+    Simulation workers serve many nodes; each keeps only the users it is working for.
+    """
+    return open_federation(spec).client(partition_id)

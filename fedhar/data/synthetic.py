@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedhar.data.cache import cached_windows
 from fedhar.data.dataset import Recording, WindowDataset
 from fedhar.data.windows import window_recordings
 
@@ -30,6 +31,8 @@ AMPLITUDE_SCALE = np.array([1.0, 2.6, 1.3, 1.2, 0, 0, 0])  # x walking amplitude
 LEAN_DEG = np.array([5.0, 12.0, 15.0, -6.0, 0, 0, 0])  # forward trunk lean while moving
 IMPACT = np.array([1.0, 1.5, 0.7, 2.2, 0, 0, 0])  # weight on harmonics 3-4 (heel strikes)
 
+GENERATOR_VERSION = "1"  # bump when the generator changes, so cached windows are rebuilt
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:
@@ -47,6 +50,8 @@ class SyntheticConfig:
     acc_noise_g: float = 0.02
     gyro_noise_rad_s: float = 0.02
     seed: int = 0
+    cache: bool = True  # keep the windows on disk: simulation workers reload them cheaply
+    cache_dir: str | None = None
 
 
 def random_rotation(rng: np.random.Generator, max_angle_rad: float) -> np.ndarray:
@@ -155,6 +160,10 @@ def load_synthetic(config: SyntheticConfig) -> WindowDataset:
     """Windowed synthetic dataset, with `label_noise` applied to window labels."""
     if not 0.0 <= config.label_noise < 1.0:
         raise ValueError(f"label_noise must be in [0, 1), got {config.label_noise}")
+    return cached_windows(config, lambda: _build(config), fingerprint=GENERATOR_VERSION)
+
+
+def _build(config: SyntheticConfig) -> WindowDataset:
     ds = window_recordings(
         generate_recordings(config),
         config.window_length,
