@@ -70,7 +70,7 @@ def personal_layers() -> Mod:
         if not names or ARRAYS_KEY not in msg.content.array_records:
             return call_next(msg, context)
         saved = context.state.array_records.get(PERSONAL_STATE_KEY, ArrayRecord())
-        msg.content[ARRAYS_KEY] = _fill(msg.content[ARRAYS_KEY], saved, names)
+        msg.content[ARRAYS_KEY] = _fill(msg.content.array_records[ARRAYS_KEY], saved, names)
         reply = call_next(msg, context)
         if not reply.has_error() and ARRAYS_KEY in reply.content.array_records:
             _keep(reply, names, context)

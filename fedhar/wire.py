@@ -237,6 +237,15 @@ def trained_names(content: RecordDict) -> list[str] | None:
     return [str(name) for name in names]
 
 
+def metric_value(content: RecordDict, name: str, default: float | None = None) -> float:
+    """A number from the reply's ``metrics`` record; ``default`` if absent (None: required)."""
+    record = content.metric_records.get(METRICS_KEY)
+    value = default if record is None or name not in record else record[name]
+    if not isinstance(value, int | float):
+        raise ValueError(f"'{METRICS_KEY}' record: {name!r} is {value!r}, not a number")
+    return float(value)
+
+
 def node_info_record(info: NodeInfo) -> RecordDict:
     return RecordDict({NODE_KEY: to_config_record(info)})
 

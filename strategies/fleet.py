@@ -28,10 +28,10 @@ from fedhar.devices import DeviceProfile
 from fedhar.train import derive_seed
 from fedhar.wire import (
     CONFIG_KEY,
-    METRICS_KEY,
     NodeInfo,
     content_nbytes,
     decline_reason,
+    metric_value,
     node_info_from_record,
 )
 from strategies.wrapper import StrategyWrapper
@@ -176,7 +176,7 @@ class FleetSimulation(StrategyWrapper):
         bandwidth = profile.radio_bandwidth_bps
         up_s = content_nbytes(reply.content) * 8 / bandwidth
         down_s = self._download.get(reply.metadata.src_node_id, 0) * 8 / bandwidth
-        compute_s = float(reply.content[METRICS_KEY].get("sim-compute-s", 0.0))
+        compute_s = metric_value(reply.content, "sim-compute-s", default=0.0)
         energy = profile.active_power_w * compute_s + profile.radio_power_w * (up_s + down_s)
         return ClientCost(compute_s, up_s, down_s, energy)
 

@@ -35,6 +35,7 @@ from fedhar.wire import (
     METRICS_KEY,
     PERSONAL_NAMES_KEY,
     arrays_to_state,
+    metric_value,
     state_to_arrays,
     trained_names,
 )
@@ -190,7 +191,9 @@ class MaskedFedAvg(FedAvg):
             spec = self._spec(assignment)
             expected = tuple(n for n in spec.names if n not in self._personal)
             self._sent[node_id] = SentSpec(spec, expected)
-            content = self._content(node_id, spec, sampled.content[self.configrecord_key])
+            content = self._content(
+                node_id, spec, sampled.content.config_records[self.configrecord_key]
+            )
             messages.append(Message(content, node_id, MessageType.TRAIN))
         return messages
 
@@ -224,7 +227,7 @@ class MaskedFedAvg(FedAvg):
         Trained names the reply does not carry (e.g. a QAT observer's buffers) are ignored.
         """
         sent = self._sent[reply.metadata.src_node_id]
-        state = arrays_to_state(reply.content[self.arrayrecord_key])
+        state = arrays_to_state(reply.content.array_records[self.arrayrecord_key])
         trained = trained_names(reply.content)
         names = [n for n in sent.expected if trained is None or n in trained]
         if not names:
@@ -232,7 +235,7 @@ class MaskedFedAvg(FedAvg):
         values, mask = scatter(
             {n: state[n] for n in names}, restrict(sent.spec, names), self._global
         )
-        weight = float(reply.content[METRICS_KEY][self.weighted_by_key])  # type: ignore[arg-type]
+        weight = metric_value(reply.content, self.weighted_by_key)
         return values, mask, weight
 
     def aggregate_train(
@@ -285,6 +288,8 @@ class MaskedFedAvg(FedAvg):
             except ValueError:  # never trained: nothing personal, the full model
                 assignment = WidthAssignment(1.0)
             spec = self._spec(assignment)
-            content = self._content(node_id, spec, sampled.content[self.configrecord_key])
+            content = self._content(
+                node_id, spec, sampled.content.config_records[self.configrecord_key]
+            )
             out.append(Message(content, node_id, MessageType.EVALUATE))
         return out

@@ -59,12 +59,12 @@ def _as_floats(record: MetricRecord | None) -> dict[str, float]:
 
 
 def _user_of(message: Message) -> str:
-    return identity_from_record(message.content[CLIENT_KEY]).user
+    return identity_from_record(message.content.config_records[CLIENT_KEY]).user
 
 
 def _user_score(message: Message) -> UserScore:
-    identity = identity_from_record(message.content[CLIENT_KEY])
-    report = eval_report_from_record(message.content[METRICS_KEY])
+    identity = identity_from_record(message.content.config_records[CLIENT_KEY])
+    report = eval_report_from_record(message.content.metric_records[METRICS_KEY])
     return UserScore(
         user=identity.user,
         device=identity.device,
@@ -126,7 +126,7 @@ class Tracking(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         failures = tuple(
-            ClientFailure(m.metadata.src_node_id, summarize_error(m.error.reason))
+            ClientFailure(m.metadata.src_node_id, summarize_error(m.error.reason or ""))
             for m in replies
             if m.has_error()
         )
