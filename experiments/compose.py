@@ -7,6 +7,7 @@ into the strategy, its wrappers and the client mods named in the config.
 from __future__ import annotations
 
 import inspect
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from clients.app import ClientSettings
-from fedhar.devices import DeviceProfile, FleetSpec, assign_devices, load_catalogue
+from fedhar.devices import (
+    DeviceProfile,
+    FleetSpec,
+    assign_devices,
+    load_catalogue,
+    training_budget_bytes,
+)
 from fedhar.federation import Federation, FederationSpec, load_federation
 from fedhar.keys import DeviceIdentity
 from fedhar.models import build_model
-from fedhar.ondevice import QuantSettings
+from fedhar.ondevice import ModelShape, QuantSettings, max_width, storage_bits
+from fedhar.planner import smallest_budget
 from fedhar.sensors import SensorVariability
 from fedhar.train import evaluate
 from fedhar.width_eval import evaluate_widths
@@ -60,8 +68,8 @@ def federation_spec(cfg: DictConfig) -> FederationSpec:
 
 def fleet_config(cfg: DictConfig) -> tuple[dict[str, DeviceProfile], FleetSpec | None]:
     """The device catalogue and fleet spec, or ({}, None) for a run without devices."""
-    fleet = cfg.get("fleet") or {}
-    if not fleet.get("mix") and not fleet.get("device_map"):
+    fleet = cfg.get("fleet")
+    if not fleet or (not fleet.get("mix") and not fleet.get("device_map")):
         return {}, None
     catalogue = load_catalogue(_plain(fleet.devices))
     return catalogue, FleetSpec.from_mapping(_plain(fleet))
@@ -78,6 +86,7 @@ def client_settings(cfg: DictConfig, federation: Federation) -> ClientSettings:
         labels = {u: federation.client(i).device for i, u in enumerate(federation.clients)}
         assigned = assign_devices(federation.clients, fleet, catalogue, cfg.seed, labels)
         devices = tuple(sorted(assigned.items()))
+        check_model_fits(cfg, federation, set(assigned.values()))
     return ClientSettings(
         federation=federation.spec,
         model=cfg.model.name,
@@ -89,10 +98,29 @@ def client_settings(cfg: DictConfig, federation: Federation) -> ClientSettings:
     )
 
 
+def check_model_fits(cfg: DictConfig, federation: Federation, profiles: set[DeviceProfile]) -> None:
+    """Refuse a model that no device of the fleet can train, naming the SRAM it needs."""
+    quant = QuantSettings(**_plain(cfg.quant))
+    shape = ModelShape(
+        cfg.model.name, federation.in_channels, federation.num_classes, federation.window_length
+    )
+    if any(max_width(profile, shape, quant) > 0 for profile in profiles):
+        return
+    needed = min(
+        smallest_budget(*astuple(shape), bits=storage_bits(profile, quant)) for profile in profiles
+    )
+    largest = max(training_budget_bytes(profile) for profile in profiles)
+    raise ConfigError(
+        f"model {cfg.model.name} fits no device of the fleet: training it needs at least "
+        f"{needed} bytes of SRAM, the largest budget is {largest} bytes; choose a smaller "
+        "model or width, or a fleet with more SRAM"
+    )
+
+
 def build_strategy(cfg: DictConfig, num_clients: int, run: RunInfo) -> Strategy:
     """Instantiate the configured Flower strategy and check it can run on this fleet."""
     target = hydra.utils.get_class(cfg.strategy.algorithm._target_)
-    takes_run = "run" in inspect.signature(target.__init__).parameters
+    takes_run = "run" in inspect.signature(target).parameters
     # _partial_: Hydra would turn a dataclass argument (RunInfo) into a config copy.
     build = instantiate(cfg.strategy.algorithm, _partial_=True)
     strategy = build(run=run) if takes_run else build()
