@@ -43,7 +43,13 @@ class InProcessGrid:
     A handler that raises becomes an error reply, as in Flower's simulation runtime.
     """
 
-    def __init__(self, app: Any, num_nodes: int, first_node_id: int = 101) -> None:
+    def __init__(
+        self,
+        app: Any,
+        num_nodes: int,
+        first_node_id: int = 101,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (
             1,
             0,
@@ -56,7 +62,7 @@ class InProcessGrid:
                 node_id=first_node_id + i,
                 node_config={"partition-id": i, "num-partitions": num_nodes},
                 state=RecordDict(),
-                run_config={},
+                run_config=dict(run_config or {}),
             )
             for i in range(num_nodes)
         }
