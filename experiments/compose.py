@@ -7,7 +7,6 @@ into the strategy, its wrappers and the client mods named in the config.
 from __future__ import annotations
 
 import inspect
-from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +106,14 @@ def check_model_fits(cfg: DictConfig, federation: Federation, profiles: set[Devi
     if any(max_width(profile, shape, quant) > 0 for profile in profiles):
         return
     needed = min(
-        smallest_budget(*astuple(shape), bits=storage_bits(profile, quant)) for profile in profiles
+        smallest_budget(
+            shape.name,
+            shape.in_channels,
+            shape.num_classes,
+            shape.window_length,
+            bits=storage_bits(profile, quant),
+        )
+        for profile in profiles
     )
     largest = max(training_budget_bytes(profile) for profile in profiles)
     raise ConfigError(

@@ -131,8 +131,9 @@ def wait_for_fleet(grid: Grid, num_nodes: int, timeout_s: float) -> None:
 def _sinks(cfg: DictConfig, run_dir: Path, rounds_done: int) -> list[RoundSink]:
     sinks: list[RoundSink] = [RunFiles(run_dir, plots=cfg.tracking.plots)]
     if cfg.tracking.wandb:
-        config = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(config, dict)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(resolved, dict)
+        config = {str(key): value for key, value in resolved.items()}
         sinks.append(WandbTracking(run_dir, cfg.tracking.project, config, cfg.tracking.wandb_mode))
     if cfg.tracking.progress:
         sinks.append(RoundProgress(cfg.num_rounds, rounds_done))

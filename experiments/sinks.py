@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,6 +17,7 @@ from fedhar.records import RoundRecord
 
 METRICS_FILE = "metrics.jsonl"
 PER_USER_FILE = "per_user.csv"
+WandbMode = Literal["online", "offline", "disabled", "shared"]
 PER_USER_FIELDS = ("server_round", "user", "device", "num_windows", "accuracy", "macro_f1")
 
 
@@ -80,8 +81,11 @@ class WandbTracking:
         os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb
         self.run_dir = Path(run_dir)
+        wandb_mode = os.environ["WANDB_MODE"]
+        if wandb_mode not in get_args(WandbMode):
+            raise ValueError(f"WANDB_MODE={wandb_mode!r}; valid: {list(get_args(WandbMode))}")
         self.run = wandb.init(
-            project=project, dir=str(run_dir), config=config, mode=os.environ["WANDB_MODE"]
+            project=project, dir=str(run_dir), config=config, mode=cast(WandbMode, wandb_mode)
         )
 
     def on_round(self, record: RoundRecord) -> None:
