@@ -37,6 +37,7 @@ from fedhar.wire import (
     CONFIG_KEY,
     RESIDUAL_KEY,
     arrays_to_state,
+    personal_names,
     state_to_arrays,
 )
 
@@ -137,7 +138,9 @@ def compression_mod(
             )
         if encoded_model:
             msg.content = open_downlink(msg.content, downlink_bits)
-        sent = arrays_to_state(msg.content.array_records[ARRAYS_KEY])
+        personal = set(personal_names(msg.content))  # kept on the node, never sent up
+        received = arrays_to_state(msg.content.array_records[ARRAYS_KEY])
+        sent = {name: t for name, t in received.items() if name not in personal}
         server_round = int(str(msg.content.config_records[CONFIG_KEY]["server-round"]))
         reply = call_next(msg, context)
         if reply.has_error() or ARRAYS_KEY not in reply.content.array_records:

@@ -14,23 +14,15 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedhar.wire import (
     ARRAYS_KEY,
-    CONFIG_KEY,
-    PERSONAL_NAMES_KEY,
     PERSONAL_STATE_KEY,
     TRAINED_KEY,
+    personal_names,
     trained_names,
 )
 
 
 class PersonalLayersMissing(ValueError):
     """A personal entry is neither saved on the node nor sent by the server."""
-
-
-def _personal_names(msg: Message) -> list[str]:
-    config = msg.content.config_records.get(CONFIG_KEY)
-    if config is None or PERSONAL_NAMES_KEY not in config:
-        return []
-    return [str(name) for name in config[PERSONAL_NAMES_KEY]]  # type: ignore[union-attr]
 
 
 def _fill(arrays: ArrayRecord, saved: ArrayRecord, names: list[str]) -> ArrayRecord:
@@ -66,7 +58,7 @@ def personal_layers() -> Mod:
     """A Flower mod that keeps the server-named personal entries on the node."""
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        names = _personal_names(msg)
+        names = personal_names(msg.content)
         if not names or ARRAYS_KEY not in msg.content.array_records:
             return call_next(msg, context)
         saved = context.state.array_records.get(PERSONAL_STATE_KEY, ArrayRecord())

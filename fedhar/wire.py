@@ -226,6 +226,17 @@ def train_reply(
     )
 
 
+def personal_names(content: RecordDict) -> list[str]:
+    """State entries a train message says the node keeps to itself (never sent up)."""
+    config = content.config_records.get(CONFIG_KEY)
+    names = None if config is None else config.get(PERSONAL_NAMES_KEY)
+    if names is None:
+        return []
+    if not isinstance(names, list):
+        raise ValueError(f"'{PERSONAL_NAMES_KEY}' holds {type(names).__name__}, not a list")
+    return [str(name) for name in names]
+
+
 def trained_names(content: RecordDict) -> list[str] | None:
     """Keys the client's training changed, or None if the reply does not say."""
     record = content.config_records.get(TRAINED_KEY)

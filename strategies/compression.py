@@ -36,6 +36,7 @@ from fedhar.wire import (
     COMPRESSED_KEY,
     arrays_to_state,
     decline_reason,
+    personal_names,
     state_to_arrays,
 )
 from strategies.wrapper import StrategyWrapper
@@ -134,7 +135,10 @@ class CompressedUpdates(StrategyWrapper):
                 content, sent = encoded[key]
                 message.content = content
                 self._bytes["down"] += len(content[COMPRESSED_KEY]["payload"])  # type: ignore[arg-type]
-            self._sent[message.metadata.dst_node_id] = sent
+            personal = set(personal_names(message.content))  # never sent back up
+            self._sent[message.metadata.dst_node_id] = {
+                name: t for name, t in sent.items() if name not in personal
+            }
         return messages
 
     def _decode(self, message: Message) -> Message:

@@ -1,0 +1,47 @@
+"""Strategies, wrappers and fleets compose: whole runs in-process through the Flower App."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, RecordDict
+
+from experiments import flower_app
+from experiments.sinks import read_metrics
+
+BASE = (
+    "num_rounds=2 dataset.options.num_users=5 dataset.options.seconds_per_user=60"
+    " tracking.progress=false tracking.plots=false"
+)
+
+
+def _run(tmp_path: Path, grid_type, overrides: str) -> list[dict]:
+    run_config = {"experiment": "", "overrides": f"{BASE} {overrides}", "run-dir": str(tmp_path)}
+    grid = grid_type(flower_app.client_app, num_nodes=4, run_config=run_config)
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+    flower_app.main(grid, context)
+    return read_metrics(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        "strategy=heterofl fleet=mcu_heavy quant.enabled=false wrappers=[compression,encryption]",
+        "strategy=fedrolex fleet=mixed wrappers=[compression]",
+        "strategy=fedper fleet=all_phone wrappers=[encryption]",
+        "strategy=fedbn fleet=none wrappers=[compression]",
+        "strategy=fedadam fleet=mixed wrappers=[compression,encryption]",
+    ],
+)
+def test_every_update_is_accepted_and_aggregated(tmp_path: Path, in_process_grid, overrides: str):
+    rows = _run(tmp_path, in_process_grid, overrides)
+    assert [r["server_round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["num_failures"] == 0, row["failures"]
+        dropped = {k: v for k, v in row["extra"].items() if k.startswith("dropped/") and v}
+        assert not dropped, dropped
+        assert row["succeeded"] >= 1
+        assert row["per_user_summary"]["num_users"] == 4
