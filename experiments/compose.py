@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from clients.app import ClientSettings
+from clients.state_store import persisted_state_mod
 from fedhar.devices import (
     DeviceProfile,
     FleetSpec,
@@ -164,15 +165,18 @@ def wrap_strategy(cfg: DictConfig, strategy: Strategy, run: RunInfo) -> Strategy
     )
 
 
-def client_mods(cfg: DictConfig) -> list[Mod]:
-    """Client mods, outermost first: the outermost server wrapper pairs with the first mod."""
+def client_mods(cfg: DictConfig, run_dir: Path) -> list[Mod]:
+    """Client mods, outermost first: the outermost server wrapper pairs with the first mod.
+
+    Outside them all, the node's state is kept in ``run_dir`` so that resumed runs resume it.
+    """
     wrapper_mods = [
         instantiate(spec.client_mod)
         for spec in (cfg.get("wrappers") or {}).values()
         if spec.get("client_mod") is not None
     ]
     strategy_mods = [instantiate(mod) for mod in cfg.strategy.get("client_mods") or []]
-    return [*reversed(wrapper_mods), *strategy_mods]
+    return [persisted_state_mod(str(run_dir)), *reversed(wrapper_mods), *strategy_mods]
 
 
 def server_evaluator(cfg: DictConfig, federation: Federation) -> ServerEvaluate:

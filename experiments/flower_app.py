@@ -48,7 +48,7 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = _config(_overrides(context.run_config))
-    run = prepare_run(cfg, Path(str(context.run_config.get("run-dir", DEFAULT_RUN_DIR))))
+    run = prepare_run(cfg, Path(_run_dir(context.run_config)))
     try:
         run.serve(grid)
     finally:
@@ -59,14 +59,18 @@ def main(grid: Grid, context: Context) -> None:
 def configured_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Apply the client mods the run config's wrappers and strategy name, outermost first."""
     handler = call_next
-    for mod in reversed(_mods(_overrides(context.run_config))):
+    for mod in reversed(_mods(_overrides(context.run_config), _run_dir(context.run_config))):
         handler = _bind(mod, handler)
     return handler(msg, context)
 
 
 @lru_cache(maxsize=4)
-def _mods(overrides: tuple[str, ...]) -> tuple[Mod, ...]:
-    return tuple(client_mods(_config(overrides)))
+def _mods(overrides: tuple[str, ...], run_dir: str) -> tuple[Mod, ...]:
+    return tuple(client_mods(_config(overrides), Path(run_dir)))
+
+
+def _run_dir(run_config: Mapping[str, object]) -> str:
+    return str(run_config.get("run-dir", DEFAULT_RUN_DIR))
 
 
 def _bind(mod: Mod, call_next: ClientAppCallable) -> ClientAppCallable:

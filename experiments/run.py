@@ -66,7 +66,7 @@ def run_experiment(
         if run.rounds_done < cfg.num_rounds:
             run_simulation(
                 server_app=server_app,
-                client_app=make_client_app(lambda _: settings, client_mods(cfg)),
+                client_app=make_client_app(lambda _: settings, client_mods(cfg, run_dir)),
                 num_supernodes=run.num_clients,
                 backend_name="ray",
                 backend_config=_backend_config(cfg),

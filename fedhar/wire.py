@@ -188,7 +188,8 @@ def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def numpy_to_arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    # np.asarray keeps 0-d arrays 0-d (np.ascontiguousarray would make them (1,))
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in state.items()})
 
 
 def arrays_nbytes(record: ArrayRecord) -> int:

@@ -44,6 +44,7 @@ def test_unknown_device_in_a_fleet_lists_the_valid_names() -> None:
         client_settings(cfg, load_federation(federation_spec(cfg)))
 
 
-def test_wrapper_mods_pair_outermost_first() -> None:
-    mods = client_mods(load_config(["wrappers=[compression,encryption]"]))
-    assert [m.__qualname__.split(".")[0] for m in mods] == ["encryption_mod", "compression_mod"]
+def test_wrapper_mods_pair_outermost_first(tmp_path) -> None:
+    mods = client_mods(load_config(["wrappers=[compression,encryption]"]), tmp_path)
+    names = [m.__qualname__.split(".")[0] for m in mods]
+    assert names == ["persisted_state_mod", "encryption_mod", "compression_mod"]

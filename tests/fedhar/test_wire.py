@@ -25,3 +25,16 @@ def test_metric_value_names_a_missing_or_non_numeric_metric() -> None:
         metric_value(_content(), "num-examples")
     with pytest.raises(ValueError, match=r"'losses' is \[0\.5\], not a number"):
         metric_value(_content(losses=[0.5]), "losses")
+
+
+def test_numpy_round_trip_keeps_scalar_buffers_scalar() -> None:
+    import numpy as np
+
+    from fedhar.wire import arrays_to_numpy, numpy_to_arrays
+
+    state = {
+        "bn.num_batches_tracked": np.array(7, dtype=np.int64),
+        "w": np.ones((2, 3), np.float32),
+    }
+    back = arrays_to_numpy(numpy_to_arrays(state))
+    assert back["bn.num_batches_tracked"].shape == () and back["w"].shape == (2, 3)

@@ -1,0 +1,54 @@
+"""Keeps each node's ``context.state`` on disk after every round it trains in.
+
+Client state that must survive rounds (error-feedback residuals, personal layers) lives in
+``context.state``, which a killed run loses. With this mod outermost, a node that starts
+with an empty state in round r (a resumed run) reloads what it saved in its latest round
+before r, so a resumed run ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import Context, Message, MessageType
+from flwr.clientapp.typing import Mod
+
+from fedhar.wire import CONFIG_KEY, record_from_bytes, record_to_bytes
+
+STATE_DIR = "client_state"
+
+
+def _round_of(path: Path) -> int:
+    return int(path.stem.removeprefix("round"))
+
+
+def latest_before(folder: Path, server_round: int) -> Path | None:
+    """The node's state file of the latest round before ``server_round``, if any."""
+    saved = [p for p in folder.glob("round*.bin") if _round_of(p) < server_round]
+    return max(saved, key=_round_of, default=None)
+
+
+def persisted_state_mod(run_dir: str) -> Mod:
+    """A mod that saves and (on a fresh node) restores ``context.state`` under ``run_dir``."""
+    root = Path(run_dir) / STATE_DIR
+
+    def mod(
+        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        if str(msg.metadata.message_type).split(".")[0] != MessageType.TRAIN:
+            return call_next(msg, context)
+        server_round = int(str(msg.content.config_records[CONFIG_KEY]["server-round"]))
+        folder = root / f"node{int(context.node_config['partition-id'])}"
+        if not context.state and (previous := latest_before(folder, server_round)) is not None:
+            context.state = record_from_bytes(previous.read_bytes())
+        reply = call_next(msg, context)
+        if len(context.state):
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"round{server_round:05d}.bin"
+            path.with_suffix(".tmp").write_bytes(record_to_bytes(context.state))
+            os.replace(path.with_suffix(".tmp"), path)
+        return reply
+
+    return mod
