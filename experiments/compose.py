@@ -161,6 +161,7 @@ def wrap_strategy(cfg: DictConfig, strategy: Strategy, run: RunInfo) -> Strategy
         expected_keys,
         catalogue,
         deadline_s=fleet.deadline_s if fleet else None,
+        availability_traces=fleet.availability_traces if fleet else None,
         enroll_timeout_s=cfg.runtime.round_timeout_s,
     )
 

@@ -115,6 +115,9 @@ class FleetSpec:
     device_map: Mapping[str, str] = field(default_factory=dict)  # dataset device -> profile name
     sensor_variability: SensorVariability = field(default_factory=SensorVariability)
     deadline_s: float | None = None  # round deadline; None waits for every participant
+    # profile name -> 0/1 per round, cycled: a recorded availability trace that replaces the
+    # profile's availability probability for devices of that type
+    availability_traces: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.mix and not self.device_map:
@@ -136,6 +139,10 @@ class FleetSpec:
         values["mix"] = {str(k): float(v) for k, v in (values.get("mix") or {}).items()}
         values["device_map"] = {str(k): str(v) for k, v in (values.get("device_map") or {}).items()}
         values.setdefault("deadline_s", None)
+        values["availability_traces"] = {
+            str(k): tuple(int(bit) for bit in v)
+            for k, v in (values.get("availability_traces") or {}).items()
+        }
         return _build(cls, values, "fleet")
 
 

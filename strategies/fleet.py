@@ -13,7 +13,7 @@ arrive after the round deadline are dropped as stragglers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
@@ -80,6 +80,8 @@ class FleetSimulation(StrategyWrapper):
         Round deadline in simulated seconds; late replies are dropped as stragglers.
     enroll_timeout_s : float
         How long enrollment waits for nodes to answer.
+    availability_traces : Mapping[str, Sequence[int]] | None
+        Device name -> 0/1 per round (cycled), replacing that device's availability probability.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class FleetSimulation(StrategyWrapper):
         catalogue: Mapping[str, DeviceProfile] | None = None,
         deadline_s: float | None = None,
         enroll_timeout_s: float = 120.0,
+        availability_traces: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         super().__init__(strategy)
         self.run = run
@@ -97,6 +100,7 @@ class FleetSimulation(StrategyWrapper):
         self.catalogue = dict(catalogue or {})
         self.deadline_s = deadline_s
         self.enroll_timeout_s = enroll_timeout_s
+        self.availability_traces = dict(availability_traces or {})
         self._download: dict[int, int] = {}
         self._dropouts = 0
         self._round = summarize_round([])
@@ -167,7 +171,8 @@ class FleetSimulation(StrategyWrapper):
         if profile is None:
             return True
         info = self.run.directory[node_id]
-        return is_available(profile, server_round, derive_seed(self.run.seed, info.partition_id))
+        seed = derive_seed(self.run.seed, info.partition_id)
+        return is_available(profile, server_round, seed, self.availability_traces.get(profile.name))
 
     def _cost(self, reply: Message) -> ClientCost | None:
         profile = self._profile(reply.metadata.src_node_id)

@@ -40,7 +40,7 @@ def _settings(device: str, **changes: object) -> ClientSettings:
     )
 
 
-def _stack(settings: ClientSettings, grid_type, deadline_s: float | None = None):
+def _stack(settings: ClientSettings, grid_type, deadline_s: float | None = None, traces=None):
     records: list[RoundRecord] = []
 
     class Sink:
@@ -51,7 +51,9 @@ def _stack(settings: ClientSettings, grid_type, deadline_s: float | None = None)
     run = RunInfo("test", settings.seed, Path("."), FleetDirectory())
     keys = {p: DeviceIdentity.from_seed(settings.seed, p).signing_public_bytes() for p in range(4)}
     catalogue = {profile.name: profile for _, profile in settings.devices}
-    fleet = FleetSimulation(FedAvg(), run, keys, catalogue, deadline_s=deadline_s)
+    fleet = FleetSimulation(
+        FedAvg(), run, keys, catalogue, deadline_s=deadline_s, availability_traces=traces
+    )
     grid = grid_type(make_client_app(lambda _: settings), num_nodes=4)
     return Tracking(fleet, sinks=[Sink()]), grid, run, records
 
@@ -113,3 +115,10 @@ def test_unavailable_devices_are_not_asked_to_train(in_process_grid) -> None:
     assert records[0].extra["fleet/dropouts"] == 4 and records[0].sampled == 0
     before, after = arrays_to_numpy(initial), arrays_to_numpy(result.arrays or initial)
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_an_availability_trace_decides_who_trains_each_round(in_process_grid) -> None:
+    traces = {"android_phone": [1, 0]}  # round r reads trace[r % 2]: offline in odd rounds
+    strategy, grid, _, records = _stack(_settings("android_phone"), in_process_grid, traces=traces)
+    strategy.start(grid, _initial(), num_rounds=3, train_config=TRAIN)
+    assert [r.extra["fleet/dropouts"] for r in records] == [4.0, 0.0, 4.0]
