@@ -95,7 +95,14 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
     if rounds_done:
         restore_state(strategy, start.strategy_state)
         initial_arrays = numpy_to_arrays(start.arrays)
-        log.warning("resuming %s after round %d", run_dir, rounds_done)
+        if rounds_done >= cfg.num_rounds:
+            log.warning(
+                "%s already holds all %d rounds; showing them (resume=false starts over)",
+                run_dir,
+                rounds_done,
+            )
+        else:
+            log.warning("resuming %s after round %d", run_dir, rounds_done)
     else:
         initial_arrays = start
     sinks = _sinks(cfg, run_dir, rounds_done)
