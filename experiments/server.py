@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clients.app import ClientSettings
 from experiments.compose import (
+    ConfigError,
     build_strategy,
     client_settings,
     federation_spec,
@@ -87,6 +88,8 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
     """Compose the run in ``run_dir``: fresh, or resumed from its checkpoint."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _quiet_logs(cfg.runtime.verbose)
+    if cfg.resume and (run_dir / CHECKPOINT_NAME).exists():
+        check_resumable(cfg, run_dir)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     federation = load_federation(federation_spec(cfg))
     run = RunInfo(run_id=run_dir.name, seed=cfg.seed, run_dir=run_dir, directory=FleetDirectory())
@@ -117,6 +120,36 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
         rounds_done=rounds_done,
         sinks=sinks,
     )
+
+
+RESUME_MAY_CHANGE = ("num_rounds", "resume", "runtime", "tracking")  # no effect on the numbers
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flat(value, f"{prefix}{key}."))
+    return flat
+
+
+def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to resume a run directory under a config that would change its numbers."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    kept = {k: v for k, v in _flat(saved).items() if not k.startswith(RESUME_MAY_CHANGE)}
+    now = {k: v for k, v in _flat(current).items() if not k.startswith(RESUME_MAY_CHANGE)}
+    changed = sorted(k.rstrip(".") for k in kept.keys() | now.keys() if kept.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds a run with a different config ({', '.join(changed[:5])}); "
+            "resume it with the same config, pass resume=false to start over, or choose "
+            "another hydra.run.dir"
+        )
 
 
 def wait_for_fleet(grid: Grid, num_nodes: int, timeout_s: float) -> None:
