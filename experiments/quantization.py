@@ -4,7 +4,8 @@ Runs one federated experiment per setting (same seed, data and fleet) and writes
 table of final macro-F1 (held-out users, and the mean over clients on their own test split),
 uplink bytes per round, and the reduction factor against the fp32 run:
 
-- fp32: float local training, plain ArrayRecord uplink;
+- fp32: float local training, plain ArrayRecord uplink; every setting's final model is also
+  scored on the held-out users as simulated int8 inference (``fedhar.int8_eval``);
 - QAT int8 / QAT int4: fake-quantized local training (weights and activations), plain uplink;
 - fp32 / int8 / int4 / 2-bit transport: float local training, updates through the
   compression wrapper. "fp32 transport" is the codec's dense float32 framing: the fair
@@ -24,9 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from experiments.run import load_config, run_experiment
+from experiments.run import federation_spec, load_config, run_experiment
 from experiments.sinks import read_metrics
+from fedhar.checkpoint import load_checkpoint
+from fedhar.federation import load_federation
+from fedhar.int8_eval import evaluate_integer
+from fedhar.models import build_model
+from fedhar.train import evaluate
 
 QUICK = [  # a small federation that runs in minutes on two cores
     "fleet=all_phone",  # one device class: QAT bit widths come from the overrides below
@@ -51,13 +58,37 @@ SETTINGS: dict[str, list[str]] = {
 TABLE_FILE = "quantization.md"
 
 
+CALIBRATION_WINDOWS = 256  # training windows that set the int8 activation ranges
+
+
+def integer_scores(run_dir: Path) -> dict[str, float]:
+    """Held-out macro-F1 of a run's final global model in float and as simulated int8."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert isinstance(cfg, DictConfig), f"{run_dir}/config.yaml is not a mapping"
+    federation = load_federation(federation_spec(cfg))
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ValueError(f"{run_dir} has no checkpoint to score")
+    model = build_model(
+        cfg.model.name, federation.in_channels, federation.num_classes, cfg.model.width
+    )
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.arrays.items()})
+    holdout, k = federation.holdout, federation.num_classes
+    calibration = federation.client(0).train.x[:CALIBRATION_WINDOWS]
+    return {
+        "heldout_f1_float": evaluate(model, holdout.x, holdout.y, k).macro_f1,
+        "heldout_f1_int8": evaluate_integer(model, calibration, holdout.x, holdout.y, k).macro_f1,
+    }
+
+
 def measure(run_dir: Path, summary: dict[str, Any]) -> dict[str, float]:
-    """Final scores and mean bytes per round of one run."""
+    """Final scores (float and simulated int8 inference) and mean bytes per round of one run."""
     rows = read_metrics(run_dir)
     fp32_framing = [r.get("extra", {}).get("compression/bytes-up-fp32") for r in rows]
     return {
         "heldout_f1": summary["heldout_macro_f1"],
         "user_f1": summary["user_mean_f1"],
+        **integer_scores(run_dir),
         "up_per_round": sum(r["bytes_up"] for r in rows) / len(rows),
         "down_per_round": sum(r["bytes_down"] for r in rows) / len(rows),
         "fp32_framing_per_round": (
@@ -71,14 +102,16 @@ def table(results: dict[str, dict[str, float]]) -> str:
     record = results["fp32"]["up_per_round"]
     framing = results.get("fp32 transport", {}).get("up_per_round", 0.0)
     lines = [
-        "| setting | held-out macro-F1 | per-user mean macro-F1 | uplink bytes/round "
-        "| reduction vs fp32 (same framing) | reduction vs fp32 (ArrayRecord) |",
-        "|---|---|---|---|---|---|",
+        "| setting | held-out macro-F1 | held-out, int8 inference | per-user mean macro-F1 "
+        "| uplink bytes/round | reduction vs fp32 (same framing) "
+        "| reduction vs fp32 (ArrayRecord) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         same = f"{framing / r['up_per_round']:.2f}x" if "transport" in name and framing else "-"
         lines.append(
-            f"| {name} | {r['heldout_f1']:.4f} | {r['user_f1']:.4f} | {r['up_per_round']:.0f} "
+            f"| {name} | {r['heldout_f1']:.4f} | {r['heldout_f1_int8']:.4f} | {r['user_f1']:.4f} "
+            f"| {r['up_per_round']:.0f} "
             f"| {same} | {record / r['up_per_round']:.2f}x |"
         )
     return "\n".join(lines)
