@@ -64,7 +64,8 @@ CALIBRATION_WINDOWS = 256  # training windows that set the int8 activation range
 def integer_scores(run_dir: Path) -> dict[str, float]:
     """Held-out macro-F1 of a run's final global model in float and as simulated int8."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    assert isinstance(cfg, DictConfig), f"{run_dir}/config.yaml is not a mapping"
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{run_dir}/config.yaml is not a run config (a mapping)")
     federation = load_federation(federation_spec(cfg))
     checkpoint = load_checkpoint(run_dir)
     if checkpoint is None:
