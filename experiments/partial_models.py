@@ -4,10 +4,11 @@ Runs, on the same data, fleet and seed:
 
 - ``fedavg-small``: FedAvg on the widest model every device in the fleet can train;
 - ``heterofl``, ``fedrolex``, ``fjord``: each device trains the widest width it can hold;
-- ``fedper``: full model with a personal head (devices that cannot hold it sit out).
+- ``fedper``: a shared body with a personal head, each device on its widest fitting width.
 
 and reports the held-out macro-F1 of the full global model, of each width (leading slices of the
-final global model), and the per-user mean macro-F1 (each user's own later test windows).
+final global model), and the per-user mean macro-F1 (each user's own later test windows). A
+personal-layer strategy's global head never trains, so only its per-user mean is reported.
 
 Example::
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
 from experiments.run import client_settings, federation_spec, load_config, run_experiment
 from fedhar.checkpoint import load_checkpoint
@@ -56,8 +58,11 @@ def smallest_common_width(overrides: list[str]) -> float:
 def width_scores(
     overrides: list[str], run_dir: Path, widths: tuple[float, ...]
 ) -> dict[str, float]:
-    """Held-out scores of each width of the run's final global model."""
+    """Held-out scores of each width of the run's final global model; none for a strategy
+    whose config scores no widths (personal layers)."""
     cfg = load_config(overrides)
+    if has_personal_head(cfg):
+        return {}
     federation = load_federation(federation_spec(cfg))
     checkpoint = load_checkpoint(run_dir)
     if checkpoint is None:
@@ -71,6 +76,11 @@ def width_scores(
     return evaluate_widths(
         cfg.model.name, state, widths, holdout.x, holdout.y, federation.num_classes
     )
+
+
+def has_personal_head(cfg: DictConfig) -> bool:
+    """Whether the strategy config says its global model is not a measure (personal layers)."""
+    return "evaluate_widths" in cfg.strategy and cfg.strategy.evaluate_widths is None
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
@@ -129,10 +139,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         if args.only and name not in args.only:
             continue
         run_dir = args.out / name
-        summary = run_experiment(load_config(overrides), run_dir)
+        cfg = load_config(overrides)
+        summary = run_experiment(cfg, run_dir)
+        personal = has_personal_head(cfg)
         rows[name] = {
             "overrides": overrides,
-            "heldout_macro_f1": summary["heldout_macro_f1"],
+            "heldout_macro_f1": None if personal else summary["heldout_macro_f1"],
             "user_mean_f1": summary["user_mean_f1"],
             "bytes_down": summary["bytes_down"],
             "bytes_up": summary["bytes_up"],

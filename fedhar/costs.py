@@ -59,13 +59,13 @@ def is_available(
 ) -> bool:
     """Whether the device takes part in `server_round`.
 
-    With a `trace` (0/1 per round, cycled) the trace decides; otherwise a draw with probability
-    `profile.availability`, fixed by (node_seed, server_round).
+    With a `trace` (0/1 per round, cycled; entry 0 is round 1) the trace decides; otherwise a
+    draw with probability `profile.availability`, fixed by (node_seed, server_round).
     """
     if trace is not None:
         if len(trace) == 0 or any(bit not in (0, 1) for bit in trace):
             raise ValueError(f"an availability trace is a non-empty list of 0/1, got {trace}")
-        return bool(trace[server_round % len(trace)])
+        return bool(trace[(server_round - 1) % len(trace)])
     draw = np.random.default_rng([node_seed, server_round]).random()
     return bool(draw < profile.availability)
 

@@ -35,13 +35,14 @@ class QuantConfig:
     ----------
     weight_bits, activation_bits : 4, 8, or 32 (32 means that tensor is not quantized).
     qas : apply quantization-aware scaling in `scale_gradients` (int8 MCU training needs it).
-    observer_momentum : EMA weight of a new batch's min/max; None keeps the running min/max.
+    observer_momentum : EMA weight of a new batch's min/max; None keeps the running min/max,
+        which lets the range widen as fast as a model trained from scratch needs.
     """
 
     weight_bits: int = 8  # int8 kernels (CMSIS-NN class MCUs)
     activation_bits: int = 8
     qas: bool = True
-    observer_momentum: float | None = 0.01  # slow EMA: robust to one outlier batch
+    observer_momentum: float | None = None  # a slow EMA clips growing logits early in training
 
     def __post_init__(self) -> None:
         for field in ("weight_bits", "activation_bits"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -47,7 +48,9 @@ def derive_seed(base: int, *parts: int) -> int:
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch's global generator and return a dedicated one for data order."""
+    """Seed Python's, numpy's and torch's global generators; return one for the data order."""
+    random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
     generator = torch.Generator()
     generator.manual_seed(seed)

@@ -63,7 +63,7 @@ def test_availability_is_deterministic_and_follows_the_probability():
 
 def test_availability_trace_is_cycled():
     trace = [1, 0, 0]
-    assert [is_available(BOARD, r, 0, trace) for r in range(6)] == [True, False, False] * 2
+    assert [is_available(BOARD, r, 0, trace) for r in range(1, 7)] == [True, False, False] * 2
     with pytest.raises(ValueError, match="0/1"):
         is_available(BOARD, 0, 0, [1, 2])
 

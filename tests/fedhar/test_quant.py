@@ -128,21 +128,31 @@ def test_calibrate_observers_without_touching_batchnorm() -> None:
     assert obs.min_val == x.min() and obs.max_val == x.max()
 
 
-def test_qat_model_trains() -> None:
-    torch.manual_seed(0)
+def train_toy(model: nn.Module, steps: int = 60) -> list[float]:
     x, y = toy_problem()
-    qat = prepare_qat(TinyHar(), QuantConfig(weight_bits=4, activation_bits=8))
-    calibrate(qat, [x])
-    opt = torch.optim.Adam(qat.parameters(), lr=0.02)
+    if isinstance(model.head, QLinear):
+        calibrate(model, [x])
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
     losses = []
-    for _ in range(60):
+    for _ in range(steps):
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(qat(x), y)
+        loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
-        scale_gradients(qat)
+        scale_gradients(model)
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
+    return losses
+
+
+@pytest.mark.parametrize("weight_bits", [4, 8])
+def test_qat_model_trains_about_as_well_as_float(weight_bits: int) -> None:
+    torch.manual_seed(0)
+    float_losses = train_toy(TinyHar())
+    torch.manual_seed(0)
+    qat = prepare_qat(TinyHar(), QuantConfig(weight_bits=weight_bits, activation_bits=8))
+    qat_losses = train_toy(qat)
+    assert qat_losses[-1] < 0.1 * qat_losses[0]
+    assert qat_losses[-1] < float_losses[-1] + 0.1
 
 
 def test_qas_restores_gradient_to_weight_ratio() -> None:

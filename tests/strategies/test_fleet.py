@@ -118,7 +118,7 @@ def test_unavailable_devices_are_not_asked_to_train(in_process_grid) -> None:
 
 
 def test_an_availability_trace_decides_who_trains_each_round(in_process_grid) -> None:
-    traces = {"android_phone": [1, 0]}  # round r reads trace[r % 2]: offline in odd rounds
+    traces = {"android_phone": [1, 0, 0]}  # round r reads trace[(r - 1) % 3]
     strategy, grid, _, records = _stack(_settings("android_phone"), in_process_grid, traces=traces)
     strategy.start(grid, _initial(), num_rounds=3, train_config=TRAIN)
-    assert [r.extra["fleet/dropouts"] for r in records] == [4.0, 0.0, 4.0]
+    assert [r.extra["fleet/dropouts"] for r in records] == [0.0, 4.0, 4.0]
