@@ -1,8 +1,9 @@
-"""Shared test setup: single-threaded torch, and where the real dataset lives."""
+"""Shared test setup: single-threaded torch, a throwaway cache, where the real dataset lives."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,18 @@ def sp_sw_har_root() -> Path:
         base = Path(env)
         return base / "sp-sw-har" if (base / "sp-sw-har").is_dir() else base
     return _DEFAULT_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """FEDHAR_CACHE_DIR points into this test run's temporary folder, never ~/.cache.
+
+    A test that sets its own (monkeypatch.setenv or a cache_dir option) wins for its duration.
+    """
+    folder = tmp_path_factory.mktemp("fedhar-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDHAR_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

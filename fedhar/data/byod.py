@@ -14,13 +14,12 @@ NPZ (one recording per file): `time_s` (T,), `signals` (T, 6) in the column orde
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from fedhar.data.cache import cached_windows
+from fedhar.data.cache import cached_windows, files_fingerprint
 from fedhar.data.dataset import ACC_GYRO_CHANNELS, Recording, WindowDataset
 from fedhar.data.windows import window_recordings
 
@@ -136,9 +135,6 @@ def read_byod(config: ByodConfig) -> WindowDataset:
 
 def load_byod(config: ByodConfig) -> WindowDataset:
     """BYOD windows, cached by config and by the files' names, sizes and modification times."""
-    files = data_files(config.root)
-    stamp = hashlib.sha256(
-        "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files).encode()
-    ).hexdigest()
+    stamp = files_fingerprint(data_files(config.root))
     resolved = replace(config, root=str(Path(str(config.root)).resolve()))
     return cached_windows(resolved, lambda: read_byod(resolved), fingerprint=stamp)

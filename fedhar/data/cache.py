@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import numpy as np
 from fedhar.data.dataset import WindowDataset
 
 CACHE_FORMAT = 1  # bump when the processing changes, so old entries are not reused
-NOT_KEYED = frozenset({"cache", "cache_dir", "download"})  # options that never change the data
+# options that only say where the data comes from, never what it is (the root is keyed)
+NOT_KEYED = frozenset({"cache", "cache_dir", "download", "url", "sha256", "offline_path"})
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -48,6 +49,12 @@ def config_key(config: Any, fingerprint: str = "") -> str:
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """Hex digest of the files' names, sizes and modification times: changes on any edit."""
+    stamps = "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in paths)
+    return hashlib.sha256(stamps.encode()).hexdigest()
 
 
 def save_windows(ds: WindowDataset, path: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedhar.data.cache import cache_root
+
+logger = logging.getLogger(__name__)
 
 
 class DownloadError(RuntimeError):
@@ -32,11 +36,12 @@ class DatasetSource:
     archive_name: str
     folder: str  # extraction folder under the cache root
     marker: str  # relative path that exists inside the data root
-    sha256: str | None = None  # pin before relying on it; verified whenever set
+    sha256: str | None = None  # verified whenever set; None: the archive is taken unverified
 
 
 SOURCES = {
-    # The GitHub repository that Zenodo archives as doi:10.5281/zenodo.8398688.
+    # The GitHub repository that Zenodo archives as doi:10.5281/zenodo.8398688. A branch zip
+    # is rebuilt on every upstream commit, so no checksum can be pinned: pass sha256 yourself.
     "sp_sw_har": DatasetSource(
         url="https://github.com/GeoTecINIT/sp-sw-har-dataset/archive/refs/heads/main.zip",
         archive_name="sp-sw-har-dataset-main.zip",
@@ -49,6 +54,7 @@ SOURCES = {
         archive_name="human+activity+recognition+using+smartphones.zip",
         folder="uci-har",
         marker="activity_labels.txt",
+        sha256="c00b803081a5c797cd5e4b83700a9810b38d53d9d84e01917e090e1fdbc81031",
     ),
 }
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -63,6 +69,31 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_sha256(sha256: str | None) -> str | None:
+    """`sha256` in lower case; a ValueError when it is not 64 hex digits."""
+    if sha256 is None:
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", str(sha256)):
+        raise ValueError(
+            f"sha256 must be 64 hex digits, got {sha256!r}; compute it with `sha256sum <archive>`"
+        )
+    return str(sha256).lower()
+
+
+def warn_unverified(name: str, archive: Path, origin: str) -> None:
+    """Log that `archive` of dataset `name` is used without a checksum, and how to pin one."""
+    digest = sha256_of(archive)
+    logger.warning(
+        "no sha256 configured for %s: the archive from %s is UNVERIFIED (its sha256 is %s). "
+        "Once you trust it, pin it with sha256=%s (CLI: dataset.options.sha256=%s)",
+        name,
+        origin,
+        digest,
+        digest,
+        digest,
+    )
+
+
 def verify(path: Path, sha256: str | None, origin: str) -> None:
     """Raise ChecksumError naming `origin`, expected and actual hash when they differ."""
     if sha256 is None:
@@ -71,8 +102,9 @@ def verify(path: Path, sha256: str | None, origin: str) -> None:
     if actual != sha256.lower():
         raise ChecksumError(
             f"checksum mismatch for {origin}: expected sha256 {sha256.lower()}, got {actual}. "
-            "The file may be truncated or changed upstream; fetch it again, or place a verified "
-            "copy locally and pass offline_path=<file or folder>"
+            "The file may be truncated or changed upstream; fetch it again, place a verified "
+            "copy locally and pass offline_path=<file or folder>, or pass sha256=<hex> of a "
+            "copy you trust"
         )
 
 
@@ -173,12 +205,13 @@ def prepare_dataset(
     offline_path : path, optional
         A local archive (verified, then extracted) or an already extracted folder.
     url, sha256 : str, optional
-        Override the registry entry (e.g. a mirror, or a pinned checksum).
+        Override the registry entry (e.g. a mirror, or a pinned checksum). An archive taken
+        without any checksum is used, but a warning names its hash so that it can be pinned.
     """
     if name not in SOURCES:
         raise ValueError(f"unknown dataset source {name!r}; valid names: {sorted(SOURCES)}")
     source = SOURCES[name]
-    url, sha256 = url or source.url, sha256 or source.sha256
+    url, sha256 = url or source.url, check_sha256(sha256) or source.sha256
     root = cache_root(cache_dir)
     target = root / source.folder
     if offline_path is not None:
@@ -190,10 +223,15 @@ def prepare_dataset(
             return found
         if not local.is_file():
             raise FileNotFoundError(f"offline_path {local} does not exist")
+        if sha256 is None:
+            warn_unverified(name, local, str(local))
         verify(local, sha256, str(local))
         extract(local, target)
     elif find_data_root(target, source.marker) is None:
-        extract(fetch(url, root / "downloads" / source.archive_name, sha256), target)
+        archive = fetch(url, root / "downloads" / source.archive_name, sha256)
+        if sha256 is None:
+            warn_unverified(name, archive, url)
+        extract(archive, target)
     found = find_data_root(target, source.marker)
     if found is None:
         raise FileNotFoundError(f"the {name} archive did not contain {source.marker} ({target})")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhar.data.cache import cache_root, cached_windows
+from fedhar.data.cache import cache_root, cached_windows, files_fingerprint
 from fedhar.data.dataset import Recording, WindowDataset
-from fedhar.data.download import find_data_root, prepare_dataset
+from fedhar.data.download import check_sha256, find_data_root, prepare_dataset
 from fedhar.data.windows import window_recordings
 
 SP_SW_HAR_CLASSES = ("seated", "standing_up", "walking", "turning", "sitting_down")
@@ -26,7 +26,8 @@ DEVICE_CHOICES = {"sp": ("sp",), "sw": ("sw",), "both": ("sp", "sw")}
 HEADER = ["x_acc", "y_acc", "z_acc", "x_gyro", "y_gyro", "z_gyro", "timestamp", "label"]
 STANDARD_GRAVITY = 9.80665  # m/s^2 per g
 HOW_TO_GET = (
-    "Download it from Zenodo (doi:10.5281/zenodo.8398688) or load with download=True, "
+    "Download it from Zenodo (doi:10.5281/zenodo.8398688) and pass root= or "
+    "offline_path=<archive or folder>, load with download=True, "
     "or set FEDHAR_DATA_DIR to the folder holding sp-sw-har"
 )
 
@@ -43,6 +44,9 @@ class SpSwHarConfig:
     stride: int = 25  # 0.5 s, so each ~12 s execution gives ~20 windows
     drop_mixed: bool = False
     download: bool = False  # fetch the archive into the cache folder when no data is found
+    url: str | None = None  # download from here instead (a mirror); None: the GitHub archive
+    sha256: str | None = None  # expected SHA-256 of the archive; None: unverified, with a warning
+    offline_path: str | None = None  # local archive or extracted folder used instead of a download
     cache: bool = True
     cache_dir: str | None = None
 
@@ -53,28 +57,30 @@ class SpSwHarConfig:
             )
         if self.subjects is not None:
             object.__setattr__(self, "subjects", tuple(self.subjects))
+        object.__setattr__(self, "sha256", check_sha256(self.sha256))
 
 
-def locate_root(
-    root: str | os.PathLike[str] | None, download: bool = False, cache_dir: str | None = None
-) -> Path:
+def locate_root(config: SpSwHarConfig) -> Path:
     """The folder holding `DATA/sXX/*.csv`; raises FileNotFoundError with how to get it.
 
-    Looks in `root`, else $FEDHAR_DATA_DIR, else the download cache; `download` fetches the
-    archive into the cache when nothing is found.
+    Looks in `config.root`, else $FEDHAR_DATA_DIR, else the download cache. When nothing is
+    found, `config.download` fetches the archive into the cache (verified by `config.sha256`)
+    and `config.offline_path` takes a local archive or folder instead.
     """
-    if root is not None:
-        base = Path(root)
+    if config.root is not None:
+        base = Path(config.root)
     elif os.environ.get("FEDHAR_DATA_DIR"):
         base = Path(os.environ["FEDHAR_DATA_DIR"])
         base = base / "sp-sw-har" if (base / "sp-sw-har").is_dir() else base
     else:
-        base = cache_root(cache_dir) / "sp-sw-har"
+        base = cache_root(config.cache_dir) / "sp-sw-har"
     found = base.parent if base.name == "DATA" else find_data_root(base, "DATA", depth=2)
     if found is not None and any((found / "DATA").glob("s*/s*_*_s?.csv")):
         return found
-    if download:
-        return prepare_dataset("sp_sw_har", cache_dir)
+    if config.download or config.offline_path is not None:
+        return prepare_dataset(
+            "sp_sw_har", config.cache_dir, config.offline_path, config.url, config.sha256
+        )
     raise FileNotFoundError(f"sp-sw-har data not found at {base} (no DATA/sXX/*.csv). {HOW_TO_GET}")
 
 
@@ -112,27 +118,39 @@ def read_execution(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values[:, 6] / 1000.0, signals.astype(np.float32), np.asarray(labels, dtype=np.int64)
 
 
-def read_recordings(config: SpSwHarConfig) -> list[Recording]:
-    """Every selected execution file as one Recording (user "sXX", device by file suffix)."""
-    data = locate_root(config.root) / "DATA"
+def execution_files(config: SpSwHarConfig) -> list[tuple[str, str, Path]]:
+    """(subject, device code, path) of every selected execution CSV, sorted."""
+    data = locate_root(config) / "DATA"
     subjects = config.subjects or tuple(sorted(p.name for p in data.glob("s[0-9]*") if p.is_dir()))
-    recordings = []
+    files: list[tuple[str, str, Path]] = []
     for subject in subjects:
         if not (data / subject).is_dir():
             raise ValueError(
                 f"unknown sp-sw-har subject {subject!r}; folders in {data} are s01..s23"
             )
         for code in DEVICE_CHOICES[config.devices]:
-            for path in sorted((data / subject).glob(f"{subject}_*_{code}.csv")):
-                time_s, signals, labels = read_execution(path)
-                recordings.append(Recording(subject, DEVICES[code], time_s, signals, labels))
+            paths = sorted((data / subject).glob(f"{subject}_*_{code}.csv"))
+            files.extend((subject, code, path) for path in paths)
+    return files
+
+
+def read_recordings(config: SpSwHarConfig) -> list[Recording]:
+    """Every selected execution file as one Recording (user "sXX", device by file suffix)."""
+    recordings = []
+    for subject, code, path in execution_files(config):
+        time_s, signals, labels = read_execution(path)
+        recordings.append(Recording(subject, DEVICES[code], time_s, signals, labels))
     return recordings
 
 
 def load_sp_sw_har(config: SpSwHarConfig) -> WindowDataset:
-    """Windows of sp-sw-har at `config.rate_hz`, cached by config under the cache folder."""
-    root = locate_root(config.root, config.download, config.cache_dir)
-    resolved = replace(config, root=str(root.resolve()), download=False)
+    """Windows of sp-sw-har at `config.rate_hz`, cached by config and by the raw files' stamps.
+
+    The cache key holds each selected CSV's name, size and modification time, so editing
+    a raw file rebuilds its windows.
+    """
+    resolved = replace(config, root=str(locate_root(config).resolve()), download=False)
+    stamp = files_fingerprint(path for *_, path in execution_files(resolved))
 
     def build() -> WindowDataset:
         return window_recordings(
@@ -144,4 +162,4 @@ def load_sp_sw_har(config: SpSwHarConfig) -> WindowDataset:
             drop_mixed=resolved.drop_mixed,
         )
 
-    return cached_windows(resolved, build)
+    return cached_windows(resolved, build, fingerprint=stamp)

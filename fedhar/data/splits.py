@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from fedhar.data.dataset import WindowDataset
+
+logger = logging.getLogger(__name__)
 
 
 def window_duration_s(ds: WindowDataset) -> float:
@@ -22,7 +25,8 @@ def split_chronological(
     The cut is per user across all devices, so simultaneous phone and watch windows land on
     the same side. Train windows must end at least `gap_s` seconds before the first test
     window starts; windows that would overlap the test period are dropped, so no train
-    sample is ever inside a test window. A user with fewer than two windows stays in train.
+    sample is ever inside a test window. A user with fewer than two windows stays in train,
+    with a warning.
 
     Parameters
     ----------
@@ -43,6 +47,11 @@ def split_chronological(
     for user in ds.users:
         idx = np.flatnonzero(ds.user == user)
         if len(idx) < 2:
+            logger.warning(
+                "user %s has %d window(s), too few to split; all kept in train, none in test",
+                user,
+                len(idx),
+            )
             train[idx] = True
             continue
         starts = np.sort(ds.start_time_s[idx])

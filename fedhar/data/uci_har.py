@@ -17,7 +17,7 @@ import numpy as np
 
 from fedhar.data.cache import cache_root, cached_windows
 from fedhar.data.dataset import ACC_GYRO_CHANNELS, WindowDataset
-from fedhar.data.download import find_data_root, prepare_dataset
+from fedhar.data.download import check_sha256, find_data_root, prepare_dataset
 
 UCI_RATE_HZ = 50.0
 UCI_STRIDE = 64  # the published windows overlap by 50 %
@@ -39,18 +39,27 @@ class UciHarConfig:
     root: str | None = None  # "UCI HAR Dataset" or a parent; None: $FEDHAR_DATA_DIR, then cache
     splits: tuple[str, ...] = SPLITS  # the published splits are user-disjoint; both by default
     download: bool = False  # fetch the UCI archive into the cache folder when no data is found
+    url: str | None = None  # download from here instead (a mirror); None: the UCI archive
+    sha256: str | None = None  # expected SHA-256 of the archive; None: the pinned UCI checksum
+    offline_path: str | None = None  # local archive or extracted folder used instead of a download
     cache: bool = True
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", tuple(self.splits))
+        object.__setattr__(self, "sha256", check_sha256(self.sha256))
         unknown = sorted(set(self.splits) - set(SPLITS))
         if unknown or not self.splits:
             raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {self.splits}")
 
 
 def locate_uci_root(config: UciHarConfig) -> Path:
-    """The folder holding activity_labels.txt; raises FileNotFoundError with how to get it."""
+    """The folder holding activity_labels.txt; raises FileNotFoundError with how to get it.
+
+    Looks in `config.root`, else $FEDHAR_DATA_DIR, else the download cache. When nothing is
+    found, `config.download` fetches the archive into the cache (verified by `config.sha256`)
+    and `config.offline_path` takes a local archive or folder instead.
+    """
     if config.root is not None:
         base = Path(config.root)
     elif os.environ.get("FEDHAR_DATA_DIR"):
@@ -60,11 +69,14 @@ def locate_uci_root(config: UciHarConfig) -> Path:
     found = find_data_root(base, "activity_labels.txt", depth=2)
     if found is not None:
         return found
-    if config.download:
-        return prepare_dataset("uci_har", config.cache_dir)
+    if config.download or config.offline_path is not None:
+        return prepare_dataset(
+            "uci_har", config.cache_dir, config.offline_path, config.url, config.sha256
+        )
     raise FileNotFoundError(
         f"UCI HAR Dataset not found under {base} (no activity_labels.txt). Download it from "
-        "https://archive.ics.uci.edu/dataset/240 and unzip it there, load with download=True, "
+        "https://archive.ics.uci.edu/dataset/240 and unzip it there or pass "
+        "offline_path=<zip or folder>, load with download=True, "
         "or set FEDHAR_DATA_DIR to the folder holding 'UCI HAR Dataset'"
     )
 

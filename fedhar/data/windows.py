@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from fedhar.data.dataset import ACC_GYRO_CHANNELS, Recording, WindowDataset
 from fedhar.data.resample import resample_uniform
+
+logger = logging.getLogger(__name__)
 
 
 def window_recordings(
@@ -22,7 +25,7 @@ def window_recordings(
 
     Windows never cross recordings. Each window's label is its majority sample label
     (ties go to the lower class index); with `drop_mixed` windows holding more than one
-    label are dropped.
+    label are dropped. A recording shorter than one window is skipped with a warning.
 
     Parameters
     ----------
@@ -56,6 +59,14 @@ def window_recordings(
         uniform = resample_uniform(rec, rate_hz)
         n_samples = len(uniform.time_s)
         if n_samples < window_length:
+            logger.warning(
+                "recording %s/%s skipped: %d samples at %g Hz, fewer than one window of %d",
+                rec.user,
+                rec.device,
+                n_samples,
+                rate_hz,
+                window_length,
+            )
             continue
         begin = np.arange(0, n_samples - window_length + 1, stride)  # (W,)
         view = np.lib.stride_tricks.sliding_window_view(uniform.signals, window_length, axis=0)

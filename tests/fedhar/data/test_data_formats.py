@@ -7,32 +7,7 @@ import pytest
 
 from fedhar.data import DATASET_NAMES, load_dataset
 from fedhar.data.byod import BYOD_COLUMNS
-
-UCI_CLASSES = ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING"]
-SIGNALS = ["total_acc", "body_gyro"]
-
-
-def write_uci(root, rng):
-    """A tiny 'UCI HAR Dataset' in the published layout: 5 train and 3 test windows."""
-    folder = root / "UCI HAR Dataset"
-    folder.mkdir(parents=True)
-    labels = "".join(f"{i + 1} {name}\n" for i, name in enumerate(UCI_CLASSES))
-    (folder / "activity_labels.txt").write_text(labels)
-    expected = {}
-    for split, subjects, ys in (
-        ("train", [1, 1, 3, 3, 3], [1, 2, 6, 6, 4]),
-        ("test", [2, 2, 2], [5, 5, 3]),
-    ):
-        signals = folder / split / "Inertial Signals"
-        signals.mkdir(parents=True)
-        x = rng.normal(size=(len(ys), 6, 128))
-        for c in range(6):
-            name = f"{SIGNALS[c // 3]}_{'xyz'[c % 3]}_{split}.txt"
-            np.savetxt(signals / name, x[:, c], fmt="%.8e")  # one window per row
-        np.savetxt(folder / split / f"y_{split}.txt", ys, fmt="%d")
-        np.savetxt(folder / split / f"subject_{split}.txt", subjects, fmt="%d")
-        expected[split] = x
-    return expected
+from tests.fedhar.data.conftest import write_uci
 
 
 def test_uci_har_reads_published_layout(tmp_path):

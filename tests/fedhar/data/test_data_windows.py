@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from fedhar.data.cache import cached_windows, config_key
+from fedhar.data.cache import cache_root, cached_windows, config_key
 from fedhar.data.dataset import Recording, WindowDataset
 from fedhar.data.resample import resample_uniform
 from fedhar.data.splits import split_chronological, split_users
-from fedhar.data.synthetic import SyntheticConfig, load_synthetic
+from fedhar.data.synthetic import GENERATOR_VERSION, SyntheticConfig, load_synthetic
 from fedhar.data.windows import window_recordings
 
 
@@ -55,6 +58,42 @@ def test_windows_reject_labels_outside_class_names():
     rec = make_recording(np.arange(5.0), np.arange(5), [0, 0, 2, 0, 0])
     with pytest.raises(ValueError, match="labels outside"):
         window_recordings([rec], 2, 1, ("a", "b"), 1)
+
+
+def test_windows_warn_about_a_recording_shorter_than_one_window(caplog):
+    long = make_recording(np.arange(10.0), np.arange(10), [0] * 10, user="a")
+    short = make_recording(np.arange(3.0), np.arange(3), [0] * 3, user="b", device="watch")
+    with caplog.at_level(logging.WARNING, logger="fedhar.data.windows"):
+        ds = window_recordings([long, short], 4, 2, ("a",), 1)
+    assert ds.users == ["a"]
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "recording b/watch skipped: 3 samples" in record.getMessage()
+    assert "one window of 4" in record.getMessage()
+
+
+def test_chronological_split_warns_about_a_user_too_small_to_split(caplog):
+    recordings = [
+        make_recording(np.arange(10.0), np.arange(10), [0] * 10, user="many"),
+        make_recording(np.arange(4.0), np.arange(4), [0] * 4, user="lonely"),
+    ]
+    ds = window_recordings(recordings, 4, 2, ("a",), 1)
+    with caplog.at_level(logging.WARNING, logger="fedhar.data.splits"):
+        train, test = split_chronological(ds, test_fraction=0.25)
+    assert len(train.for_user("lonely")) == 1 and len(test.for_user("lonely")) == 0
+    assert len(test.for_user("many")) == 1
+    [record] = caplog.records
+    assert "user lonely has 1 window(s), too few to split" in record.getMessage()
+    assert "all kept in train" in record.getMessage()
+
+
+def test_tests_never_write_the_home_cache(temporary_cache_dir):
+    assert cache_root() == temporary_cache_dir
+    assert Path.home() / ".cache" not in cache_root().parents
+    config = SyntheticConfig(num_users=1, seconds_per_user=10, seed=7)
+    load_synthetic(config)
+    name = f"syntheticconfig-{config_key(config, GENERATOR_VERSION)}.npz"
+    assert (temporary_cache_dir / "windows" / name).is_file()
 
 
 @pytest.fixture(scope="module")
