@@ -16,6 +16,7 @@ from fedhar.sensors import SensorVariability
 
 DEVICE_KINDS = ("mcu", "watch", "phone")
 RADIOS = ("ble", "wifi")
+ACCEL_RANGES_G = (2.0, 4.0, 8.0, 16.0)  # full-scale settings MEMS accelerometers offer
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ class SensorSpec:
     adc_bits: int  # output resolution over the full-scale span
     rate_hz: float  # nominal output data rate
 
+    def __post_init__(self) -> None:
+        if self.accel_range_g not in ACCEL_RANGES_G:
+            raise ValueError(
+                f"sensor {self.imu!r}: accel_range_g {self.accel_range_g} is not a full-scale "
+                f"setting; use one of {ACCEL_RANGES_G} (+-2/4/8/16 g)"
+            )
+
 
 @dataclass(frozen=True)
 class DeviceProfile:
@@ -35,7 +43,7 @@ class DeviceProfile:
 
     name: str
     kind: str  # one of DEVICE_KINDS
-    sram_bytes: int
+    sram_bytes: int  # usable contiguous SRAM, the memory the planner budgets
     flash_bytes: int
     clock_hz: float
     macs_per_cycle: float  # sustained training-kernel MACs per clock cycle
@@ -48,6 +56,8 @@ class DeviceProfile:
     weight_bits: int
     activation_bits: int
     sensor: SensorSpec
+    sram_total_bytes: int | None = None  # all on-chip SRAM, when more than sram_bytes is usable
+    psram_bytes: int = 0  # external PSRAM; too slow for training buffers, so never budgeted
 
     def __post_init__(self) -> None:
         if self.kind not in DEVICE_KINDS:
@@ -65,6 +75,13 @@ class DeviceProfile:
                 f"device {self.name!r}: runtime_reserve_bytes {self.runtime_reserve_bytes} must be "
                 f"in [0, sram_bytes={self.sram_bytes})"
             )
+        if self.sram_total_bytes is not None and self.sram_total_bytes < self.sram_bytes:
+            raise ValueError(
+                f"device {self.name!r}: sram_total_bytes {self.sram_total_bytes} is below the "
+                f"usable sram_bytes {self.sram_bytes}; set it to all on-chip SRAM, or leave it out"
+            )
+        if self.psram_bytes < 0:
+            raise ValueError(f"device {self.name!r}: psram_bytes {self.psram_bytes} must be >= 0")
 
 
 def training_budget_bytes(profile: DeviceProfile) -> int:
@@ -75,12 +92,17 @@ def training_budget_bytes(profile: DeviceProfile) -> int:
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     """Construct dataclass `cls` from `values`, naming unknown or missing fields."""
     names = {f.name for f in dataclasses.fields(cls)}
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     unknown = sorted(set(values) - names)
-    missing = sorted(names - set(values))
+    missing = sorted(required - set(values))
     if unknown or missing:
         raise ValueError(
-            f"{where}: unknown fields {unknown}, missing fields {missing}; "
-            f"a {cls.__name__} needs exactly {sorted(names)}"
+            f"{where}: unknown fields {unknown}, missing fields {missing}; a {cls.__name__} "
+            f"needs {sorted(required)} and may set {sorted(names - required)}"
         )
     return cls(**values)
 

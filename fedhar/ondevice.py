@@ -62,12 +62,13 @@ def storage_bits(profile: DeviceProfile, settings: QuantSettings) -> BitWidths:
 def plan_on_device(
     profile: DeviceProfile, model: ModelShape, width: float, settings: QuantSettings
 ) -> TrainingPlan:
-    """The most capable local-training plan at ``width`` that fits the device's SRAM.
+    """The most capable local-training plan at ``width`` that fits the device's SRAM and flash.
 
     Raises
     ------
     PlanDeclined
-        When no plan fits; the reason names the SRAM the model needs.
+        When no plan fits; the reason names the SRAM the model needs, or the flash its weights
+        need at the device's weight bits.
     """
     return plan_training(
         model.name,
@@ -77,6 +78,7 @@ def plan_on_device(
         training_budget_bytes(profile),
         bits=storage_bits(profile, settings),
         widths=(width,),
+        flash_budget_bytes=profile.flash_bytes,
     )
 
 

@@ -12,7 +12,8 @@ Candidate order, most capable first, and the first candidate that fits wins:
 3. then the largest batch size.
 
 The order is fixed, so a bigger budget never yields a less capable plan, and equal inputs give
-equal plans.
+equal plans. With a flash budget, widths whose weights (at the plan's weight bits) do not fit
+the device's flash are skipped.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fedhar.memory import FP32, BitWidths, estimate_training_memory, trace_layers
+from fedhar.memory import FP32, BitWidths, estimate_training_memory, flash_bytes, trace_layers
 from fedhar.models import build_model
 
 MODES = ("full", "last_k", "bias_only")
@@ -50,7 +51,7 @@ class TrainingPlan:
 
 
 class PlanDeclined(Exception):
-    """No plan fits the budget; ``reason`` says why and ``smallest_bytes`` what would fit."""
+    """No plan fits; ``reason`` says why and ``smallest_bytes`` the least SRAM a plan needs."""
 
     def __init__(self, reason: str, smallest_bytes: int) -> None:
         super().__init__(reason)
@@ -167,8 +168,9 @@ def plan_training(
     widths: Sequence[float] = WIDTHS,
     batch_sizes: Sequence[int] = BATCH_SIZES,
     optimizer_states: int = 1,
+    flash_budget_bytes: int | None = None,
 ) -> TrainingPlan:
-    """The most capable plan whose peak SRAM fits ``budget_bytes``.
+    """The most capable plan whose peak SRAM fits ``budget_bytes`` and weights fit the flash.
 
     Parameters
     ----------
@@ -184,14 +186,40 @@ def plan_training(
         Widths and batch sizes to consider (tried largest first).
     optimizer_states : int
         State tensors per parameter: 0 plain SGD, 1 SGD momentum, 2 Adam.
+    flash_budget_bytes : int, optional
+        Flash that holds the weights; None skips the flash check.
 
     Raises
     ------
     PlanDeclined
-        If no plan fits; the reason names the smallest SRAM the model needs.
+        If no plan fits; the reason names the smallest SRAM the model needs, or the flash its
+        weights need when they fit the flash at no width.
     """
     if not widths or not batch_sizes:
         raise ValueError("widths and batch_sizes must each list at least one value")
+    flash_need = {
+        width: flash_bytes(build_model(model_name, in_channels, num_classes, width), bits.weights)
+        for width in widths
+    }
+    flash = flash_budget_bytes
+    stored = [width for width in widths if flash is None or flash_need[width] <= flash]
+    if not stored:
+        width = min(widths, key=lambda w: flash_need[w])
+        raise PlanDeclined(
+            f"{model_name} needs at least {flash_need[width]} bytes of flash for its weights at "
+            f"{bits.weights} bits (width {width}) but the device has {flash} bytes "
+            "of flash",
+            smallest_budget(
+                model_name,
+                in_channels,
+                num_classes,
+                window_length,
+                bits,
+                widths,
+                batch_sizes,
+                optimizer_states,
+            ),
+        )
     smallest: TrainingPlan | None = None
     plans = candidate_plans(
         model_name,
@@ -199,7 +227,7 @@ def plan_training(
         num_classes,
         window_length,
         bits,
-        widths,
+        stored,
         batch_sizes,
         optimizer_states,
     )

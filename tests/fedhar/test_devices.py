@@ -22,6 +22,7 @@ from fedhar.sensors import SensorVariability
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CATALOGUE_YAML = CONFIGS / "fleet" / "devices" / "catalogue.yaml"
 FLEETS = ("all_phone", "mcu_heavy", "mixed", "dataset_devices")
+KIB, MIB = 1024, 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +30,54 @@ def catalogue():
     return load_catalogue(CATALOGUE_YAML)
 
 
-def test_catalogue_has_the_datasheet_numbers(catalogue):
+# name -> (usable SRAM, total SRAM, PSRAM, flash, clock) from the vendors' datasheets
+DATASHEET = {
+    "nrf52840": (256 * KIB, 256 * KIB, 0, MIB, 64e6),
+    "stm32f446": (128 * KIB, 128 * KIB, 0, 512 * KIB, 180e6),
+    "stm32f746": (320 * KIB, 320 * KIB, 0, MIB, 216e6),
+    "stm32h743": (512 * KIB, MIB, 0, 2 * MIB, 480e6),  # training uses the contiguous AXI bank
+    "esp32": (320 * KIB, 520 * KIB, 0, 4 * MIB, 240e6),  # about 320 KiB of the 520 usable
+    "esp32s3": (512 * KIB, 512 * KIB, 8 * MIB, 8 * MIB, 240e6),  # with the optional PSRAM
+    "apollo4_plus": (int(2.75 * MIB), int(2.75 * MIB), 0, 2 * MIB, 192e6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATASHEET))
+def test_catalogue_has_the_datasheet_numbers(catalogue, name):
+    profile = catalogue[name]
+    sram, total, psram, flash, clock = DATASHEET[name]
+    assert (profile.sram_bytes, profile.flash_bytes, profile.clock_hz) == (sram, flash, clock)
+    assert (profile.sram_total_bytes or profile.sram_bytes, profile.psram_bytes) == (total, psram)
+    # the planner budgets the usable contiguous SRAM only, never the rest or the PSRAM
+    assert training_budget_bytes(profile) == sram - profile.runtime_reserve_bytes
+    assert profile.kind == "mcu" and profile.weight_bits == 8
+
+
+def test_catalogue_budgets_and_sensors(catalogue):
+    assert training_budget_bytes(catalogue["android_phone"]) == 256 * MIB
+    assert training_budget_bytes(catalogue["wearos_watch"]) == 128 * MIB
+    assert training_budget_bytes(catalogue["esp32"]) == 280 * KIB  # Wi-Fi and LwIP take 40
     nrf = catalogue["nrf52840"]
-    assert (nrf.sram_bytes, nrf.flash_bytes, nrf.clock_hz) == (256 * 1024, 1024 * 1024, 64e6)
-    assert catalogue["stm32f446"].sram_bytes == 128 * 1024
-    assert catalogue["stm32f446"].clock_hz == 180e6
-    assert catalogue["stm32f746"].sram_bytes == 320 * 1024
-    assert catalogue["stm32h743"].sram_bytes == 512 * 1024
-    assert catalogue["stm32h743"].flash_bytes == 2 * 1024 * 1024
-    assert catalogue["esp32s3"].flash_bytes == 8 * 1024 * 1024
-    assert catalogue["apollo4_plus"].sram_bytes == int(2.75 * 1024 * 1024)
-    assert training_budget_bytes(nrf) == nrf.sram_bytes - nrf.runtime_reserve_bytes
-    assert training_budget_bytes(catalogue["android_phone"]) == 256 * 1024 * 1024
-    assert training_budget_bytes(catalogue["wearos_watch"]) == 128 * 1024 * 1024
     assert nrf.sensor.accel_range_g == 4.0 and nrf.sensor.adc_bits == 16
     assert {p.kind for p in catalogue.values()} == {"mcu", "watch", "phone"}
-    assert all(p.weight_bits == 8 for p in catalogue.values() if p.kind == "mcu")
+    assert set(DATASHEET) == {name for name, p in catalogue.items() if p.kind == "mcu"}
+
+
+def test_optional_memory_fields_are_checked():
+    entry = yaml.safe_load(CATALOGUE_YAML.read_text())["nrf52840"]
+    assert load_catalogue({"x": entry})["x"].sram_total_bytes is None
+    with pytest.raises(ValueError, match="sram_total_bytes 1024 is below the usable"):
+        load_catalogue({"x": {**entry, "sram_total_bytes": 1024}})
+    with pytest.raises(ValueError, match="psram_bytes -1 must be >= 0"):
+        load_catalogue({"x": {**entry, "psram_bytes": -1}})
+
+
+def test_sensor_accel_range_must_be_a_full_scale_setting():
+    entry = yaml.safe_load(CATALOGUE_YAML.read_text())["nrf52840"]
+    for g in (2, 16):
+        assert load_catalogue({"x": {**entry, "sensor": {**entry["sensor"], "accel_range_g": g}}})
+    with pytest.raises(ValueError, match=r"accel_range_g 6.0 .*\(2.0, 4.0, 8.0, 16.0\)"):
+        load_catalogue({"x": {**entry, "sensor": {**entry["sensor"], "accel_range_g": 6.0}}})
 
 
 def test_catalogue_rejects_unknown_and_missing_fields():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedhar.memory import estimate_training_memory
+from fedhar.memory import BitWidths, estimate_training_memory, flash_bytes
 from fedhar.models import build_model
 from fedhar.planner import (
     PlanDeclined,
@@ -60,6 +60,20 @@ def test_decline_names_the_smallest_sram() -> None:
     assert err.value.smallest_bytes == least
     assert str(least) in err.value.reason
     assert plan_training(*ARGS, least, **SMALL).peak_bytes == least
+
+
+def test_weights_must_fit_the_flash() -> None:
+    need = {w: flash_bytes(build_model("microbi_convlstm", 6, 6, w)) for w in SMALL["widths"]}
+    assert plan_training(*ARGS, 10**9, **SMALL, flash_budget_bytes=need[1.0]).width == 1.0
+    narrow = plan_training(*ARGS, 10**9, **SMALL, flash_budget_bytes=need[1.0] - 1)
+    assert narrow.width == 0.5  # the full-width weights no longer fit, the half-width ones do
+    with pytest.raises(PlanDeclined) as err:
+        plan_training(*ARGS, 10**9, **SMALL, flash_budget_bytes=need[0.5] - 1)
+    assert f"needs at least {need[0.5]} bytes of flash" in err.value.reason
+    assert f"has {need[0.5] - 1} bytes of flash" in err.value.reason
+    assert err.value.smallest_bytes == smallest_budget(*ARGS, **SMALL)
+    int8 = BitWidths(weights=8, activations=8)
+    assert plan_training(*ARGS, 10**9, int8, **SMALL, flash_budget_bytes=need[0.5] - 1).width == 1.0
 
 
 def test_smallest_budget_shrinks_with_narrower_widths() -> None:

@@ -105,12 +105,19 @@ def test_misalignment_is_a_small_cross_axis_mix(windows, instance):
     assert np.abs(out - windows).max() < 0.2
 
 
-def test_saturation_clips_at_the_full_scale(instance):
-    x = np.zeros((2, 6, 16), np.float32)
-    x[:, 0] = np.linspace(-10, 10, 16)  # g, beyond the +-4 g range
+@pytest.mark.parametrize("range_g", [2.0, 4.0, 8.0, 16.0])
+def test_saturation_clips_at_the_full_scale(range_g):
+    profile = load_catalogue(CATALOGUE_YAML)["nrf52840"]
+    sensor = dataclasses.replace(profile.sensor, accel_range_g=range_g)
+    inst = draw_sensor_instance(dataclasses.replace(profile, sensor=sensor), seed=5)
+    x = np.zeros((2, 6, 81), np.float32)
+    x[:, 0] = np.linspace(-40, 40, 81)  # g in 1 g steps, beyond every range at the ends
+    x[:, 1] = np.linspace(-1.9, 1.9, 81)  # g, inside every range
     x[:, 3] = 50.0  # rad/s, beyond 2000 dps = 34.9 rad/s
-    out = run(x, instance, only(saturation=True))
-    assert out[:, 0].max() == pytest.approx(4.0) and out[:, 0].min() == pytest.approx(-4.0)
+    out = run(x, inst, only(saturation=True))
+    assert out[:, 0].max() == pytest.approx(range_g) and out[:, 0].min() == pytest.approx(-range_g)
+    inside = np.abs(x[:, 0]) < range_g
+    assert inside.any() and np.array_equal(out[:, 0][inside], x[:, 0][inside])
     assert out[:, 3] == pytest.approx(np.deg2rad(2000.0))
     assert np.array_equal(out[:, 1], x[:, 1])
 
