@@ -64,6 +64,8 @@ class ClientSettings:
     variability: SensorVariability = field(default_factory=SensorVariability.none)
     quant: QuantSettings = field(default_factory=QuantSettings)
     crash_partitions: tuple[int, ...] = ()  # simulated device crashes: these nodes always fail
+    hang_partitions: tuple[int, ...] = ()  # simulated hung devices: train replies come late
+    hang_seconds: float = 0.0  # how long a hung device stalls before it trains
 
     def device_of(self, user: str) -> DeviceProfile | None:
         return dict(self.devices).get(user)
@@ -223,6 +225,8 @@ def make_client_app(settings_for: SettingsProvider, mods: Sequence[Mod] = ()) ->
         node = _node_for(settings, context)
         if node.partition_id in settings.crash_partitions:
             raise SimulatedCrash(f"simulated crash of node {node.partition_id} ({node.data.user})")
+        if node.partition_id in settings.hang_partitions:
+            time.sleep(settings.hang_seconds)
         return Message(train_user(settings, node, msg), reply_to=msg)
 
     @app.evaluate()

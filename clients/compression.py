@@ -15,9 +15,11 @@ reproducible. With ``error_feedback`` the residual (what compression dropped) li
 ``context.state`` as an ArrayRecord and is added to the next round's delta; it restarts from
 zero when the model's tensors change (e.g. a different width).
 
-Downlink (``downlink_bits`` < 32): the server sends the float tensors encoded with
-``encode_state`` in a ``compressed`` ConfigRecord {"payload", "schema"} (the integer buffers
-stay in a small ``arrays`` record); the mod decodes them before the handler runs.
+Downlink: when the server encodes this node's global model (``CompressedUpdates``'
+``downlink_bits``, or ``downlink_bits_by_kind`` for its device kind), the float tensors arrive
+encoded with ``encode_state`` in a ``compressed`` ConfigRecord {"payload", "schema", "bits"}
+(the integer buffers stay in a small ``arrays`` record); the mod decodes them before the
+handler runs.
 """
 
 from __future__ import annotations
@@ -53,12 +55,15 @@ def _node(context: Context) -> int:
     return int(context.node_config.get("partition-id", context.node_id))
 
 
-def open_downlink(content: RecordDict, bits: int) -> RecordDict:
+def open_downlink(content: RecordDict) -> RecordDict:
     """Content with the encoded global model decoded back into an ``arrays`` ArrayRecord."""
     record = content.config_records[COMPRESSED_KEY]
-    payload, schema_bytes = record.get("payload"), record.get("schema")
+    payload, schema_bytes, bits = record.get("payload"), record.get("schema"), record.get("bits")
     if not isinstance(payload, bytes) or not isinstance(schema_bytes, bytes):
         raise ValueError(f"'{COMPRESSED_KEY}' downlink record needs payload and schema bytes")
+    if not isinstance(bits, int) or isinstance(bits, bool):
+        raise ValueError(f"'{COMPRESSED_KEY}' downlink record needs its integer bit width 'bits'")
+    check_bits(bits)
     schema = schema_from_bytes(schema_bytes)
     floats = decode_state(from_bytes(payload, schema), schema, bits=bits)
     ints = (
@@ -110,7 +115,6 @@ def compression_mod(
     bits: int = 8,
     topk_fraction: float = 1.0,
     error_feedback: bool = False,
-    downlink_bits: int = 32,
     seed: int = 0,
 ) -> Mod:
     """A Flower mod that compresses train replies (see the module docstring).
@@ -118,26 +122,17 @@ def compression_mod(
     Parameters
     ----------
     bits, topk_fraction, error_feedback : uplink codec settings (`fedhar.codec.CodecConfig`).
-    downlink_bits : 32 takes the global model as sent; 8, 4 or 2 expect an encoded model.
     seed : run seed; stochastic rounding is seeded from it, the round and the partition id.
     """
     cfg = CodecConfig(bits, topk_fraction, error_feedback)
-    check_bits(downlink_bits)
 
     def mod(
         msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
         if _kind(msg) != MessageType.TRAIN:
             return call_next(msg, context)
-        encoded_model = COMPRESSED_KEY in msg.content.config_records
-        if encoded_model != (downlink_bits < 32):
-            raise ValueError(
-                f"compression_mod(downlink_bits={downlink_bits}) got a "
-                f"{'compressed' if encoded_model else 'plain'} model; set the same downlink_bits "
-                "on the server wrapper and the client mod"
-            )
-        if encoded_model:
-            msg.content = open_downlink(msg.content, downlink_bits)
+        if COMPRESSED_KEY in msg.content.config_records:
+            msg.content = open_downlink(msg.content)
         personal = set(personal_names(msg.content))  # kept on the node, never sent up
         received = arrays_to_state(msg.content.array_records[ARRAYS_KEY])
         sent = {name: t for name, t in received.items() if name not in personal}

@@ -95,6 +95,8 @@ def client_settings(cfg: DictConfig, federation: Federation) -> ClientSettings:
         variability=fleet.sensor_variability if fleet else SensorVariability.none(),
         quant=QuantSettings(**_plain(cfg.quant)),
         crash_partitions=tuple(cfg.faults.crash_partitions),
+        hang_partitions=tuple(cfg.faults.hang_partitions),
+        hang_seconds=float(cfg.faults.hang_seconds),
     )
 
 

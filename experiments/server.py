@@ -20,6 +20,7 @@ from experiments.compose import (
     build_strategy,
     client_settings,
     federation_spec,
+    fleet_config,
     server_evaluator,
     wrap_strategy,
 )
@@ -92,7 +93,14 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
         check_resumable(cfg, run_dir)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     federation = load_federation(federation_spec(cfg))
-    run = RunInfo(run_id=run_dir.name, seed=cfg.seed, run_dir=run_dir, directory=FleetDirectory())
+    catalogue, _ = fleet_config(cfg)
+    run = RunInfo(
+        run_id=run_dir.name,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        directory=FleetDirectory(),
+        device_kinds={name: profile.kind for name, profile in catalogue.items()},
+    )
     strategy = build_strategy(cfg, len(federation.clients), run)
     rounds_done, start = _start_state(cfg, run_dir, federation)
     if rounds_done:

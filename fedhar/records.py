@@ -10,7 +10,8 @@ from fedhar.metrics import PerUserSummary, UserScore
 
 @dataclass(frozen=True)
 class ClientFailure:
-    """A client whose reply carried an error instead of a result."""
+    """A client whose round gave no usable result: its reply carried an error, it did not
+    reply within the round timeout, or the server rejected its update."""
 
     node_id: int
     reason: str
@@ -24,7 +25,7 @@ class RoundRecord:
     wall_time_s: float
     sampled: int
     succeeded: int
-    failures: tuple[ClientFailure, ...]
+    failures: tuple[ClientFailure, ...]  # of the train stage
     declines: tuple[str, ...]  # reasons of clients that could not train this round
     bytes_down: int  # array payload sent to clients (train and evaluate messages)
     bytes_up: int  # array payload received from clients
@@ -34,12 +35,14 @@ class RoundRecord:
     per_user: tuple[UserScore, ...] = ()
     per_user_summary: PerUserSummary | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # wrapper-specific counters
+    evaluate_failures: tuple[ClientFailure, ...] = ()  # clients whose evaluation gave no score
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; per-user rows are left to ``per_user.csv``."""
         data = asdict(self)
         data.pop("per_user")
         data["num_failures"] = len(self.failures)
+        data["num_evaluate_failures"] = len(self.evaluate_failures)
         data["num_declines"] = len(self.declines)
         return data
 

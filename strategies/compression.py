@@ -1,11 +1,14 @@
 """A strategy wrapper that decodes compressed client updates before aggregation.
 
 Pairs with ``clients.compression.compression_mod``. ``configure_train`` passes the inner
-strategy's messages through and remembers, per node, the arrays it sent (with
-``downlink_bits`` < 32 it first encodes the float tensors with ``fedhar.codec.encode_state``
-and remembers the model as the client will decode it). ``aggregate_train`` turns every
-``compressed`` reply back into a plain ``arrays`` ArrayRecord, global + decoded delta (integer
-buffers keep the values sent), so any inner strategy aggregates as usual.
+strategy's messages through and remembers, per node, the arrays it sent (when that node's
+downlink bit width is below 32 it first encodes the float tensors with
+``fedhar.codec.encode_state`` and remembers the model as the client will decode it). The
+downlink bit width is ``downlink_bits``, or ``downlink_bits_by_kind`` of the node's device kind
+(``{"mcu": 8}``: microcontrollers download the global model as int8, phones as float32).
+``aggregate_train`` turns every ``compressed`` reply back into a plain ``arrays`` ArrayRecord,
+global + decoded delta (integer buffers keep the values sent), so any inner strategy
+aggregates as usual.
 
 A payload that does not match the model sent to that node (other schema, shapes, scales,
 bit width, truncation, non-finite result) or a reply that is not compressed is rejected with
@@ -14,7 +17,7 @@ its reason, counted, and dropped: it never reaches the inner strategy or the glo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING
 
@@ -71,26 +74,37 @@ class CompressedUpdates(StrategyWrapper):
     Parameters
     ----------
     strategy : the strategy that aggregates the decoded updates.
-    run : the run being served (compression needs no run identity; kept for the contract).
+    run : the run being served: its directory and device kinds tell each node's kind.
     bits : uplink bit width every payload must carry (as the client mod's ``bits``).
     downlink_bits : 32 sends the global model as is; 8, 4 or 2 encode its float tensors.
+    downlink_bits_by_kind : device kind -> downlink bit width, overriding ``downlink_bits``
+        for the nodes of that kind (needs ``run``).
     """
 
     def __init__(
-        self, strategy: Strategy, run: RunInfo | None = None, bits: int = 8, downlink_bits: int = 32
+        self,
+        strategy: Strategy,
+        run: RunInfo | None = None,
+        bits: int = 8,
+        downlink_bits: int = 32,
+        downlink_bits_by_kind: Mapping[str, int] | None = None,
     ) -> None:
         check_bits(bits)
-        check_bits(downlink_bits)
+        by_kind = dict(downlink_bits_by_kind or {})
+        for value in (downlink_bits, *by_kind.values()):
+            check_bits(value)
+        if by_kind and run is None:
+            raise ValueError("downlink_bits_by_kind needs the run, to look up each node's device")
         super().__init__(strategy)
         self.run = run
-        self.bits, self.downlink_bits = bits, downlink_bits
+        self.bits, self.downlink_bits, self.downlink_bits_by_kind = bits, downlink_bits, by_kind
         self.rejections: list[tuple[int, str]] = []  # (node id, reason) of the current round
         self._sent: dict[int, dict[str, torch.Tensor]] = {}
         self._bytes = {"up": 0, "up-fp32": 0, "down": 0}
 
     def summary(self) -> None:
-        log(INFO, "\t├──> CompressedUpdates: %d-bit uplink, %d-bit downlink around:",
-            self.bits, self.downlink_bits)  # fmt: skip
+        log(INFO, "\t├──> CompressedUpdates: %d-bit uplink, %d-bit downlink %s around:",
+            self.bits, self.downlink_bits, self.downlink_bits_by_kind or "")  # fmt: skip
         self.strategy.summary()
 
     def round_stats(self) -> dict[str, float]:
@@ -104,13 +118,36 @@ class CompressedUpdates(StrategyWrapper):
         stats = {f"compression/bytes-{k}": float(v) for k, v in self._bytes.items()}
         return {"compression/rejected": rejected, "dropped/compression": rejected, **stats}
 
-    def _encode_downlink(self, content: RecordDict) -> tuple[RecordDict, dict[str, torch.Tensor]]:
+    def node_downlink_bits(self, node_id: int) -> int:
+        """The downlink bit width of ``node_id``: by its device kind, else ``downlink_bits``."""
+        if not self.downlink_bits_by_kind or self.run is None:
+            return self.downlink_bits
+        directory = self.run.directory
+        device = directory[node_id].device if node_id in directory else None
+        kind = self.run.device_kinds.get(device) if device is not None else None
+        if kind is None:
+            raise ValueError(
+                f"node {node_id} has no known device kind (device {device!r}); "
+                "downlink_bits_by_kind needs a fleet of catalogued devices"
+            )
+        return self.downlink_bits_by_kind.get(kind, self.downlink_bits)
+
+    def round_rejections(self) -> list[tuple[int, str]]:
+        """(node id, reason) of the updates rejected this round; Tracking counts them as
+        those clients' failures."""
+        return [(node, f"compressed update rejected: {reason}") for node, reason in self.rejections]
+
+    def _encode_downlink(
+        self, content: RecordDict, bits: int
+    ) -> tuple[RecordDict, dict[str, torch.Tensor]]:
         """The message content with an encoded model, and that model as the client decodes it."""
         state = arrays_to_state(content.array_records[ARRAYS_KEY])
         schema = float_schema(state)
-        encoded = encode_state({n: state[n] for n in schema}, self.downlink_bits)
+        encoded = encode_state({n: state[n] for n in schema}, bits)
         decoded = decode_state(encoded, schema)
-        payload = ConfigRecord({"payload": to_bytes(encoded), "schema": schema_to_bytes(schema)})
+        payload = ConfigRecord(
+            {"payload": to_bytes(encoded), "schema": schema_to_bytes(schema), "bits": bits}
+        )
         out = RecordDict({k: v for k, v in content.items() if k != ARRAYS_KEY})
         out[COMPRESSED_KEY] = payload
         ints = {n: t for n, t in state.items() if n not in schema}
@@ -124,14 +161,15 @@ class CompressedUpdates(StrategyWrapper):
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self.rejections, self._sent = [], {}
         self._bytes = {"up": 0, "up-fp32": 0, "down": 0}
-        encoded: dict[int, tuple[RecordDict, dict[str, torch.Tensor]]] = {}
+        encoded: dict[tuple[int, int], tuple[RecordDict, dict[str, torch.Tensor]]] = {}
         for message in messages:
-            if self.downlink_bits == 32:
+            bits = self.node_downlink_bits(message.metadata.dst_node_id)
+            if bits == 32:
                 sent = arrays_to_state(message.content.array_records[ARRAYS_KEY])
-            else:  # strategies may share one content among messages: encode it once
-                key = id(message.content)
+            else:  # strategies may share one content among messages: encode it once per width
+                key = (id(message.content), bits)
                 if key not in encoded:
-                    encoded[key] = self._encode_downlink(message.content)
+                    encoded[key] = self._encode_downlink(message.content, bits)
                 content, sent = encoded[key]
                 message.content = content
                 self._bytes["down"] += len(content[COMPRESSED_KEY]["payload"])  # type: ignore[arg-type]

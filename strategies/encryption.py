@@ -8,9 +8,10 @@ for the run, decrypted, and parsed back into the exact records the client's hand
 
 A reply that fails any check is counted under its reason code, logged and dropped: the round
 goes on, nothing is raised, and the inner strategy never sees it. Besides the envelope's own
-codes (``fedhar.crypto.RejectReason``) the wrapper rejects with ``not-sealed`` (no envelope),
-``bad-payload`` (the opened bytes are not well-formed records) and ``clear-mismatch`` (a record
-left in clear differs from its sealed copy, e.g. a forged ``num-examples``).
+codes (``fedhar.crypto.RejectReason``) the wrapper rejects with ``not-sealed`` (no envelope,
+or a decline that carries payload records in clear), ``bad-payload`` (the opened bytes are not
+well-formed records) and ``clear-mismatch`` (a record left in clear differs from its sealed
+copy, e.g. a forged ``num-examples``).
 
 Keys derived from the run seed make runs reproducible and let a resumed run keep its key, but
 they are only as secret as the seed: fine for simulation, wrong for a deployment, where
@@ -156,6 +157,7 @@ class EncryptedTransport(StrategyWrapper):
         self.keys = ServerKeyPair.from_seed(run.seed) if seeded_keys else ServerKeyPair.generate()
         self.guard = ReplayGuard()  # one per run: an envelope opens once
         self._stats = _fresh_stats()
+        self._rejections: list[tuple[int, str]] = []  # (node id, reason) of this round
         logger.info("run %s: server key fingerprint %s", run.run_id, self.keys.fingerprint())
 
     def summary(self) -> None:
@@ -166,6 +168,11 @@ class EncryptedTransport(StrategyWrapper):
     def round_stats(self) -> dict[str, float]:
         """Accepted and rejected updates (by reason) and transport cost of this round."""
         return dict(sorted(self._stats.items()))
+
+    def round_rejections(self) -> list[tuple[int, str]]:
+        """(node id, reason) of this round's rejected envelopes; Tracking counts them as
+        those clients' failures."""
+        return list(self._rejections)
 
     def _key_config(self, server_round: int) -> dict[str, bytes | str | int]:
         return {
@@ -208,7 +215,7 @@ class EncryptedTransport(StrategyWrapper):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._stats = _fresh_stats()
+        self._stats, self._rejections = _fresh_stats(), []
         messages = self.strategy.configure_train(server_round, arrays, config, grid)
         return [self._prepare(m, server_round) for m in messages]
 
@@ -243,8 +250,15 @@ class EncryptedTransport(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         kept: list[Message] = []
         for reply in replies:
-            if reply.has_error() or decline_reason(reply.content) is not None:
+            if reply.has_error():
                 kept.append(reply)
+                continue
+            if decline_reason(reply.content) is not None:
+                clear = [key for key in PAYLOAD_KEYS if key in reply.content]
+                if clear:  # a decline carries no update: its clear arrays must not be aggregated
+                    self._reject(reply, "not-sealed", f"decline carries clear records {clear}")
+                else:
+                    kept.append(reply)
                 continue
             started = time.perf_counter()
             try:
@@ -260,6 +274,7 @@ class EncryptedTransport(StrategyWrapper):
         self._stats["rejected"] += 1
         self._stats["dropped/rejected"] += 1
         self._stats[f"rejected/{reason}"] += 1
+        self._rejections.append((reply.metadata.src_node_id, f"envelope rejected: {reason}"))
         log(logging.WARNING, "update from node %d rejected (%s): %s",
             reply.metadata.src_node_id, reason, detail)  # fmt: skip
 

@@ -61,6 +61,7 @@ class RunInfo:
     seed: int
     run_dir: Path
     directory: FleetDirectory
+    device_kinds: Mapping[str, str] = field(default_factory=dict)  # device name -> kind
 
 
 class FleetSimulation(StrategyWrapper):

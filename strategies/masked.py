@@ -116,6 +116,7 @@ class MaskedFedAvg(FedAvg):
         self._global: dict[str, Any] = {}
         self._holds_personal: set[int] = set()
         self._stats: Counter[str] = Counter()
+        self._rejections: list[tuple[int, str]] = []  # (node id, reason) of this round
 
     def width_policy(self) -> WidthPolicy:
         """The full model for every node that can hold it: masked FedAvg over training plans."""
@@ -173,12 +174,18 @@ class MaskedFedAvg(FedAvg):
             {self.arrayrecord_key: state_to_arrays(sub_state), self.configrecord_key: node_config}
         )
 
+    def round_rejections(self) -> list[tuple[int, str]]:
+        """(node id, reason) of this round's rejected replies; Tracking counts them as those
+        clients' failures."""
+        return list(self._rejections)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample as FedAvg does, then send each node the sub-model its width allows."""
         self._prepare(arrays)
         self._stats, self._sent, self._specs = Counter(), {}, {}
+        self._rejections = []
         messages = []
         for sampled in super().configure_train(server_round, arrays, config, grid):
             node_id = sampled.metadata.dst_node_id
@@ -252,6 +259,7 @@ class MaskedFedAvg(FedAvg):
                 self._stats["partial/rejected"] += 1
                 self._stats["dropped/partial-mismatch"] += 1  # Tracking: not a successful update
                 self._stats[f"partial/rejected/{reason.split(':', 1)[0]}"] += 1
+                self._rejections.append((node_id, f"sub-model reply rejected: {reason}"))
                 continue
             accepted.append(reply)
             self._holds_personal.add(reply.metadata.src_node_id)

@@ -25,8 +25,9 @@ from fedhar.wire import (
 from strategies.wrapper import StrategyWrapper
 
 ServerEvaluate = Callable[[int, ArrayRecord], dict[str, float]]
-MAX_REASON_CHARS = 300
-DROPPED_PREFIX = "dropped/"  # keep a failing client's traceback summary readable in metrics
+MAX_REASON_CHARS = 300  # keep a failing client's traceback summary readable in metrics
+DROPPED_PREFIX = "dropped/"
+NO_REPLY = "no reply within the round timeout; raise runtime.round_timeout_s for slow clients"
 
 
 def summarize_error(reason: str) -> str:
@@ -50,6 +51,36 @@ def collect_round_stats(strategy: Strategy) -> dict[str, float]:
             stats.update(round_stats())
         current = getattr(current, "strategy", None)
     return stats
+
+
+def collect_rejections(strategy: Strategy) -> tuple[ClientFailure, ...]:
+    """Updates that wrappers down the ``.strategy`` chain rejected this round, with reasons.
+
+    A wrapper that rejects replies reports them through ``round_rejections()``, a list of
+    (node id, reason) of the current round.
+    """
+    rejected: list[ClientFailure] = []
+    current: object | None = strategy
+    while current is not None:
+        round_rejections = getattr(current, "round_rejections", None)
+        if callable(round_rejections):
+            rejected += [ClientFailure(node, reason) for node, reason in round_rejections()]
+        current = getattr(current, "strategy", None)
+    return tuple(rejected)
+
+
+def failures_of(
+    expected: Sequence[int], replies: Sequence[Message]
+) -> tuple[ClientFailure, ...]:
+    """Error replies, with their error's gist, and expected nodes that sent no reply."""
+    errors = [
+        ClientFailure(m.metadata.src_node_id, summarize_error(m.error.reason or ""))
+        for m in replies
+        if m.has_error()
+    ]
+    replied = {m.metadata.src_node_id for m in replies}
+    silent = [ClientFailure(node, NO_REPLY) for node in sorted(set(expected) - replied)]
+    return tuple(errors + silent)
 
 
 def _as_floats(record: MetricRecord | None) -> dict[str, float]:
@@ -80,6 +111,8 @@ class _RoundInProgress:
 
     started: float = field(default_factory=time.perf_counter)
     sampled: int = 0
+    expected: tuple[int, ...] = ()  # node ids asked to train
+    expected_evaluate: tuple[int, ...] = ()  # node ids asked to evaluate
     succeeded: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
@@ -94,7 +127,9 @@ class Tracking(StrategyWrapper):
     runs server-side evaluation, and emits one :class:`RoundRecord` per round to ``sinks``.
 
     Replies that decline to train (no update) are counted and kept from the inner strategy,
-    so built-in strategies only ever aggregate real updates.
+    so built-in strategies only ever aggregate real updates. A round's failures are the
+    clients whose reply carried an error, that did not reply before the grid's timeout, or
+    whose update a wrapper rejected.
     """
 
     def __init__(
@@ -117,7 +152,9 @@ class Tracking(StrategyWrapper):
     ) -> Iterable[Message]:
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._round = _RoundInProgress(
-            sampled=len(messages), bytes_down=sum(content_nbytes(m.content) for m in messages)
+            sampled=len(messages),
+            expected=tuple(m.metadata.dst_node_id for m in messages),
+            bytes_down=sum(content_nbytes(m.content) for m in messages),
         )
         return messages
 
@@ -125,11 +162,7 @@ class Tracking(StrategyWrapper):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        failures = tuple(
-            ClientFailure(m.metadata.src_node_id, summarize_error(m.error.reason or ""))
-            for m in replies
-            if m.has_error()
-        )
+        failures = failures_of(self._round.expected, replies)
         answered = [m for m in replies if not m.has_error()]
         declines = tuple(r for m in answered if (r := decline_reason(m.content)) is not None)
         # Sorted by user: floating-point sums then do not depend on the order replies arrived in.
@@ -147,6 +180,7 @@ class Tracking(StrategyWrapper):
     ) -> Iterable[Message]:
         messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
         self._round.arrays = arrays
+        self._round.expected_evaluate = tuple(m.metadata.dst_node_id for m in messages)
         self._round.bytes_down += sum(content_nbytes(m.content) for m in messages)
         return messages
 
@@ -154,6 +188,7 @@ class Tracking(StrategyWrapper):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         replies = sorted(replies, key=lambda m: "" if m.has_error() else _user_of(m))
+        evaluate_failures = failures_of(self._round.expected_evaluate, replies)
         answered = [m for m in replies if not m.has_error()]
         scores = tuple(sorted((_user_score(m) for m in answered), key=lambda s: s.user))
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
@@ -170,7 +205,7 @@ class Tracking(StrategyWrapper):
             wall_time_s=time.perf_counter() - progress.started,
             sampled=progress.sampled,
             succeeded=progress.succeeded - int(dropped),
-            failures=progress.failures,
+            failures=progress.failures + collect_rejections(self.strategy),
             declines=progress.declines,
             bytes_down=progress.bytes_down,
             bytes_up=progress.bytes_up,
@@ -180,6 +215,7 @@ class Tracking(StrategyWrapper):
             per_user=scores,
             per_user_summary=summarize_users(list(scores)) if scores else None,
             extra=extra,
+            evaluate_failures=evaluate_failures,
         )
         for sink in self.sinks:
             sink.on_round(record)

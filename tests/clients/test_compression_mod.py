@@ -136,12 +136,15 @@ def test_mismatches_raise_clear_errors() -> None:
 
     with pytest.raises(ValueError, match="differ in names or shapes"):
         compression_mod()(message(), context(), other_model)
-    with pytest.raises(ValueError, match="downlink_bits"):
-        compression_mod(downlink_bits=8)(message(), context(), trainer(STEP))
     with pytest.raises(ValueError, match="bits=3"):
         compression_mod(bits=3)
-    with pytest.raises(ValueError, match="bits=5"):
-        compression_mod(downlink_bits=5)
+    for record, problem in (({"payload": b"", "schema": b""}, "'bits'"),
+                            ({"payload": b"", "schema": b"", "bits": 5}, "bits=5"),
+                            ({"bits": 8}, "payload and schema")):  # fmt: skip
+        downlink = message()
+        downlink.content[COMPRESSED_KEY] = ConfigRecord(record)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=problem):
+            compression_mod()(downlink, context(), trainer(STEP))
 
 
 def test_integer_buffers_are_not_sent() -> None:

@@ -114,6 +114,21 @@ def test_crashing_client_is_counted_and_round_goes_on(tmp_path: Path) -> None:
     assert summary["user_mean_f1"] > 2 * CHANCE
 
 
+def test_a_hung_client_times_out_as_a_failure_and_the_round_goes_on(tmp_path: Path) -> None:
+    stall_s, timeout_s = 20, 12
+    hang = [
+        "faults.hang_partitions=[4]",
+        f"faults.hang_seconds={stall_s}",
+        f"runtime.round_timeout_s={timeout_s}",
+    ]
+    _, rows = _run(tmp_path, "hang", [*hang, "num_rounds=1", "train.epochs=1"])
+    (row,) = rows
+    assert row["wall_time_s"] < stall_s  # the round did not wait for the stalled device
+    assert row["num_failures"] == 1 and row["succeeded"] == 9
+    assert "round timeout" in row["failures"][0]["reason"]
+    assert row["per_user_summary"]["num_users"] >= 9
+
+
 def test_min_available_nodes_above_fleet_is_a_clear_error(tmp_path: Path) -> None:
     cfg = load_config([*TINY, "strategy.algorithm.min_available_nodes=50"])
     with pytest.raises(ConfigError, match=r"min_available_nodes=50.*only 10 client users"):

@@ -307,3 +307,30 @@ def test_ciphertext_that_does_not_decrypt_is_rejected() -> None:
     header, ciphertext = split(blob)
     garbled = bytes([ciphertext[0] ^ 0xFF]) + ciphertext[1:]
     assert reject_reason(resign(header, garbled)) == "decryption-failed"
+
+
+@pytest.mark.parametrize(
+    "sealed_as",
+    [
+        dataclasses.replace(CTX, round=1),
+        dataclasses.replace(CTX, node_id=4),
+        dataclasses.replace(CTX, run_id="run-b"),
+        dataclasses.replace(CTX, format_version=2),
+    ],
+    ids=["round", "node-id", "run-id", "format-version"],
+)
+def test_relabelled_and_resigned_header_fails_decryption(sealed_as: EnvelopeContext) -> None:
+    """The signer vouches for the new header, but the AEAD still binds the one it sealed."""
+    blob = seal(PAYLOAD, sealed_as, SERVER.public_bytes(), DEVICE)
+    _, ciphertext = split(blob)
+    relabelled = dataclasses.replace(read_header(blob), context=CTX).pack()
+    assert reject_reason(resign(relabelled, ciphertext)) == "decryption-failed"
+
+
+def test_relabelled_message_type_fails_decryption() -> None:
+    """A downlink envelope encrypted to the server's key, relabelled as a device's reply."""
+    downlink = dataclasses.replace(CTX, message_type="global-model")
+    blob = seal_for_device(PAYLOAD, downlink, SERVER.public_bytes(), SERVER)
+    _, ciphertext = split(blob)
+    relabelled = dataclasses.replace(read_header(blob), context=CTX).pack()
+    assert reject_reason(resign(relabelled, ciphertext)) == "decryption-failed"

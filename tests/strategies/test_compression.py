@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,11 +20,13 @@ from fedhar.wire import (
     ARRAYS_KEY,
     COMPRESSED_KEY,
     ClientIdentity,
+    NodeInfo,
     arrays_to_state,
     decline_reply,
     state_to_arrays,
 )
 from strategies.compression import CompressedUpdates
+from strategies.fleet import FleetDirectory, RunInfo
 from tests.strategies.conftest import make_reply
 from tests.strategies.fleet_helpers import FakeGrid, trained_reply
 
@@ -200,7 +203,7 @@ def test_int8_downlink_is_decoded_by_the_mod_and_deltas_refer_to_it() -> None:
     assert wrapper.round_stats()["compression/bytes-down"] == 3 * down
     assert down < (HEADER_BYTES + 4 * NUMEL) / 3.9
     replies, plains = zip(
-        *(client_reply(messages[n], i + 1, downlink_bits=8) for i, n in enumerate(NODES)),
+        *(client_reply(messages[n], i + 1) for i, n in enumerate(NODES)),
         strict=True,
     )
     received = arrays_to_state(plains[0][ARRAYS_KEY])  # the client trained from the int8 model
@@ -213,11 +216,47 @@ def test_int8_downlink_is_decoded_by_the_mod_and_deltas_refer_to_it() -> None:
     assert not torch.equal(received["conv1.weight"], GLOBAL["conv1.weight"])
 
 
+def run_with_devices(devices: dict[int, str]) -> RunInfo:
+    nodes = {n: NodeInfo(n, n, f"u{n}", device, 1.0, b"") for n, device in devices.items()}
+    kinds = {"nrf52840": "mcu", "pixel_watch": "watch", "android_phone": "phone"}
+    return RunInfo("run", 0, Path("."), FleetDirectory(nodes), device_kinds=kinds)
+
+
+def test_mcus_download_int8_while_other_devices_get_float32() -> None:
+    run = run_with_devices({11: "nrf52840", 12: "android_phone", 13: "pixel_watch"})
+    wrapper = CompressedUpdates(fedavg(), run=run, bits=8, downlink_bits_by_kind={"mcu": 8})
+    messages = configure(wrapper)
+    assert COMPRESSED_KEY in messages[11].content.config_records
+    assert messages[11].content[COMPRESSED_KEY]["bits"] == 8
+    for plain in (12, 13):
+        assert COMPRESSED_KEY not in messages[plain].content.config_records
+        assert arrays_to_state(messages[plain].content[ARRAYS_KEY]).keys() == GLOBAL.keys()
+    down = len(messages[11].content[COMPRESSED_KEY]["payload"])  # type: ignore[arg-type]
+    assert wrapper.round_stats()["compression/bytes-down"] == down
+    replies, plains = zip(*(client_reply(messages[n], i + 1) for i, n in enumerate(NODES)),
+                          strict=True)  # fmt: skip
+    mcu_model = arrays_to_state(plains[0][ARRAYS_KEY])
+    assert not torch.equal(mcu_model["conv1.weight"], GLOBAL["conv1.weight"])
+    arrays, _ = wrapper.aggregate_train(1, list(replies))
+    assert wrapper.round_stats()["compression/rejected"] == 0.0 and arrays is not None
+
+
+def test_a_node_of_unknown_kind_is_a_clear_error() -> None:
+    run = run_with_devices({11: "nrf52840", 12: "android_phone"})  # node 13 never enrolled
+    wrapper = CompressedUpdates(fedavg(), run=run, downlink_bits_by_kind={"mcu": 8})
+    with pytest.raises(ValueError, match="node 13 has no known device kind"):
+        configure(wrapper)
+
+
 def test_bad_bits_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="bits=3"):
         CompressedUpdates(fedavg(), bits=3)
     with pytest.raises(ValueError, match="bits=16"):
         CompressedUpdates(fedavg(), downlink_bits=16)
+    with pytest.raises(ValueError, match="bits=5"):
+        CompressedUpdates(fedavg(), run=run_with_devices({}), downlink_bits_by_kind={"mcu": 5})
+    with pytest.raises(ValueError, match="needs the run"):
+        CompressedUpdates(fedavg(), downlink_bits_by_kind={"mcu": 8})
 
 
 def test_passes_evaluation_through() -> None:

@@ -7,6 +7,8 @@ train messages, so both halves of the wire are exercised together.
 from __future__ import annotations
 
 import dataclasses
+import io
+import logging
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,17 +150,24 @@ def honest_replies(wrapper: EncryptedTransport, nodes=(11, 12), server_round: in
 
 
 def assert_rejected_without_effect(
-    tmp_path: Path, bad: Message, reason: str, wrapper: EncryptedTransport | None = None
+    tmp_path: Path,
+    bad: Message,
+    reason: str,
+    wrapper: EncryptedTransport | None = None,
+    server_round: int = 1,
 ) -> None:
     """Aggregating honest replies plus ``bad`` equals aggregating the honest ones alone."""
     wrapper = wrapper or make_wrapper(tmp_path)
-    honest = honest_replies(wrapper)
-    with_bad = aggregate(wrapper, [*honest, bad])
+    honest = honest_replies(wrapper, server_round=server_round)
+    with_bad = aggregate(wrapper, [*honest, bad], server_round)
     stats = wrapper.round_stats()
     assert stats["rejected"] == 1 and stats[f"rejected/{reason}"] == 1, stats
     assert stats["dropped/rejected"] == 1 and stats["accepted"] == 2
+    assert wrapper.round_rejections() == [
+        (bad.metadata.src_node_id, f"envelope rejected: {reason}")
+    ]
     reference = make_wrapper(tmp_path)
-    alone = aggregate(reference, honest_replies(reference))
+    alone = aggregate(reference, honest_replies(reference, server_round=server_round), server_round)
     assert with_bad.keys() == alone.keys()
     for key in alone:
         np.testing.assert_array_equal(with_bad[key], alone[key])
@@ -217,6 +226,18 @@ def test_keys_and_fingerprint_reach_every_train_message(tmp_path: Path) -> None:
     )
 
 
+def test_fingerprint_is_logged_at_construction(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="fedhar"):
+        wrapper = make_wrapper(tmp_path)
+    logged = [r.getMessage() for r in caplog.records if r.name == "fedhar"]
+    messages = train_messages(wrapper).values()
+    (sent,) = {m.content["config"]["server-key-fingerprint"] for m in messages}
+    assert sent == wrapper.keys.fingerprint()
+    assert logged == [f"run run-x: server key fingerprint {sent}"]
+
+
 def test_replay_of_the_same_envelope_in_the_same_round(tmp_path: Path) -> None:
     wrapper = make_wrapper(tmp_path)
     first = sealed_content(wrapper, 11)
@@ -229,11 +250,9 @@ def test_replay_of_the_same_envelope_in_the_same_round(tmp_path: Path) -> None:
 def test_replay_of_an_earlier_round(tmp_path: Path) -> None:
     wrapper = make_wrapper(tmp_path)
     old = sealed_content(wrapper, 13, server_round=1)
-    wrapper.configure_train(2, ArrayRecord({"w": torch.zeros(3)}), ConfigRecord(), FakeGrid())
-    honest = honest_replies(wrapper, server_round=2)
-    arrays, _ = wrapper.aggregate_train(2, [*honest, make_reply(old, node_id=13)])
-    assert wrapper.round_stats()["rejected/context-mismatch"] == 1
-    assert arrays is not None
+    assert_rejected_without_effect(
+        tmp_path, make_reply(old, node_id=13), "context-mismatch", wrapper, server_round=2
+    )
 
 
 def test_replay_of_another_nodes_envelope(tmp_path: Path) -> None:
@@ -360,6 +379,37 @@ def test_forged_clear_weight_is_rejected(tmp_path: Path) -> None:
     assert_rejected_without_effect(tmp_path, bad, "clear-mismatch", wrapper)
 
 
+UNPICKLED: list[str] = []  # filled if anything ever unpickles a payload
+
+
+def _record_unpickling() -> str:
+    UNPICKLED.append("unpickled")
+    return "unpickled"
+
+
+class PickleTrap:
+    """An object whose unpickling is observable."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return _record_unpickling, ()
+
+
+def test_signed_object_array_is_rejected_without_unpickling(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([PickleTrap()], dtype=object), allow_pickle=True)
+    trap = Array(dtype="object", shape=(1,), stype="numpy.ndarray", data=buffer.getvalue())
+    content = clear_content(13)
+    content.array_records["arrays"]["trap"] = trap
+    wrapper = make_wrapper(tmp_path)
+    message = train_messages(wrapper)[13]
+    sealed = encryption_mod(SEED)(
+        message, client_context(13), lambda m, c: Message(content, reply_to=m)
+    )
+    bad = make_reply(sealed.content, node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "bad-payload", wrapper)
+    assert UNPICKLED == []
+
+
 def test_signed_garbage_payload_is_rejected(tmp_path: Path) -> None:
     wrapper = make_wrapper(tmp_path)
     content = sealed_content(wrapper, 13)
@@ -377,6 +427,24 @@ def test_declines_and_errors_pass_through(tmp_path: Path) -> None:
     wrapper.aggregate_train(1, replies)
     assert len(wrapper.strategy.seen) == 4  # type: ignore[attr-defined]
     assert wrapper.round_stats()["rejected"] == 0
+
+
+@pytest.mark.parametrize("key", ["arrays", "compressed"])
+def test_decline_carrying_clear_payload_is_rejected(tmp_path: Path, key: str) -> None:
+    wrapper = make_wrapper(tmp_path)
+    content = RecordDict(
+        {
+            "decline": ConfigRecord({"reason": "no SRAM"}),
+            "arrays": ArrayRecord({"w": torch.full((3,), 1e6)}),
+            "compressed": ConfigRecord({"payload": b"FHQC\x01\x00" + bytes(40), "bits": 8}),
+            "metrics": MetricRecord({"num-examples": 10**6}),
+        }
+    )
+    del content["compressed" if key == "arrays" else "arrays"]
+    bad = make_reply(content, node_id=13)
+    assert_rejected_without_effect(tmp_path, bad, "not-sealed", wrapper)
+    seen = wrapper.strategy.seen  # type: ignore[attr-defined]
+    assert [m.metadata.src_node_id for m in seen] == [11, 12]
 
 
 def test_downlink_model_is_sealed_and_opened_by_the_device(tmp_path: Path) -> None:
@@ -434,14 +502,17 @@ def _wrappers_get_the_run(tmp_path: Path) -> bool:
     return current.run is run
 
 
+def test_wrappers_get_the_live_run(tmp_path: Path) -> None:
+    assert _wrappers_get_the_run(tmp_path)
+
+
 @pytest.mark.e2e
 def test_sealed_run_aggregates_exactly_like_the_plain_run(tmp_path: Path) -> None:
     from experiments.run import load_config, run_experiment
     from experiments.sinks import read_metrics
     from fedhar.checkpoint import load_checkpoint
 
-    if not _wrappers_get_the_run(tmp_path):
-        pytest.skip("experiments/run.py gives wrappers a copy of RunInfo: enrollment unseen")
+    assert _wrappers_get_the_run(tmp_path), "wrappers get a copy of RunInfo: enrollment unseen"
     sealed = ["wrappers=[encryption]", "wrappers.encryption.server.downlink=true"]
     for name, extra in (("plain", []), ("sealed", sealed)):
         run_experiment(load_config(E2E_TINY + extra), tmp_path / name)
@@ -462,7 +533,7 @@ def compressed_client(message: Message, encrypted: bool) -> Message:
     from clients.compression import compression_mod
 
     node = message.metadata.dst_node_id
-    compress = compression_mod(bits=8, downlink_bits=8, seed=SEED)
+    compress = compression_mod(bits=8, seed=SEED)  # the downlink width rides in the record
 
     def compressed(m: Message, c: Context) -> Message:
         return compress(m, c, handler_for(node))

@@ -8,6 +8,7 @@ import pytest
 
 from experiments.run import load_config, run_experiment
 from experiments.sinks import read_metrics
+from fedhar.width_eval import width_key
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +28,9 @@ OVERRIDES = [
 
 
 def test_heterofl_aggregates_every_width_without_rejections(tmp_path: Path) -> None:
-    summary = run_experiment(load_config(OVERRIDES), tmp_path / "heterofl")
+    cfg = load_config(OVERRIDES)
+    levels = [float(w) for w in cfg.strategy.algorithm.levels]
+    summary = run_experiment(cfg, tmp_path / "heterofl")
     rows = read_metrics(tmp_path / "heterofl")
     assert [r["server_round"] for r in rows] == [1, 2]
     for row in rows:
@@ -37,4 +40,10 @@ def test_heterofl_aggregates_every_width_without_rejections(tmp_path: Path) -> N
         # every update trains the head's leading slice; last-k plans leave the first conv out
         assert extra["partial/contributors/head"] == row["succeeded"]
         assert 1 <= extra["partial/contributors/convs.0"] <= row["succeeded"]
+        # the held-out users score every width the strategy hands out; width 1.0 is the model
+        server = row["server"]
+        for width in levels:
+            assert 0.0 <= server[width_key(width, "macro_f1")] <= 1.0, width
+            assert 0.0 <= server[width_key(width, "accuracy")] <= 1.0, width
+        assert server[width_key(1.0, "macro_f1")] == pytest.approx(server["macro_f1"])
     assert summary["user_mean_f1"] is not None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pytest
 import torch
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedhar.models import build_model
-from fedhar.partial import extract, slice_width
-from fedhar.wire import ARRAYS_KEY, CONFIG_KEY, arrays_to_state, state_to_arrays
+from fedhar.partial import extract, scatter, slice_width
+from fedhar.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, arrays_to_state, state_to_arrays
 from strategies.heterofl import HeteroFL
 from strategies.masked import MaskedFedAvg, infer_dims
 from tests.strategies.fleet_helpers import (
@@ -124,6 +127,59 @@ def test_mismatching_replies_are_rejected_with_a_reason_not_aggregated(reply) ->
     assert stats["partial/rejected/shapes"] == 1.0
     assert stats["partial/rejected/names"] == 1.0
     assert stats["partial/rejected/unexpected-node"] == 1.0
+
+
+def _without_arrays(content: RecordDict) -> RecordDict:
+    return RecordDict({k: v for k, v in content.items() if k != ARRAYS_KEY})
+
+
+def _with_num_examples(value: int | None):
+    def edit(content: RecordDict) -> RecordDict:
+        metrics = {k: v for k, v in content[METRICS_KEY].items() if k != "num-examples"}
+        if value is not None:
+            metrics["num-examples"] = value
+        out = RecordDict(dict(content.items()))
+        out[METRICS_KEY] = MetricRecord(metrics)
+        return out
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "category", "reason"),
+    [
+        (_without_arrays, "no-arrays", "the reply has no 'arrays' ArrayRecord"),
+        (_with_num_examples(None), "weight", "'num-examples' is missing or negative (None)"),
+        (_with_num_examples(-5), "weight", "'num-examples' is missing or negative (-5)"),
+    ],
+)
+def test_replies_without_arrays_or_a_valid_weight_are_rejected_and_change_nothing(
+    reply, caplog, corrupt, category: str, reason: str
+) -> None:
+    run = run_with({1: 1.0, 2: 0.5})
+    strategy = HeteroFL(model=MODEL, run=run, min_train_nodes=2, min_available_nodes=2)
+    arrays = global_arrays()
+    messages = {
+        m.metadata.dst_node_id: m
+        for m in strategy.configure_train(1, arrays, _config(), FakeGrid([1, 2]))
+    }
+    good = reply(trained_reply(messages[2], lambda k, t: t * 0 + 1, 10), node_id=2)
+    bad = reply(corrupt(trained_reply(messages[1], lambda k, t: t * 0 + 9, 30)), node_id=1)
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        new, _ = strategy.aggregate_train(1, [good, bad])
+    assert new is not None
+    full = build_model(MODEL, C, K)
+    half = slice_width(full, build_model(MODEL, C, K, 0.5), 0.5)
+    only_good, _ = scatter(
+        arrays_to_state(good.content[ARRAYS_KEY]), half, arrays_to_state(arrays)
+    )  # node 2's values on its half, the start elsewhere: as if node 1 never replied
+    for name, value in arrays_to_state(new).items():
+        assert torch.equal(value, only_good[name]), name
+    stats = strategy.round_stats()
+    assert stats["partial/rejected"] == 1.0 and stats[f"partial/rejected/{category}"] == 1.0
+    assert stats["partial/contributors/conv1"] == 1.0
+    assert f"rejected reply from node 1: {category}: {reason}" in caplog.text
+    assert strategy.round_rejections() == [(1, f"sub-model reply rejected: {category}: {reason}")]
 
 
 def test_a_reply_that_trained_nothing_it_returned_changes_nothing(reply) -> None:

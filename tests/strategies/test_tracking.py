@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, MessageType
+from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType
 from flwr.serverapp.strategy import FedAvg
 
 from fedhar.records import RoundRecord
@@ -16,7 +16,11 @@ from fedhar.wire import (
     eval_reply,
     train_reply,
 )
-from strategies.tracking import Tracking, summarize_error
+from strategies.compression import CompressedUpdates
+from strategies.tracking import NO_REPLY, Tracking, summarize_error
+from tests.strategies.fleet_helpers import FakeGrid, server_task
+
+__all__ = ["server_task"]  # autouse fixture
 
 
 class Collect:
@@ -58,6 +62,45 @@ def test_failures_and_declines_are_counted_and_kept_from_aggregation(reply) -> N
     assert record.declines == ("needs 300 KB SRAM, has 128 KB",)
     serialized = len(Array(np.zeros(3, dtype=np.float32)).data)  # npy bytes on the wire
     assert record.bytes_up == 2 * serialized
+
+
+def _configure(tracking: Tracking, nodes: list[int]) -> None:
+    arrays, config = ArrayRecord({"w": torch.zeros(3)}), ConfigRecord({"server-round": 1})
+    list(tracking.configure_train(1, arrays, config, FakeGrid(nodes)))
+    list(tracking.configure_evaluate(1, arrays, config, FakeGrid(nodes)))
+
+
+def test_nodes_that_never_reply_are_failures_in_train_and_evaluate(reply) -> None:
+    sink = Collect()
+    tracking = Tracking(FedAvg(fraction_evaluate=1.0), sinks=[sink])
+    _configure(tracking, [1, 2, 3])
+    tracking.aggregate_train(1, [reply(_update(1.0, 10, "u1"), node_id=1)])
+    scored = eval_reply(EvalReport(10, 0.1, 0.9, 0.8), ClientIdentity("u1", "phone"))
+    tracking.aggregate_evaluate(1, [
+        reply(scored, node_id=1, message_type=MessageType.EVALUATE),
+        reply(error_reason="RuntimeError: sensor offline", node_id=2,
+              message_type=MessageType.EVALUATE),
+    ])  # fmt: skip
+    record = sink.records[0]
+    assert [(f.node_id, f.reason) for f in record.failures] == [(2, NO_REPLY), (3, NO_REPLY)]
+    assert "round_timeout_s" in NO_REPLY
+    assert [(f.node_id, f.reason) for f in record.evaluate_failures] == [
+        (2, "RuntimeError: sensor offline"), (3, NO_REPLY)]  # fmt: skip
+    assert record.to_json()["num_evaluate_failures"] == 2 and record.succeeded == 1
+
+
+def test_an_update_a_wrapper_rejects_is_that_clients_failure(reply) -> None:
+    sink = Collect()
+    tracking = Tracking(CompressedUpdates(FedAvg(fraction_evaluate=1.0)), sinks=[sink])
+    _configure(tracking, [1, 2])
+    crash = reply(error_reason="RuntimeError: battery died", node_id=1)
+    plain = reply(_update(1.0, 10, "u2"), node_id=2)  # not compressed: rejected
+    arrays, _ = tracking.aggregate_train(1, [crash, plain])
+    tracking.aggregate_evaluate(1, [])
+    record = sink.records[0]
+    assert arrays is None and record.succeeded == 0
+    assert [f.node_id for f in record.failures] == [1, 2]
+    assert record.failures[1].reason.startswith("compressed update rejected: reply carries no")
 
 
 def test_per_user_scores_and_server_evaluation_reach_the_record(reply) -> None:
