@@ -20,7 +20,7 @@ from clients.app import ClientSettings, make_client_app
 from experiments.compose import client_mods, client_settings, federation_spec, load_config
 from experiments.report import print_summary
 from experiments.server import prepare_run
-from fedhar.federation import load_federation
+from fedhar.federation import open_federation
 
 DEFAULT_RUN_DIR = "outputs/flwr-run"
 
@@ -38,8 +38,10 @@ def _config(overrides: tuple[str, ...]) -> DictConfig:
 
 @lru_cache(maxsize=4)
 def _settings(overrides: tuple[str, ...]) -> ClientSettings:
+    """A worker's client settings. The federation is opened only to list the users and their
+    devices and is then let go: each node loads its own user's windows when first asked."""
     cfg = _config(overrides)
-    return client_settings(cfg, load_federation(federation_spec(cfg)))
+    return client_settings(cfg, open_federation(federation_spec(cfg)))
 
 
 server_app = ServerApp()

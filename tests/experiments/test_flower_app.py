@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from flwr.app import Context, RecordDict
 
 from experiments import flower_app
 from experiments.sinks import read_metrics
+from fedhar.federation import Federation
+
+
+def _live_federations() -> int:
+    gc.collect()
+    return sum(type(o) is Federation for o in gc.get_objects())
+
+
+def test_worker_settings_do_not_keep_every_users_windows() -> None:
+    overrides = ("experiment=quickstart", "dataset.options.num_users=4", "seed=12345")
+    before = _live_federations()
+    settings = flower_app._settings(overrides)
+    assert settings.federation.options  # the spec, from which each node loads its own user
+    assert _live_federations() == before
 
 
 def test_run_config_selects_the_experiment_and_overrides(tmp_path: Path, in_process_grid) -> None:
