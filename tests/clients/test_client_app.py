@@ -6,13 +6,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from clients.app import ClientSettings, make_client_app
 from fedhar.devices import load_catalogue
-from fedhar.federation import FederationSpec, load_federation
+from fedhar.federation import FederationSpec, load_client, load_federation
 from fedhar.models import build_model
+from fedhar.train import evaluate
 from fedhar.wire import (
     METRICS_KEY,
     arrays_to_numpy,
@@ -76,9 +78,16 @@ def test_mcu_trains_int8_qat_within_its_plan(in_process_grid) -> None:
 
 
 def test_evaluation_reports_the_users_own_test_split(in_process_grid) -> None:
-    reply = _ask(_settings("android_phone"), in_process_grid, MessageType.EVALUATE)
+    reply = _ask(_settings(None), in_process_grid, MessageType.EVALUATE)
     report = eval_report_from_record(reply.content[METRICS_KEY])
-    assert report.num_examples > 0 and 0.0 <= report.eval_macro_f1 <= 1.0
+    test = load_client(SPEC, 0).test  # node 101 is partition 0: that user's later windows
+    federation = load_federation(SPEC)
+    model = build_model("microbi_convlstm", federation.in_channels, federation.num_classes)
+    model.load_state_dict(_global().to_torch_state_dict())
+    expected = evaluate(model, test.x, test.y, federation.num_classes)
+    assert report.num_examples == len(test) > 0
+    assert report.eval_accuracy == pytest.approx(expected.accuracy)
+    assert report.eval_macro_f1 == pytest.approx(expected.macro_f1)
 
 
 def test_configured_crash_becomes_an_error_reply(in_process_grid) -> None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiments.sinks import RunFiles, WandbTracking, read_metrics, truncate_outputs
+from rich.console import Console
+
+from experiments.sinks import (
+    RoundProgress,
+    RunFiles,
+    WandbTracking,
+    read_metrics,
+    truncate_outputs,
+)
 from experiments.sweep import collect_summaries, write_sweep_summary
 from fedhar.metrics import UserScore, summarize_users
 from fedhar.records import ClientFailure, RoundRecord
@@ -45,6 +53,26 @@ def test_run_files_and_truncation(tmp_path: Path) -> None:
     truncate_outputs(tmp_path, 1)
     assert [r["server_round"] for r in read_metrics(tmp_path)] == [1]
     assert len((tmp_path / "per_user.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_progress_bar_counts_rounds_with_an_eta_and_the_latest_scores() -> None:
+    console = Console(record=True, width=120, force_terminal=False)
+    progress = RoundProgress(total_rounds=5, rounds_done=1, console=console)  # a resumed run
+    progress.on_round(_record(2))
+    progress.close()
+    text = console.export_text()
+    assert "round 2/5" in text and "eta" in text
+    assert "user F1 0.600 held-out F1 0.200" in text
+    lines = [line for line in text.splitlines() if "round 2/5" in line]
+    assert lines and "━" in lines[-1]  # the bar itself
+
+
+def test_per_user_csv_has_one_row_per_user_and_round(tmp_path: Path) -> None:
+    RunFiles(tmp_path).on_round(_record(1))
+    header, *rows = (tmp_path / "per_user.csv").read_text().splitlines()
+    assert header.split(",")[:6] == ["server_round", "user", "device", "num_windows", "accuracy",
+                                     "macro_f1"]  # fmt: skip
+    assert [row.split(",")[1:3] for row in rows] == [["u1", "phone"], ["u2", "watch"]]
 
 
 def test_wandb_logs_offline_without_an_account(tmp_path: Path, monkeypatch) -> None:
