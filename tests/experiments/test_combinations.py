@@ -34,6 +34,8 @@ def _run(tmp_path: Path, grid_type, overrides: str) -> list[dict]:
         "strategy=fedper fleet=all_phone wrappers=[encryption]",
         "strategy=fedbn fleet=none wrappers=[compression]",
         "strategy=fedadam fleet=mixed wrappers=[compression,encryption]",
+        "strategy=fjord fleet=mixed wrappers=[compression]"
+        " +wrappers.compression.server.downlink_bits_by_kind={mcu:8}",
     ],
 )
 def test_every_update_is_accepted_and_aggregated(tmp_path: Path, in_process_grid, overrides: str):
@@ -45,3 +47,14 @@ def test_every_update_is_accepted_and_aggregated(tmp_path: Path, in_process_grid
         assert not dropped, dropped
         assert row["succeeded"] >= 1
         assert row["per_user_summary"]["num_users"] == 4
+
+
+def test_mcus_download_int8_while_phones_get_float32(tmp_path: Path, in_process_grid) -> None:
+    both = "fleet=mixed strategy=fedavg wrappers=[compression]"
+    plain = _run(tmp_path / "fp32", in_process_grid, both)
+    mcu = _run(tmp_path / "mcu", in_process_grid,
+               f"{both} +wrappers.compression.server.downlink_bits_by_kind={{mcu:8}}")  # fmt: skip
+    for p, m in zip(plain, mcu, strict=True):
+        assert 0 < m["extra"]["compression/bytes-down"] and p["extra"]["compression/bytes-down"] == 0
+        assert m["bytes_down"] < p["bytes_down"]  # the MCUs' train messages shrank
+        assert m["num_failures"] == 0 and m["succeeded"] == p["succeeded"]
