@@ -197,6 +197,18 @@ def plan_training(
     """
     if not widths or not batch_sizes:
         raise ValueError("widths and batch_sizes must each list at least one value")
+    def plans_at(candidate_widths: Sequence[float]) -> Iterator[TrainingPlan]:
+        return candidate_plans(
+            model_name,
+            in_channels,
+            num_classes,
+            window_length,
+            bits,
+            candidate_widths,
+            batch_sizes,
+            optimizer_states,
+        )
+
     flash_need = {
         width: flash_bytes(build_model(model_name, in_channels, num_classes, width), bits.weights)
         for width in widths
@@ -207,30 +219,11 @@ def plan_training(
         width = min(widths, key=lambda w: flash_need[w])
         raise PlanDeclined(
             f"{model_name} needs at least {flash_need[width]} bytes of flash for its weights at "
-            f"{bits.weights} bits (width {width}) but the device has {flash} bytes "
-            "of flash",
-            smallest_budget(
-                model_name,
-                in_channels,
-                num_classes,
-                window_length,
-                bits,
-                widths,
-                batch_sizes,
-                optimizer_states,
-            ),
+            f"{bits.weights} bits (width {width}) but the device has {flash} bytes of flash",
+            min(plan.peak_bytes for plan in plans_at(widths)),
         )
     smallest: TrainingPlan | None = None
-    plans = candidate_plans(
-        model_name,
-        in_channels,
-        num_classes,
-        window_length,
-        bits,
-        stored,
-        batch_sizes,
-        optimizer_states,
-    )
+    plans = plans_at(stored)
     for plan in plans:
         if plan.peak_bytes <= budget_bytes:
             return plan
