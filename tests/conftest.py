@@ -15,6 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 torch.set_num_threads(1)
 
 _DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sp-sw-har"
+CATALOGUE_YAML = Path(__file__).resolve().parents[1] / "configs/fleet/devices/catalogue.yaml"
 
 
 def sp_sw_har_root() -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,10 +22,9 @@ from fedhar.wire import (
     train_report_from_record,
     trained_names,
 )
+from tests.conftest import CATALOGUE_YAML
 
-CATALOGUE = load_catalogue(
-    Path(__file__).resolve().parents[2] / "configs/fleet/devices/catalogue.yaml"
-)
+CATALOGUE = load_catalogue(CATALOGUE_YAML)
 SPEC = FederationSpec(
     "synthetic",
     FederationSpec.options_from({"num_users": 2, "seconds_per_user": 40.0, "seed": 5}),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
@@ -20,10 +19,8 @@ from fedhar.ondevice import (
 )
 from fedhar.planner import PlanDeclined, TrainingPlan, candidate_plans, smallest_budget
 from fedhar.quant import QuantConfig
+from tests.conftest import CATALOGUE_YAML
 
-CATALOGUE_YAML = (
-    Path(__file__).resolve().parents[2] / "configs" / "fleet" / "devices" / "catalogue.yaml"
-)
 SHAPE = ModelShape("microbi_convlstm", in_channels=6, num_classes=6, window_length=64)
 INT8 = QuantSettings()
 FP32_TRAINING = QuantSettings(enabled=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,7 @@ from fedhar.sensors import (
     apply_sensor_model,
     draw_sensor_instance,
 )
-
-CATALOGUE_YAML = (
-    Path(__file__).resolve().parents[2] / "configs" / "fleet" / "devices" / "catalogue.yaml"
-)
+from tests.conftest import CATALOGUE_YAML
 
 RATE = 100.0
 T = 256

@@ -20,10 +20,9 @@ from fedhar.records import RoundRecord
 from fedhar.wire import arrays_to_numpy, state_to_arrays
 from strategies.fleet import FleetDirectory, FleetSimulation, RunInfo
 from strategies.tracking import Tracking
+from tests.conftest import CATALOGUE_YAML
 
-CATALOGUE = load_catalogue(
-    Path(__file__).resolve().parents[2] / "configs/fleet/devices/catalogue.yaml"
-)
+CATALOGUE = load_catalogue(CATALOGUE_YAML)
 SPEC = FederationSpec(
     "synthetic",
     FederationSpec.options_from({"num_users": 4, "seconds_per_user": 40.0, "seed": 3}),
