@@ -13,7 +13,6 @@ import torch
 
 State = Mapping[str, torch.Tensor]
 Contribution = tuple[State, State, float]  # (values, mask, weight) in global coordinates
-RUNNING_STATISTICS = ("running_mean", "running_var")  # BatchNorm buffers that describe inputs
 
 
 def _check_weights(weights: Sequence[float]) -> None:
@@ -110,37 +109,6 @@ def aggregate_masked(
         avg = (num / torch.where(trained, den, 1.0)).to(g.dtype)
         new_state[name] = torch.where(trained, avg, g)
     return new_state, counts
-
-
-def keep_widest_statistics(
-    contributions: Sequence[Contribution], widths: Sequence[float]
-) -> list[Contribution]:
-    """The contributions with BatchNorm running statistics kept only from the widest sub-models.
-
-    A running mean or variance describes the activations of the model that measured it. In a
-    narrower sub-model each channel sums fewer inputs, so its statistics do not describe the
-    wider models that share the channel, and averaging them in skews every wider model's
-    normalisation (what HeteroFL's static BatchNorm avoids). Per statistics entry, only the
-    contributions of the widest ``widths`` that carry it are kept; the other entries, weights
-    and parameters are untouched.
-    """
-    if len(widths) != len(contributions):
-        raise ValueError(f"need one width per contribution, got {len(widths)} for "
-                         f"{len(contributions)}")  # fmt: skip
-    widest: dict[str, float] = {}
-    for (values, _, _), width in zip(contributions, widths, strict=True):
-        for name in values:
-            if name.endswith(RUNNING_STATISTICS):
-                widest[name] = max(widest.get(name, 0.0), width)
-    kept: list[Contribution] = []
-    for (values, mask, weight), width in zip(contributions, widths, strict=True):
-        drop = {n for n in values if n in widest and width < widest[n]}
-        kept.append((
-            {n: v for n, v in values.items() if n not in drop},
-            {n: m for n, m in mask.items() if n not in drop},
-            weight,
-        ))  # fmt: skip
-    return kept
 
 
 def _max_masked(

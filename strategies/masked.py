@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 from torch import nn
 
-from fedhar.aggregate import Contribution, aggregate_masked, keep_widest_statistics
+from fedhar.aggregate import Contribution, aggregate_masked
 from fedhar.models import build_model
 from fedhar.partial import SubModelSpec, extract, scatter, slice_width
 from fedhar.widths import DEFAULT_LEVELS, HeteroFLWidths, WidthAssignment, WidthPolicy
@@ -250,7 +250,7 @@ class MaskedFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Masked average of the matching replies; mismatching ones are rejected and counted."""
         valid, _ = self._check_and_log_replies(list(replies), is_train=True, validate=False)
-        accepted, contributions, widths = [], [], []
+        accepted, contributions = [], []
         for reply in valid:
             reason = self._reject_reason(reply)
             if reason is not None:
@@ -266,10 +266,8 @@ class MaskedFedAvg(FedAvg):
             contribution = self._contribution(reply)
             if contribution is not None:
                 contributions.append(contribution)
-                widths.append(self._sent[reply.metadata.src_node_id].spec.width)
         if not accepted:
             return None, None
-        contributions = keep_widest_statistics(contributions, widths)
         new_state, counts = aggregate_masked(self._global, contributions)
         layers: dict[str, int] = {}
         for name, count in counts.items():

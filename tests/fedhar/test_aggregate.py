@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedhar.aggregate import aggregate_masked, keep_widest_statistics, weighted_average
+from fedhar.aggregate import aggregate_masked, weighted_average
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -130,22 +130,3 @@ def test_bad_input_is_rejected() -> None:
         weighted_average([g, g], [0, 0])
     with pytest.raises(ValueError, match="state 1 has names"):
         weighted_average([g, {"v": torch.zeros(2)}], [1, 1])
-
-
-def test_running_statistics_come_only_from_the_widest_sub_models() -> None:
-    g = {"bn.running_mean": torch.zeros(4), "bn.weight": torch.zeros(4)}
-    half = torch.tensor([True, True, False, False])
-    narrow = ({"bn.running_mean": torch.full((4,), 9.0), "bn.weight": torch.full((4,), 1.0)},
-              {"bn.running_mean": half, "bn.weight": half}, 1.0)  # fmt: skip
-    full = ({"bn.running_mean": torch.full((4,), 3.0), "bn.weight": torch.full((4,), 3.0)},
-            {"bn.running_mean": torch.ones(4, dtype=torch.bool),
-             "bn.weight": torch.ones(4, dtype=torch.bool)}, 1.0)  # fmt: skip
-    kept = keep_widest_statistics([narrow, full], [0.5, 1.0])
-    new, counts = aggregate_masked(g, kept)
-    assert torch.equal(new["bn.running_mean"], torch.full((4,), 3.0))  # the narrow 9s left out
-    assert torch.equal(new["bn.weight"], torch.tensor([2.0, 2.0, 3.0, 3.0]))  # params: both
-    assert counts == {"bn.running_mean": 1, "bn.weight": 2}
-    alone, _ = aggregate_masked(g, keep_widest_statistics([narrow], [0.5]))
-    assert torch.equal(alone["bn.running_mean"], torch.tensor([9.0, 9.0, 0.0, 0.0]))
-    with pytest.raises(ValueError, match="one width per contribution"):
-        keep_widest_statistics([narrow, full], [1.0])
