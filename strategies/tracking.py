@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from logging import INFO
 
@@ -37,6 +37,14 @@ def summarize_error(reason: str) -> str:
     return gist.split("Message: ", 1)[-1][:MAX_REASON_CHARS]
 
 
+def wrapper_chain(strategy: Strategy) -> Iterator[object]:
+    """``strategy``, then each strategy it wraps down the ``.strategy`` chain."""
+    current: object | None = strategy
+    while current is not None:
+        yield current
+        current = getattr(current, "strategy", None)
+
+
 def collect_round_stats(strategy: Strategy) -> dict[str, float]:
     """Merge ``round_stats()`` of every wrapper down the ``.strategy`` chain.
 
@@ -44,12 +52,10 @@ def collect_round_stats(strategy: Strategy) -> dict[str, float]:
     late, malformed); they are subtracted from the round's successful updates.
     """
     stats: dict[str, float] = {}
-    current: object | None = strategy
-    while current is not None:
-        round_stats = getattr(current, "round_stats", None)
+    for layer in wrapper_chain(strategy):
+        round_stats = getattr(layer, "round_stats", None)
         if callable(round_stats):
             stats.update(round_stats())
-        current = getattr(current, "strategy", None)
     return stats
 
 
@@ -60,12 +66,10 @@ def collect_rejections(strategy: Strategy) -> tuple[ClientFailure, ...]:
     (node id, reason) of the current round.
     """
     rejected: list[ClientFailure] = []
-    current: object | None = strategy
-    while current is not None:
-        round_rejections = getattr(current, "round_rejections", None)
+    for layer in wrapper_chain(strategy):
+        round_rejections = getattr(layer, "round_rejections", None)
         if callable(round_rejections):
             rejected += [ClientFailure(node, reason) for node, reason in round_rejections()]
-        current = getattr(current, "strategy", None)
     return tuple(rejected)
 
 
