@@ -176,6 +176,19 @@ def extract(archive: Path, dest: Path) -> Path:
     return dest
 
 
+def search_base(name: str, root: str | None, cache_dir: str | os.PathLike[str] | None) -> Path:
+    """Where to look for dataset `name`: `root`, else $FEDHAR_DATA_DIR (its subfolder named
+    like the cache folder when there is one), else the download cache's folder."""
+    folder = SOURCES[name].folder
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("FEDHAR_DATA_DIR")
+    if env:
+        base = Path(env)
+        return base / folder if (base / folder).is_dir() else base
+    return cache_root(cache_dir) / folder
+
+
 def find_data_root(base: Path, marker: str, depth: int = 3) -> Path | None:
     """The folder at most `depth` levels under `base` that contains `marker`."""
     level = [base]

@@ -9,15 +9,14 @@ label. Each execution is a ~10-13 s sequence of five short activities.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from fedhar.data.cache import cache_root, cached_windows, files_fingerprint
+from fedhar.data.cache import cached_windows, files_fingerprint
 from fedhar.data.dataset import Recording, WindowDataset
-from fedhar.data.download import check_sha256, find_data_root, prepare_dataset
+from fedhar.data.download import check_sha256, find_data_root, prepare_dataset, search_base
 from fedhar.data.windows import window_recordings
 
 SP_SW_HAR_CLASSES = ("seated", "standing_up", "walking", "turning", "sitting_down")
@@ -67,13 +66,7 @@ def locate_root(config: SpSwHarConfig) -> Path:
     found, `config.download` fetches the archive into the cache (verified by `config.sha256`)
     and `config.offline_path` takes a local archive or folder instead.
     """
-    if config.root is not None:
-        base = Path(config.root)
-    elif os.environ.get("FEDHAR_DATA_DIR"):
-        base = Path(os.environ["FEDHAR_DATA_DIR"])
-        base = base / "sp-sw-har" if (base / "sp-sw-har").is_dir() else base
-    else:
-        base = cache_root(config.cache_dir) / "sp-sw-har"
+    base = search_base("sp_sw_har", config.root, config.cache_dir)
     found = base.parent if base.name == "DATA" else find_data_root(base, "DATA", depth=2)
     if found is not None and any((found / "DATA").glob("s*/s*_*_s?.csv")):
         return found

@@ -9,15 +9,14 @@ total_acc in g with gravity, body_gyro in rad/s), `subject_{split}.txt`, `y_{spl
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from fedhar.data.cache import cache_root, cached_windows
+from fedhar.data.cache import cached_windows
 from fedhar.data.dataset import ACC_GYRO_CHANNELS, WindowDataset
-from fedhar.data.download import check_sha256, find_data_root, prepare_dataset
+from fedhar.data.download import check_sha256, find_data_root, prepare_dataset, search_base
 
 UCI_RATE_HZ = 50.0
 UCI_STRIDE = 64  # the published windows overlap by 50 %
@@ -60,12 +59,7 @@ def locate_uci_root(config: UciHarConfig) -> Path:
     found, `config.download` fetches the archive into the cache (verified by `config.sha256`)
     and `config.offline_path` takes a local archive or folder instead.
     """
-    if config.root is not None:
-        base = Path(config.root)
-    elif os.environ.get("FEDHAR_DATA_DIR"):
-        base = Path(os.environ["FEDHAR_DATA_DIR"])
-    else:
-        base = cache_root(config.cache_dir) / "uci-har"
+    base = search_base("uci_har", config.root, config.cache_dir)
     found = find_data_root(base, "activity_labels.txt", depth=2)
     if found is not None:
         return found
