@@ -19,7 +19,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'e2e or not e2e' $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

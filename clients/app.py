@@ -1,8 +1,8 @@
 """The fedhar ClientApp: one simulated node is one user on one simulated device.
 
-Handlers are thin: decode the message, call fedhar, encode the reply. A node's user comes
-from its ``partition-id``; its data is loaded lazily, the first time the node is asked to
-work in a given worker process.
+Handlers are thin: decode the message, call one fedhar function, encode the reply. A node's
+user comes from its ``partition-id``; its data is loaded lazily, the first time the node is
+asked to work in a given worker process.
 """
 
 from __future__ import annotations
@@ -12,30 +12,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
-from torch import nn
 
-from fedhar.costs import simulate_client_cost
-from fedhar.data.dataset import WindowDataset
-from fedhar.devices import DeviceProfile, client_seed
-from fedhar.federation import ClientData, FederationSpec, load_client
-from fedhar.keys import DeviceIdentity
-from fedhar.models import build_model, count_macs
-from fedhar.ondevice import (
-    ModelShape,
+from fedhar.device.local_update import (
     QuantSettings,
     max_width,
-    plan_on_device,
-    quant_config,
     record_with_device,
+    run_local_update,
 )
-from fedhar.planner import PlanDeclined, apply_plan, trainable_names
-from fedhar.quant import calibrate, prepare_qat, scale_gradients
-from fedhar.sensors import SensorVariability
-from fedhar.train import TrainConfig, derive_seed, evaluate, train_head_first, train_local
+from fedhar.device.planner import PlanDeclined
+from fedhar.device.profiles import DeviceProfile, client_seed
+from fedhar.device.sensors import SensorVariability
+from fedhar.federation import ClientData, FederationSpec, load_client
+from fedhar.models import ModelShape
+from fedhar.seeding import derive_seed
+from fedhar.train import TrainConfig, evaluate
+from fedhar.transport.keys import DeviceIdentity
 from fedhar.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -72,7 +66,6 @@ class ClientSettings:
 
 
 SettingsProvider = Callable[[Context], ClientSettings]
-CALIBRATION_WINDOWS = 64  # windows the QAT observers see before the first step
 
 
 class SimulatedCrash(RuntimeError):
@@ -93,101 +86,56 @@ def _node(settings: ClientSettings, partition_id: int) -> _Node:
     device = settings.device_of(data.user)
     if device is not None:
         seed = client_seed(data.user, settings.seed)
-        rate = data.train.sampling_rate_hz
+        variability = settings.variability
         data = ClientData(
             user=data.user,
             device=device.name,
-            train=_recorded(data.train, rate, device, settings.variability, seed, 0),
-            test=_recorded(data.test, rate, device, settings.variability, seed, 1),
+            train=record_with_device(data.train, device, variability, seed, derive_seed(seed, 0)),
+            test=record_with_device(data.test, device, variability, seed, derive_seed(seed, 1)),
         )
     _, channels, length = data.train.x.shape
     shape = ModelShape(settings.model, channels, data.train.num_classes, length)
     return _Node(partition_id, data, device, shape)
 
 
-def _recorded(
-    windows: WindowDataset,
-    rate: float,
-    device: DeviceProfile,
-    variability: SensorVariability,
-    seed: int,
-    part: int,
-) -> WindowDataset:
-    x = record_with_device(windows.x, rate, device, variability, seed, derive_seed(seed, part))
-    return WindowDataset(
-        x, windows.y, windows.user, windows.device, windows.start_time_s,
-        windows.class_names, windows.channel_names, windows.sampling_rate_hz,
-    )  # fmt: skip
-
-
 def _node_for(settings: ClientSettings, context: Context) -> _Node:
     return _node(settings, int(context.node_config["partition-id"]))
-
-
-def _model_at(node: _Node, width: float) -> nn.Module:
-    return build_model(node.shape.name, node.shape.in_channels, node.shape.num_classes, width)
 
 
 def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDict:
     """One local update of one user, within their device's SRAM plan."""
     instructions = instructions_from_config(msg.content.config_records[CONFIG_KEY])
     identity = ClientIdentity(user=node.data.user, device=node.data.device)
-    model = _model_at(node, instructions.width)
+    model = node.shape.build(instructions.width)
     model.load_state_dict(arrays_to_state(msg.content.array_records[ARRAYS_KEY]))
-    batch_size, lr, step_hook, trained = instructions.batch_size, instructions.lr, None, None
-    compute_s = 0.0
-    if node.device is not None:
-        try:
-            plan = plan_on_device(node.device, node.shape, instructions.width, settings.quant)
-        except PlanDeclined as declined:
-            return decline_reply(f"no-plan: {declined.reason}", identity)
-        qat = quant_config(node.device, settings.quant)
-        if qat is not None:
-            model = prepare_qat(model, qat)
-            calibrate(model, [torch.from_numpy(node.data.train.x[:CALIBRATION_WINDOWS])])
-            step_hook = scale_gradients
-        apply_plan(model, plan)
-        trained = trainable_names(model, plan)
-        batch_size = min(batch_size, plan.batch_size)
-        # Linear scaling rule: a device that can only afford smaller batches takes smaller
-        # steps, so that its many steps do not outweigh the clients training at full batch.
-        lr *= batch_size / instructions.batch_size
-        macs = count_macs(model, node.shape.in_channels, node.shape.window_length)
-        compute_s = simulate_client_cost(
-            node.device, macs, len(node.data.train), instructions.epochs, 0, 0
-        ).compute_s
     config = TrainConfig(
         epochs=instructions.epochs,
-        batch_size=batch_size,
-        lr=lr,
+        batch_size=instructions.batch_size,
+        lr=instructions.lr,
         proximal_mu=instructions.proximal_mu,
     )
     seed = derive_seed(settings.seed, instructions.server_round, node.partition_id)
-    started = time.perf_counter()
-    x, y = node.data.train.x, node.data.train.y
-    if instructions.head_epochs > 0:
-        result = train_head_first(model, x, y, config, instructions.head_epochs, seed, step_hook)
-    else:
-        result = train_local(model, x, y, config, seed, step_hook)
+    try:
+        result = run_local_update(
+            model, node.device, node.shape, instructions.width, settings.quant, config,
+            node.data.train, seed, instructions.head_epochs,
+        )  # fmt: skip
+    except PlanDeclined as declined:
+        return decline_reply(f"no-plan: {declined.reason}", identity)
     report = TrainReport(
-        num_examples=result.num_examples,
-        train_loss=result.mean_loss,
-        num_steps=result.num_steps,
-        compute_seconds=time.perf_counter() - started,
-        sim_compute_s=compute_s,
+        num_examples=result.train.num_examples,
+        train_loss=result.train.mean_loss,
+        num_steps=result.train.num_steps,
+        compute_seconds=result.compute_seconds,
+        sim_compute_s=result.sim_compute_s,
     )
-    state = model.state_dict()
-    # Buffers (BatchNorm statistics) change in train mode even where parameters are frozen.
-    parameters = {name for name, _ in model.named_parameters()}
-    buffers = [name for name in state if name not in parameters]
-    changed = list(state) if trained is None else [*trained, *buffers]
-    return train_reply(state, report, identity, changed)
+    return train_reply(result.state, report, identity, list(result.changed))
 
 
 def evaluate_user(node: _Node, msg: Message) -> RecordDict:
     """The global model on the user's own (later in time) test windows."""
     instructions = eval_instructions_from_config(msg.content.config_records[CONFIG_KEY])
-    model = _model_at(node, instructions.width)
+    model = node.shape.build(instructions.width)
     model.load_state_dict(arrays_to_state(msg.content.array_records[ARRAYS_KEY]))
     result = evaluate(model, node.data.test.x, node.data.test.y, node.shape.num_classes)
     report = EvalReport(
@@ -201,7 +149,11 @@ def evaluate_user(node: _Node, msg: Message) -> RecordDict:
 
 
 def describe_node(settings: ClientSettings, node: _Node, context: Context) -> RecordDict:
-    """Enrollment: who this node is, what it can train, and its public signing key."""
+    """Enrollment: who this node is, what it can train, and its device's public keys.
+
+    A simulated device derives its identity from the run seed and its partition id, so that
+    runs are reproducible; the server learns the public keys only from this reply.
+    """
     identity = DeviceIdentity.from_seed(settings.seed, node.partition_id)
     width = 1.0 if node.device is None else max_width(node.device, node.shape, settings.quant)
     info = NodeInfo(
@@ -210,9 +162,8 @@ def describe_node(settings: ClientSettings, node: _Node, context: Context) -> Re
         user=node.data.user,
         device=node.data.device,
         max_width=width,
-        signing_key=identity.signing_public_bytes(),
     )
-    return node_info_record(info)
+    return node_info_record(info, identity.public_keys())
 
 
 def make_client_app(settings_for: SettingsProvider, mods: Sequence[Mod] = ()) -> ClientApp:

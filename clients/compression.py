@@ -2,9 +2,9 @@
 
 Pairs with ``strategies.compression.CompressedUpdates``. On a train message the mod remembers
 the global arrays it received, lets the handler train, and replaces the reply's ``arrays``
-ArrayRecord by ``fedhar.codec``'s encoding of Δ = local - global over the float tensors, as
-bytes in a ``compressed`` ConfigRecord {"payload": bytes}. Every other record (metrics, client,
-trained) passes unchanged; declines and errors pass through.
+ArrayRecord by ``fedhar.transport.codec``'s encoding of Δ = local - global over the float
+tensors, as bytes in a ``compressed`` ConfigRecord {"payload": bytes}. Every other record
+(metrics, client, trained) passes unchanged; declines and errors pass through.
 
 Integer buffers (BatchNorm's ``num_batches_tracked``) are not sent: the server keeps the values
 it sent. They are step counters that BatchNorm with a momentum never reads, and sending them
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fedhar.codec import CodecConfig, check_bits, decode_state, encode_update
-from fedhar.payload import from_bytes, schema_from_bytes, to_bytes
-from fedhar.train import derive_seed
+from fedhar.seeding import derive_seed
+from fedhar.transport.codec import CodecConfig, check_bits, decode_state, encode_update
+from fedhar.transport.payload import from_bytes, schema_from_bytes, to_bytes
 from fedhar.wire import (
     ARRAYS_KEY,
     COMPRESSED_KEY,
@@ -121,7 +121,8 @@ def compression_mod(
 
     Parameters
     ----------
-    bits, topk_fraction, error_feedback : uplink codec settings (`fedhar.codec.CodecConfig`).
+    bits, topk_fraction, error_feedback : uplink codec settings
+        (`fedhar.transport.codec.CodecConfig`).
     seed : run seed; stochastic rounding is seeded from it, the round and the partition id.
     """
     cfg = CodecConfig(bits, topk_fraction, error_feedback)

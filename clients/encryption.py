@@ -2,8 +2,10 @@
 
 Pairs with ``strategies.encryption.EncryptedTransport``. On a train message the mod reads the
 server's keys from the message config, lets the handler train, and replaces the reply's payload
-with one signed, encrypted envelope (``fedhar.crypto.seal``) under the device's identity,
-``DeviceIdentity.from_seed(run seed, partition id)``.
+with one signed, encrypted envelope (``fedhar.transport.envelope.seal``) under the device's
+identity, ``DeviceIdentity.from_seed(run seed, partition id)``: a simulated device derives its
+own private keys from the seed, so runs are reproducible; the server knows only the public
+keys the node sent at enrollment.
 
 What is sealed: the whole reply content, serialized with Flower's protobuf record format
 (arrays keep their dtype, shape and npy bytes, so integer buffers round-trip exactly; never
@@ -33,7 +35,7 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedhar.crypto import (
+from fedhar.transport.envelope import (
     AEADS,
     EnvelopeContext,
     EnvelopePolicy,
@@ -41,7 +43,7 @@ from fedhar.crypto import (
     open_from_server,
     seal,
 )
-from fedhar.keys import DeviceIdentity, fingerprint
+from fedhar.transport.keys import DeviceIdentity, fingerprint
 from fedhar.wire import (
     CONFIG_KEY,
     PAYLOAD_FORMAT,

@@ -1,12 +1,13 @@
 """Building a run's pieces from a Hydra config: the one place that calls ``instantiate``.
 
-Library code takes typed dataclasses; this module turns the composed config into them, and
-into the strategy, its wrappers and the client mods named in the config.
+Library code takes typed dataclasses; this module turns the composed config into them, into
+the server's strategy stack (`build_stack`) and into the client mods named in the config.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +20,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from clients.app import ClientSettings
 from clients.state_store import persisted_state_mod
-from fedhar.devices import (
+from fedhar.device.local_update import QuantSettings, max_width, storage_bits
+from fedhar.device.planner import smallest_budget
+from fedhar.device.profiles import (
     DeviceProfile,
     FleetSpec,
     assign_devices,
     load_catalogue,
     training_budget_bytes,
 )
-from fedhar.federation import Federation, FederationSpec, load_federation
-from fedhar.keys import DeviceIdentity
-from fedhar.models import build_model
-from fedhar.ondevice import ModelShape, QuantSettings, max_width, storage_bits
-from fedhar.planner import smallest_budget
-from fedhar.sensors import SensorVariability
+from fedhar.device.sensors import SensorVariability
+from fedhar.federation import Federation, FederationSpec
+from fedhar.models import ModelShape, build_model
+from fedhar.partial.evaluate import evaluate_widths
+from fedhar.partial.widths import WIDTH_LEVELS
+from fedhar.records import RoundSink
 from fedhar.train import evaluate
-from fedhar.width_eval import evaluate_widths
 from fedhar.wire import arrays_to_state
-from strategies.fleet import FleetSimulation, RunInfo
-from strategies.tracking import ServerEvaluate
+from strategies.checkpointing import Checkpointing
+from strategies.fleet import FleetSimulation
+from strategies.run_info import RunInfo
+from strategies.tracking import ServerEvaluate, Tracking
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -109,14 +113,7 @@ def check_model_fits(cfg: DictConfig, federation: Federation, profiles: set[Devi
     if any(max_width(profile, shape, quant) > 0 for profile in profiles):
         return
     needed = min(
-        smallest_budget(
-            shape.name,
-            shape.in_channels,
-            shape.num_classes,
-            shape.window_length,
-            bits=storage_bits(profile, quant),
-        )
-        for profile in profiles
+        smallest_budget(shape, bits=storage_bits(profile, quant)) for profile in profiles
     )
     largest = max(training_budget_bytes(profile) for profile in profiles)
     raise ConfigError(
@@ -148,24 +145,75 @@ def build_strategy(cfg: DictConfig, num_clients: int, run: RunInfo) -> Strategy:
     return strategy
 
 
+def build_wrapper(name: str, spec: DictConfig, strategy: Strategy, run: RunInfo) -> Strategy:
+    """One configured wrapper around ``strategy``; ``run=`` only for classes that take it."""
+    target = hydra.utils.get_class(spec.server._target_)
+    build = instantiate(spec.server, _partial_=True)
+    takes_run = "run" in inspect.signature(target).parameters
+    wrapped = build(strategy=strategy, run=run) if takes_run else build(strategy=strategy)
+    if not isinstance(wrapped, Strategy):
+        raise ConfigError(
+            f"wrappers.{name}.server built {type(wrapped).__name__}, not a Flower Strategy; "
+            "point _target_ at a strategy wrapper class"
+        )
+    return wrapped
+
+
+def check_wrapper_order(names: list[str], classes: list[type]) -> None:
+    """Refuse a wrapper list (inner to outer) that cannot work, naming the order that does.
+
+    Each wrapper sees replies as the wrappers outside it left them, so a wrapper must sit
+    outside every wrapper of a lower ``stack_rank`` (classes without one, such as Flower's DP
+    wrappers, act on plain updates: rank 0).
+    """
+    ranks = [getattr(cls, "stack_rank", 0) for cls in classes]
+    for inner in range(len(names)):
+        for outer in range(inner + 1, len(names)):
+            if ranks[inner] > ranks[outer]:
+                right = [name for _, name in sorted(zip(ranks, names, strict=True),
+                                                    key=lambda pair: pair[0])]  # fmt: skip
+                raise ConfigError(
+                    f"wrappers=[{','.join(names)}] cannot work: {names[inner]} must wrap "
+                    f"{names[outer]}, not sit inside it (wrappers are listed inner to outer); "
+                    f"use wrappers=[{','.join(right)}]"
+                )
+
+
 def wrap_strategy(cfg: DictConfig, strategy: Strategy, run: RunInfo) -> Strategy:
     """Apply the configured wrappers, listed inner to outer, then the fleet simulation."""
-    for spec in (cfg.get("wrappers") or {}).values():
-        strategy = instantiate(spec.server, _partial_=True)(strategy=strategy, run=run)
+    specs = dict((cfg.get("wrappers") or {}).items())
+    names = [str(name) for name in specs]
+    check_wrapper_order(names, [hydra.utils.get_class(s.server._target_) for s in specs.values()])
+    for name, spec in specs.items():
+        strategy = build_wrapper(str(name), spec, strategy, run)
     catalogue, fleet = fleet_config(cfg)
-    expected_keys = {
-        partition: DeviceIdentity.from_seed(cfg.seed, partition).signing_public_bytes()
-        for partition in range(len(load_federation(federation_spec(cfg)).clients))
-    }
+    if fleet is None:
+        return strategy
     return FleetSimulation(
         strategy,
         run,
-        expected_keys,
         catalogue,
-        deadline_s=fleet.deadline_s if fleet else None,
-        availability_traces=fleet.availability_traces if fleet else None,
-        enroll_timeout_s=cfg.runtime.round_timeout_s,
+        deadline_s=fleet.deadline_s,
+        availability_traces=fleet.availability_traces,
     )
+
+
+def build_stack(
+    cfg: DictConfig,
+    federation: Federation,
+    run: RunInfo,
+    sinks: Sequence[RoundSink],
+    rounds_done: int = 0,
+) -> Strategy:
+    """The server's whole strategy stack, inner to outer.
+
+    The configured algorithm, the configured wrappers (order-checked), the fleet simulation,
+    tracking (round records to ``sinks``, server-side evaluation) and checkpointing.
+    """
+    strategy = build_strategy(cfg, len(federation.clients), run)
+    wrapped = wrap_strategy(cfg, strategy, run)
+    tracked = Tracking(wrapped, server_evaluator(cfg, federation), sinks)
+    return Checkpointing(tracked, run.run_dir, seed=cfg.seed, rounds_done=rounds_done)
 
 
 def client_mods(cfg: DictConfig, run_dir: Path) -> list[Mod]:
@@ -185,14 +233,16 @@ def client_mods(cfg: DictConfig, run_dir: Path) -> list[Mod]:
 def server_evaluator(cfg: DictConfig, federation: Federation) -> ServerEvaluate:
     """Evaluate the global model on the held-out users (none held out: no server metrics).
 
-    With ``strategy.evaluate_widths`` (partial-model strategies), every nested width is scored
-    as well, as ``width_<w>/macro_f1`` and friends.
+    With ``strategy.evaluate_widths`` (partial-model strategies: ``true`` for the width grid,
+    or a list of widths), every nested width is scored as well, as ``width_<w>/macro_f1`` and
+    friends.
     """
     holdout = federation.holdout
     model = build_model(
         cfg.model.name, federation.in_channels, federation.num_classes, cfg.model.width
     )
-    widths = list(cfg.strategy.get("evaluate_widths") or [])
+    chosen = cfg.strategy.get("evaluate_widths")
+    widths = list(WIDTH_LEVELS) if chosen is True else list(chosen or [])
 
     def evaluate_holdout(_: int, arrays: ArrayRecord) -> dict[str, float]:
         if len(holdout) == 0:

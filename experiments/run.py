@@ -19,27 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from clients.app import make_client_app
-from experiments.compose import (
-    CONFIG_DIR,
-    ConfigError,
-    client_mods,
-    client_settings,
-    federation_spec,
-    load_config,
-    wrap_strategy,
-)
+from experiments.compose import CONFIG_DIR, client_mods
 from experiments.report import print_summary
 from experiments.server import prepare_run
-
-__all__ = [  # the pieces scripts and tests compose runs from
-    "ConfigError",
-    "client_settings",
-    "federation_spec",
-    "load_config",
-    "main",
-    "run_experiment",
-    "wrap_strategy",
-]
 
 
 def run_experiment(

@@ -17,12 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from clients.app import ClientSettings
 from experiments.compose import (
     ConfigError,
-    build_strategy,
+    build_stack,
     client_settings,
     federation_spec,
     fleet_config,
-    server_evaluator,
-    wrap_strategy,
 )
 from experiments.report import summarize_run
 from experiments.sinks import RoundProgress, RunFiles, WandbTracking, truncate_outputs
@@ -30,11 +28,11 @@ from fedhar.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fedhar.federation import Federation, load_federation
 from fedhar.models import build_model
 from fedhar.records import RoundSink
-from fedhar.train import seed_everything
+from fedhar.seeding import seed_everything
 from fedhar.wire import numpy_to_arrays, state_to_arrays
-from strategies.checkpointing import Checkpointing, restore_state
-from strategies.fleet import FleetDirectory, RunInfo
-from strategies.tracking import Tracking
+from strategies.checkpointing import restore_state
+from strategies.enrollment import enroll
+from strategies.run_info import RunInfo
 
 log = logging.getLogger("fedhar")
 
@@ -45,6 +43,7 @@ class ServerRun:
 
     cfg: DictConfig
     run_dir: Path
+    run: RunInfo
     settings: ClientSettings
     num_clients: int
     strategy: Strategy
@@ -53,7 +52,7 @@ class ServerRun:
     sinks: list[RoundSink]
 
     def serve(self, grid: Grid) -> None:
-        """Run the remaining rounds on ``grid``."""
+        """Enroll the fleet once, then run the remaining rounds on ``grid``."""
         cfg = self.cfg
         width = float(cfg.model.width)
         train_config = ConfigRecord(
@@ -65,6 +64,7 @@ class ServerRun:
             }
         )
         wait_for_fleet(grid, self.num_clients, cfg.runtime.round_timeout_s)
+        enroll(grid, self.run, cfg.runtime.round_timeout_s)
         self.strategy.start(
             grid=grid,
             initial_arrays=self.initial_arrays,
@@ -98,11 +98,11 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
         run_id=run_dir.name,
         seed=cfg.seed,
         run_dir=run_dir,
-        directory=FleetDirectory(),
         device_kinds={name: profile.kind for name, profile in catalogue.items()},
     )
-    strategy = build_strategy(cfg, len(federation.clients), run)
     rounds_done, start = _start_state(cfg, run_dir, federation)
+    sinks = _sinks(cfg, run_dir, rounds_done)
+    strategy = build_stack(cfg, federation, run, sinks, rounds_done)
     if rounds_done:
         restore_state(strategy, start.strategy_state)
         initial_arrays = numpy_to_arrays(start.arrays)
@@ -116,14 +116,13 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
             log.warning("resuming %s after round %d", run_dir, rounds_done)
     else:
         initial_arrays = start
-    sinks = _sinks(cfg, run_dir, rounds_done)
-    tracked = Tracking(wrap_strategy(cfg, strategy, run), server_evaluator(cfg, federation), sinks)
     return ServerRun(
         cfg=cfg,
         run_dir=run_dir,
+        run=run,
         settings=client_settings(cfg, federation),
         num_clients=len(federation.clients),
-        strategy=Checkpointing(tracked, run_dir, seed=cfg.seed, rounds_done=rounds_done),
+        strategy=strategy,
         initial_arrays=initial_arrays,
         rounds_done=rounds_done,
         sinks=sinks,

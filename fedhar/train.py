@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from fedhar.metrics import accuracy, confusion_matrix, macro_f1
+from fedhar.seeding import seed_everything
 
 
 @dataclass(frozen=True)
@@ -40,21 +40,6 @@ class EvalResult:
     accuracy: float
     macro_f1: float
     confusion: np.ndarray  # (K, K) rows true, columns predicted
-
-
-def derive_seed(base: int, *parts: int) -> int:
-    """A 32-bit seed that depends only on ``base`` and ``parts`` (e.g. round, node)."""
-    return int(np.random.SeedSequence([base, *parts]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python's, numpy's and torch's global generators; return one for the data order."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator
 
 
 def train_local(

@@ -16,12 +16,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from fedhar.transport.keys import DevicePublicKeys
+
 ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 CLIENT_KEY = "client"  # ConfigRecord with the replying user's identity (strings)
 TRAINED_KEY = "trained"  # ConfigRecord {"names": [...]}: state keys the local update changed
 NODE_KEY = "node"  # ConfigRecord answering enrollment (NodeInfo)
+NODE_KEYS_KEY = "node-keys"  # ConfigRecord {"signing": bytes, "exchange": bytes}: device keys
 DECLINE_KEY = "decline"  # ConfigRecord sent instead of an update when a client cannot train
 
 # Compressed transport (strategies.compression, clients.compression).
@@ -98,14 +101,14 @@ class TrainReport:
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """A node's answer to enrollment: who it is, what it can train, how it signs."""
+    """A node's answer to enrollment: who it is and what it can train (its keys travel beside
+    it, into the server's key registry)."""
 
     node_id: int
     partition_id: int
     user: str
     device: str
     max_width: float  # widest width its SRAM allows; 0.0 when nothing fits
-    signing_key: bytes  # raw Ed25519 public key of the device identity
 
 
 @dataclass(frozen=True)
@@ -153,10 +156,6 @@ def eval_instructions_from_config(config: ConfigRecord) -> EvalInstructions:
 
 def identity_from_record(record: ConfigRecord) -> ClientIdentity:
     return _from_record(ClientIdentity, record)
-
-
-def train_report_from_record(record: MetricRecord) -> TrainReport:
-    return _from_record(TrainReport, record)
 
 
 def eval_report_from_record(record: MetricRecord) -> EvalReport:
@@ -258,12 +257,22 @@ def metric_value(content: RecordDict, name: str, default: float | None = None) -
     return float(value)
 
 
-def node_info_record(info: NodeInfo) -> RecordDict:
-    return RecordDict({NODE_KEY: to_config_record(info)})
+def node_info_record(info: NodeInfo, keys: DevicePublicKeys) -> RecordDict:
+    """An enrollment reply: the node's info and its device's public keys."""
+    key_record = ConfigRecord({"signing": keys.signing, "exchange": keys.exchange})
+    return RecordDict({NODE_KEY: to_config_record(info), NODE_KEYS_KEY: key_record})
 
 
-def node_info_from_record(content: RecordDict) -> NodeInfo:
-    return _from_record(NodeInfo, content.config_records[NODE_KEY])
+def node_info_from_record(content: RecordDict) -> tuple[NodeInfo, DevicePublicKeys]:
+    """The node's info and public keys; ValueError when the keys are missing or malformed."""
+    info = _from_record(NodeInfo, content.config_records[NODE_KEY])
+    record = content.config_records.get(NODE_KEYS_KEY)
+    if record is None:
+        raise ValueError(f"enrollment reply of node {info.node_id} has no {NODE_KEYS_KEY!r}")
+    signing, exchange = record.get("signing"), record.get("exchange")
+    if not isinstance(signing, bytes) or not isinstance(exchange, bytes):
+        raise ValueError(f"{NODE_KEYS_KEY!r} of node {info.node_id} must hold two byte keys")
+    return info, DevicePublicKeys(signing, exchange)
 
 
 def eval_reply(report: EvalReport, identity: ClientIdentity) -> RecordDict:

@@ -21,21 +21,14 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedhar.checkpoint import Checkpoint, save_checkpoint
-from fedhar.train import derive_seed
+from fedhar.seeding import derive_seed
 from fedhar.wire import arrays_to_numpy
-from strategies.wrapper import StrategyWrapper
+from strategies.wrapper import StrategyWrapper, innermost
 
 # Attributes of Flower's strategies that carry state from round to round (FedOpt family:
 # FedAdam, FedYogi, FedAdagrad keep the current arrays and their moment estimates).
 STATEFUL_ATTRIBUTES = ("current_arrays", "m_t", "v_t")
 _SAMPLE_TRAIN, _SAMPLE_EVALUATE = 1, 2
-
-
-def innermost(strategy: Strategy) -> Strategy:
-    """Follow ``.strategy`` through wrappers to the algorithm they wrap."""
-    while isinstance(getattr(strategy, "strategy", None), Strategy):
-        strategy = strategy.strategy  # type: ignore[attr-defined]
-    return strategy
 
 
 def export_state(strategy: Strategy) -> dict[str, dict[str, np.ndarray]]:

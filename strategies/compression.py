@@ -3,7 +3,7 @@
 Pairs with ``clients.compression.compression_mod``. ``configure_train`` passes the inner
 strategy's messages through and remembers, per node, the arrays it sent (when that node's
 downlink bit width is below 32 it first encodes the float tensors with
-``fedhar.codec.encode_state`` and remembers the model as the client will decode it). The
+``fedhar.transport.codec.encode_state`` and remembers the model as the client will decode it). The
 downlink bit width is ``downlink_bits``, or ``downlink_bits_by_kind`` of the node's device kind
 (``{"mcu": 8}``: microcontrollers download the global model as int8, phones as float32).
 ``aggregate_train`` turns every ``compressed`` reply back into a plain ``arrays`` ArrayRecord,
@@ -18,7 +18,7 @@ its reason, counted, and dropped: it never reaches the inner strategy or the glo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from logging import INFO, WARNING
+from logging import INFO
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,8 +27,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedhar.codec import PayloadError, check_bits, decode_state, decode_update, encode_state
-from fedhar.payload import (
+from fedhar.transport.codec import (
+    PayloadError,
+    check_bits,
+    decode_state,
+    decode_update,
+    encode_state,
+)
+from fedhar.transport.payload import (
     fp32_payload_bytes,
     from_bytes,
     schema_to_bytes,
@@ -45,7 +51,16 @@ from fedhar.wire import (
 from strategies.wrapper import StrategyWrapper
 
 if TYPE_CHECKING:
-    from strategies.fleet import RunInfo
+    from strategies.run_info import RunInfo
+
+
+class UpdateRejected(Exception):
+    """A reply that is not a compressed update of the model this node was sent."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
 
 
 def float_schema(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -81,6 +96,9 @@ class CompressedUpdates(StrategyWrapper):
         for the nodes of that kind (needs ``run``).
     """
 
+    prefix = "compression"
+    stack_rank = 10  # decodes into plain arrays for the wrappers and the algorithm inside it
+
     def __init__(
         self,
         strategy: Strategy,
@@ -98,25 +116,12 @@ class CompressedUpdates(StrategyWrapper):
         super().__init__(strategy)
         self.run = run
         self.bits, self.downlink_bits, self.downlink_bits_by_kind = bits, downlink_bits, by_kind
-        self.rejections: list[tuple[int, str]] = []  # (node id, reason) of the current round
         self._sent: dict[int, dict[str, torch.Tensor]] = {}
-        self._bytes = {"up": 0, "up-fp32": 0, "down": 0}
 
     def summary(self) -> None:
         log(INFO, "\t├──> CompressedUpdates: %d-bit uplink, %d-bit downlink %s around:",
             self.bits, self.downlink_bits, self.downlink_bits_by_kind or "")  # fmt: skip
         self.strategy.summary()
-
-    def round_stats(self) -> dict[str, float]:
-        """Rejections and exact payload bytes of the current round, under ``compression/``.
-
-        Rejections also count as ``dropped/compression``. ``bytes-up-fp32`` is what the accepted
-        updates would take as dense float32 in the same framing: up-fp32 / up is the round's
-        reduction factor.
-        """
-        rejected = float(len(self.rejections))
-        stats = {f"compression/bytes-{k}": float(v) for k, v in self._bytes.items()}
-        return {"compression/rejected": rejected, "dropped/compression": rejected, **stats}
 
     def node_downlink_bits(self, node_id: int) -> int:
         """The downlink bit width of ``node_id``: by its device kind, else ``downlink_bits``."""
@@ -131,11 +136,6 @@ class CompressedUpdates(StrategyWrapper):
                 "downlink_bits_by_kind needs a fleet of catalogued devices"
             )
         return self.downlink_bits_by_kind.get(kind, self.downlink_bits)
-
-    def round_rejections(self) -> list[tuple[int, str]]:
-        """(node id, reason) of the updates rejected this round; Tracking counts them as
-        those clients' failures."""
-        return [(node, f"compressed update rejected: {reason}") for node, reason in self.rejections]
 
     def _encode_downlink(
         self, content: RecordDict, bits: int
@@ -159,8 +159,10 @@ class CompressedUpdates(StrategyWrapper):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        self.rejections, self._sent = [], {}
-        self._bytes = {"up": 0, "up-fp32": 0, "down": 0}
+        self.start_round()
+        for direction in ("up", "up-fp32", "down"):
+            self.count(f"bytes-{direction}", 0)
+        self._sent = {}
         encoded: dict[tuple[int, int], tuple[RecordDict, dict[str, torch.Tensor]]] = {}
         for message in messages:
             bits = self.node_downlink_bits(message.metadata.dst_node_id)
@@ -172,7 +174,7 @@ class CompressedUpdates(StrategyWrapper):
                     encoded[key] = self._encode_downlink(message.content, bits)
                 content, sent = encoded[key]
                 message.content = content
-                self._bytes["down"] += len(content[COMPRESSED_KEY]["payload"])  # type: ignore[arg-type]
+                self.count("bytes-down", len(content[COMPRESSED_KEY]["payload"]))  # type: ignore[arg-type]
             personal = set(personal_names(message.content))  # never sent back up
             self._sent[message.metadata.dst_node_id] = {
                 name: t for name, t in sent.items() if name not in personal
@@ -183,13 +185,15 @@ class CompressedUpdates(StrategyWrapper):
         """The reply with its compressed delta applied to what that node was sent."""
         node = message.metadata.src_node_id
         if COMPRESSED_KEY not in message.content.config_records:
-            raise PayloadError("reply carries no compressed update; is compression_mod set?")
+            raise UpdateRejected(
+                "not-compressed", "reply carries no compressed update; is compression_mod set?"
+            )
         if node not in self._sent:
-            raise PayloadError(f"node {node} was sent no model this round")
+            raise UpdateRejected("unexpected-node", f"node {node} was sent no model this round")
         payload = message.content.config_records[COMPRESSED_KEY].get("payload")
         arrays = apply_update(self._sent[node], payload, self.bits)
-        self._bytes["up"] += len(payload)  # type: ignore[arg-type]
-        self._bytes["up-fp32"] += fp32_payload_bytes(float_schema(self._sent[node]))
+        self.count("bytes-up", len(payload))  # type: ignore[arg-type]
+        self.count("bytes-up-fp32", fp32_payload_bytes(float_schema(self._sent[node])))
         content = RecordDict({k: v for k, v in message.content.items() if k != COMPRESSED_KEY})
         content[ARRAYS_KEY] = arrays
         message.content = content
@@ -205,9 +209,9 @@ class CompressedUpdates(StrategyWrapper):
                 continue
             try:
                 kept.append(self._decode(message))
+                self.accept()
+            except UpdateRejected as rejected:
+                self.reject(message.metadata.src_node_id, rejected.code, rejected.detail)
             except PayloadError as error:
-                node = message.metadata.src_node_id
-                self.rejections.append((node, error.reason))
-                log(WARNING, "round %d: rejected update of node %d: %s",
-                    server_round, node, error.reason)  # fmt: skip
+                self.reject(message.metadata.src_node_id, "bad-payload", error.reason)
         return self.strategy.aggregate_train(server_round, kept)

@@ -2,27 +2,28 @@
 
 Pairs with ``clients.encryption.encryption_mod``. The server holds one X25519/Ed25519 key pair
 per run and sends its public keys and fingerprint in every train message's config. Each reply's
-envelope (``fedhar.crypto``) is verified against the signing key the node enrolled with
-(``RunInfo.directory``), bound to this run, round and node, checked against one replay guard
-for the run, decrypted, and parsed back into the exact records the client's handler produced.
+envelope (``fedhar.transport.envelope``) is verified against the signing key the node enrolled
+with (the run's key registry, ``RunInfo.keys``, filled at enrollment), bound to this run,
+round and node, checked against one replay guard for the run, decrypted, and parsed back into
+the exact records the client's handler produced. The downlink is sealed to the device's
+enrolled X25519 key.
 
-A reply that fails any check is counted under its reason code, logged and dropped: the round
-goes on, nothing is raised, and the inner strategy never sees it. Besides the envelope's own
-codes (``fedhar.crypto.RejectReason``) the wrapper rejects with ``not-sealed`` (no envelope,
-or a decline that carries payload records in clear), ``bad-payload`` (the opened bytes are not
-well-formed records) and ``clear-mismatch`` (a record left in clear differs from its sealed
-copy, e.g. a forged ``num-examples``).
+A reply that fails any check is rejected under its reason code (``encryption/rejected/<code>``),
+logged and dropped: the round goes on, nothing is raised, and the inner strategy never sees
+it. Besides the envelope's own codes (``fedhar.transport.envelope.RejectReason``) the wrapper
+rejects with ``not-sealed`` (no envelope, or a decline that carries payload records in clear),
+``bad-payload`` (the opened bytes are not well-formed records) and ``clear-mismatch`` (a
+record left in clear differs from its sealed copy, e.g. a forged ``num-examples``).
 
-Keys derived from the run seed make runs reproducible and let a resumed run keep its key, but
-they are only as secret as the seed: fine for simulation, wrong for a deployment, where
-``seeded_keys=False`` draws them from the OS.
+Server keys derived from the run seed make runs reproducible and let a resumed run keep its
+key, but they are only as secret as the seed: fine for simulation, wrong for a deployment,
+where ``seeded_keys=False`` draws them from the OS.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -31,7 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedhar.crypto import (
+from fedhar.transport.envelope import (
     EnvelopeContext,
     EnvelopePolicy,
     EnvelopeRejected,
@@ -39,7 +40,7 @@ from fedhar.crypto import (
     open_envelope,
     seal_for_device,
 )
-from fedhar.keys import DeviceIdentity, ServerKeyPair
+from fedhar.transport.keys import ServerKeyPair
 from fedhar.wire import (
     CONFIG_KEY,
     PAYLOAD_FORMAT,
@@ -57,7 +58,7 @@ from fedhar.wire import (
     record_from_bytes,
     record_to_bytes,
 )
-from strategies.fleet import RunInfo
+from strategies.run_info import RunInfo
 from strategies.wrapper import StrategyWrapper
 
 logger = logging.getLogger("fedhar")
@@ -107,10 +108,6 @@ def restore_reply(clear: RecordDict, opened: RecordDict) -> RecordDict:
     return opened
 
 
-def _fresh_stats() -> defaultdict[str, float]:
-    return defaultdict(float, {"accepted": 0.0, "rejected": 0.0, "dropped/rejected": 0.0})
-
-
 class EncryptedTransport(StrategyWrapper):
     """Wraps ``strategy``; only verified, decrypted updates reach it.
 
@@ -119,8 +116,8 @@ class EncryptedTransport(StrategyWrapper):
     strategy : Strategy
         The wrapped strategy (any, partial-model ones included).
     run : RunInfo
-        The run: its id binds envelopes, its seed derives keys, its directory holds the
-        device signing keys checked at enrollment.
+        The run: its id binds envelopes, its seed derives the server keys, its key registry
+        holds the devices' public keys, registered at enrollment.
     aead_allowed : Sequence[str]
         Algorithms accepted on the uplink; the first also seals the downlink.
     max_payload_bytes : int
@@ -132,6 +129,9 @@ class EncryptedTransport(StrategyWrapper):
     seeded_keys : bool
         Derive the server keys from the run seed (reproducible) or draw them at random.
     """
+
+    prefix = "encryption"
+    stack_rank = 20  # opens sealed updates, then the codec inside it decodes them
 
     def __init__(
         self,
@@ -156,23 +156,12 @@ class EncryptedTransport(StrategyWrapper):
         self.downlink = downlink
         self.keys = ServerKeyPair.from_seed(run.seed) if seeded_keys else ServerKeyPair.generate()
         self.guard = ReplayGuard()  # one per run: an envelope opens once
-        self._stats = _fresh_stats()
-        self._rejections: list[tuple[int, str]] = []  # (node id, reason) of this round
         logger.info("run %s: server key fingerprint %s", run.run_id, self.keys.fingerprint())
 
     def summary(self) -> None:
         log(logging.INFO, "\t├──> Encrypted transport, server key %s, AEADs %s, downlink %s",
             self.keys.fingerprint(), sorted(self.policy.allowed_aeads), self.downlink)  # fmt: skip
         self.strategy.summary()
-
-    def round_stats(self) -> dict[str, float]:
-        """Accepted and rejected updates (by reason) and transport cost of this round."""
-        return dict(sorted(self._stats.items()))
-
-    def round_rejections(self) -> list[tuple[int, str]]:
-        """(node id, reason) of this round's rejected envelopes; Tracking counts them as
-        those clients' failures."""
-        return list(self._rejections)
 
     def _key_config(self, server_round: int) -> dict[str, bytes | str | int]:
         return {
@@ -200,22 +189,21 @@ class EncryptedTransport(StrategyWrapper):
 
     def _seal_model(self, model: RecordDict, node_id: int, server_round: int) -> ConfigRecord:
         started = time.perf_counter()
-        if node_id not in self.run.directory:
-            raise ValueError(f"node {node_id} is not enrolled; cannot seal the model to it")
-        partition_id = self.run.directory[node_id].partition_id
-        device = DeviceIdentity.from_seed(self.run.seed, partition_id)  # simulated enrollment
+        device_key = self.run.keys.exchange_key(node_id)
+        if device_key is None:
+            raise ValueError(f"node {node_id} has no enrolled keys; cannot seal the model to it")
         context = EnvelopeContext(self.run.run_id, server_round, node_id, "global-model",
                                   PAYLOAD_FORMAT)  # fmt: skip
         envelope = seal_for_device(
-            record_to_bytes(model), context, device.public_bytes(), self.keys, self.downlink_aead
+            record_to_bytes(model), context, device_key, self.keys, self.downlink_aead
         )
-        self._stats["transport/downlink-seal-seconds"] += time.perf_counter() - started
+        self.count("downlink-seal-seconds", time.perf_counter() - started)
         return ConfigRecord({"envelope": envelope})
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._stats, self._rejections = _fresh_stats(), []
+        self.start_round()
         messages = self.strategy.configure_train(server_round, arrays, config, grid)
         return [self._prepare(m, server_round) for m in messages]
 
@@ -225,17 +213,17 @@ class EncryptedTransport(StrategyWrapper):
         if not isinstance(envelope, bytes):
             raise PayloadRejected("not-sealed", "reply carries no envelope")
         node_id = reply.metadata.src_node_id
-        signer = self.run.directory[node_id].signing_key if node_id in self.run.directory else None
+        signer = self.run.keys.signing_key(node_id)
         expected = EnvelopeContext(
             self.run.run_id, server_round, node_id, "train-reply", PAYLOAD_FORMAT
         )
         payload = open_envelope(envelope, expected, self.keys, signer, self.policy, self.guard)
         content = restore_reply(reply.content, parse_payload(payload))
-        self._stats["transport/envelope-bytes"] += len(envelope)
+        self.count("envelope-bytes", len(envelope))
         overhead = len(envelope) - content_nbytes(
             RecordDict({k: content[k] for k in PAYLOAD_KEYS if k in content})
         )
-        self._stats["transport/overhead-bytes"] += overhead
+        self.count("overhead-bytes", overhead)
         return Message(metadata=reply.metadata, content=content)  # type: ignore[call-overload]
 
     def _count_transport(self, reply: Message) -> None:
@@ -243,7 +231,7 @@ class EncryptedTransport(StrategyWrapper):
         for name in ("seal-seconds", "open-seconds"):
             value = None if record is None else record.get(name)
             if isinstance(value, float) and np.isfinite(value):
-                self._stats[f"transport/client-{name}"] += value
+                self.count(f"client-{name}", value)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -256,7 +244,8 @@ class EncryptedTransport(StrategyWrapper):
             if decline_reason(reply.content) is not None:
                 clear = [key for key in PAYLOAD_KEYS if key in reply.content]
                 if clear:  # a decline carries no update: its clear arrays must not be aggregated
-                    self._reject(reply, "not-sealed", f"decline carries clear records {clear}")
+                    self.reject(reply.metadata.src_node_id, "not-sealed",
+                                f"decline carries clear records {clear}")  # fmt: skip
                 else:
                     kept.append(reply)
                 continue
@@ -264,19 +253,11 @@ class EncryptedTransport(StrategyWrapper):
             try:
                 kept.append(self._open(server_round, reply))
                 self._count_transport(reply)
-                self._stats["accepted"] += 1
+                self.accept()
             except (EnvelopeRejected, PayloadRejected) as rejection:
-                self._reject(reply, str(rejection.reason), rejection.detail)
-            self._stats["transport/server-open-seconds"] += time.perf_counter() - started
+                self.reject(reply.metadata.src_node_id, str(rejection.reason), rejection.detail)
+            self.count("server-open-seconds", time.perf_counter() - started)
         return self.strategy.aggregate_train(server_round, kept)
-
-    def _reject(self, reply: Message, reason: str, detail: str) -> None:
-        self._stats["rejected"] += 1
-        self._stats["dropped/rejected"] += 1
-        self._stats[f"rejected/{reason}"] += 1
-        self._rejections.append((reply.metadata.src_node_id, f"envelope rejected: {reason}"))
-        log(logging.WARNING, "update from node %d rejected (%s): %s",
-            reply.metadata.src_node_id, reason, detail)  # fmt: skip
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedhar.widths import FedRolexWidths, WidthPolicy
+from fedhar.partial.widths import FedRolexWidths, WidthPolicy
 from strategies.masked import MaskedFedAvg
 
 

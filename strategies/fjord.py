@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedhar.widths import FjORDWidths, WidthPolicy
+from fedhar.partial.widths import FjORDWidths, WidthPolicy
 from strategies.masked import MaskedFedAvg
 
 
@@ -11,7 +11,7 @@ class FjORD(MaskedFedAvg):
 
     Each round, a node trains a width drawn uniformly from the levels its device can hold,
     seeded by (run seed, round, node), so the global model stays good at every width. The
-    paper draws per local batch; here the draw is per round (`fedhar.widths.FjORDWidths`).
+    paper draws per local batch; here the draw is per round (`fedhar.partial.widths.FjORDWidths`).
 
     Horváth, Laskaridis, Almeida, Leontiadis, Venieris, Lane. "FjORD: Fair and Accurate
     Federated Learning under Heterogeneous Targets with Ordered Dropout." NeurIPS 2021.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedhar.widths import HeteroFLWidths, WidthPolicy
+from fedhar.partial.widths import HeteroFLWidths, WidthPolicy
 from strategies.masked import MaskedFedAvg
 
 

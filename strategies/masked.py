@@ -1,10 +1,11 @@
 """Masked FedAvg: every node trains its own sub-model; each element averages over its trainers.
 
-Per round and node, a width policy (`fedhar.widths`) picks the sub-model the node's largest
-width allows, the node gets that sub-state and its width, and its reply is scattered back into
-global coordinates. Only the entries the reply lists as trained count; elements nobody trained
-keep their value (`fedhar.aggregate.aggregate_masked`). A reply whose entries or shapes differ
-from what the node was sent is rejected with a reason, counted, and left out.
+Per round and node, a width policy (`fedhar.partial.widths`) picks the sub-model the node's
+largest width allows, the node gets that sub-state and its width, and its reply is scattered
+back into global coordinates. Only the entries the reply lists as trained count; elements
+nobody trained keep their value (`fedhar.partial.aggregate.aggregate_masked`). A reply whose
+entries or shapes differ from what the node was sent is rejected (``partial/rejected/<code>``)
+and left out.
 
 Personal entries (FedPer, FedRep, FedBN: `strategies.personal`) stay on the nodes. The server
 sends them to a node only until that node has replied once (so a node always has a starting
@@ -15,7 +16,6 @@ aggregates them: the global copy keeps its initial values.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
@@ -27,10 +27,10 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 from torch import nn
 
-from fedhar.aggregate import Contribution, aggregate_masked
 from fedhar.models import build_model
-from fedhar.partial import SubModelSpec, extract, scatter, slice_width
-from fedhar.widths import DEFAULT_LEVELS, HeteroFLWidths, WidthAssignment, WidthPolicy
+from fedhar.partial.aggregate import Contribution, aggregate_masked
+from fedhar.partial.spec import SubModelSpec, extract, scatter, slice_width
+from fedhar.partial.widths import WIDTH_LEVELS, HeteroFLWidths, WidthAssignment, WidthPolicy
 from fedhar.wire import (
     METRICS_KEY,
     PERSONAL_NAMES_KEY,
@@ -39,7 +39,8 @@ from fedhar.wire import (
     state_to_arrays,
     trained_names,
 )
-from strategies.fleet import RunInfo
+from strategies.run_info import RunInfo
+from strategies.wrapper import RoundReport
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def infer_dims(model_name: str, state: dict[str, Any]) -> tuple[int, int]:
     return in_channels, num_classes
 
 
-class MaskedFedAvg(FedAvg):
+class MaskedFedAvg(RoundReport, FedAvg):
     """FedAvg over sub-models: per-node sub-states down, masked averaging up.
 
     Parameters
@@ -96,10 +97,12 @@ class MaskedFedAvg(FedAvg):
         Passed to Flower's ``FedAvg`` (sampling fractions, minimum nodes, record keys).
     """
 
+    prefix = "partial"
+
     def __init__(
         self,
         model: str = "microbi_convlstm",
-        levels: tuple[float, ...] = DEFAULT_LEVELS,
+        levels: tuple[float, ...] = WIDTH_LEVELS,
         run: RunInfo | None = None,
         **kwargs: Any,
     ) -> None:
@@ -115,8 +118,6 @@ class MaskedFedAvg(FedAvg):
         self._sent: dict[int, SentSpec] = {}
         self._global: dict[str, Any] = {}
         self._holds_personal: set[int] = set()
-        self._stats: Counter[str] = Counter()
-        self._rejections: list[tuple[int, str]] = []  # (node id, reason) of this round
 
     def width_policy(self) -> WidthPolicy:
         """The full model for every node that can hold it: masked FedAvg over training plans."""
@@ -129,11 +130,6 @@ class MaskedFedAvg(FedAvg):
     def summary(self) -> None:
         log(INFO, "\t├──> %s of %s at widths %s", type(self).__name__, self.model, self.levels)
         super().summary()
-
-    def round_stats(self) -> dict[str, float]:
-        """This round's rejected replies (by reason), nodes that sat out (no width fits), and
-        contributors per layer, under ``partial/``; rejections also count as ``dropped/``."""
-        return {key: float(value) for key, value in sorted(self._stats.items())}
 
     def _max_width(self, node_id: int) -> float:
         """The node's largest width: 1.0 without a run, 0.0 (sits out) if it never enrolled."""
@@ -174,18 +170,13 @@ class MaskedFedAvg(FedAvg):
             {self.arrayrecord_key: state_to_arrays(sub_state), self.configrecord_key: node_config}
         )
 
-    def round_rejections(self) -> list[tuple[int, str]]:
-        """(node id, reason) of this round's rejected replies; Tracking counts them as those
-        clients' failures."""
-        return list(self._rejections)
-
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample as FedAvg does, then send each node the sub-model its width allows."""
         self._prepare(arrays)
-        self._stats, self._sent, self._specs = Counter(), {}, {}
-        self._rejections = []
+        self.start_round()
+        self._sent, self._specs = {}, {}
         messages = []
         for sampled in super().configure_train(server_round, arrays, config, grid):
             node_id = sampled.metadata.dst_node_id
@@ -193,7 +184,7 @@ class MaskedFedAvg(FedAvg):
                 assignment = self.policy.assign(self._max_width(node_id), server_round, node_id)
             except ValueError as too_small:
                 log(INFO, "node %d sits out round %d: %s", node_id, server_round, too_small)
-                self._stats["partial/skipped"] += 1
+                self.count("skipped")
                 continue
             spec = self._spec(assignment)
             expected = tuple(n for n in spec.names if n not in self._personal)
@@ -254,13 +245,10 @@ class MaskedFedAvg(FedAvg):
         for reply in valid:
             reason = self._reject_reason(reply)
             if reason is not None:
-                node_id = reply.metadata.src_node_id
-                log(WARNING, "rejected reply from node %d: %s", node_id, reason)
-                self._stats["partial/rejected"] += 1
-                self._stats["dropped/partial-mismatch"] += 1  # Tracking: not a successful update
-                self._stats[f"partial/rejected/{reason.split(':', 1)[0]}"] += 1
-                self._rejections.append((node_id, f"sub-model reply rejected: {reason}"))
+                code, _, detail = reason.partition(": ")
+                self.reject(reply.metadata.src_node_id, code, detail)
                 continue
+            self.accept()
             accepted.append(reply)
             self._holds_personal.add(reply.metadata.src_node_id)
             contribution = self._contribution(reply)
@@ -270,10 +258,11 @@ class MaskedFedAvg(FedAvg):
             return None, None
         new_state, counts = aggregate_masked(self._global, contributions)
         layers: dict[str, int] = {}
-        for name, count in counts.items():
+        for name, contributors in counts.items():
             layer = name.rpartition(".")[0] or name
-            layers[layer] = max(layers.get(layer, 0), count)
-            self._stats[f"partial/contributors/{layer}"] = layers[layer]
+            layers[layer] = max(layers.get(layer, 0), contributors)
+        for layer, contributors in layers.items():
+            self.count(f"contributors/{layer}", contributors)
         log(INFO, "aggregate_train: contributors per layer %s", layers)
         self._global = new_state
         metrics = self.train_metrics_aggr_fn([m.content for m in accepted], self.weighted_by_key)

@@ -23,8 +23,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from torch import nn
 
-from fedhar.partial import select_head, select_without_batchnorm
-from fedhar.widths import HeteroFLWidths, WidthPolicy
+from fedhar.partial.spec import select_head, select_without_batchnorm
+from fedhar.partial.widths import HeteroFLWidths, WidthPolicy
 from fedhar.wire import HEAD_EPOCHS_KEY
 from strategies.masked import MaskedFedAvg
 

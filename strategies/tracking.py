@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import INFO
 
@@ -22,11 +22,10 @@ from fedhar.wire import (
     eval_report_from_record,
     identity_from_record,
 )
-from strategies.wrapper import StrategyWrapper
+from strategies.wrapper import RoundReport, StrategyWrapper, wrapper_chain
 
 ServerEvaluate = Callable[[int, ArrayRecord], dict[str, float]]
 MAX_REASON_CHARS = 300  # keep a failing client's traceback summary readable in metrics
-DROPPED_PREFIX = "dropped/"
 NO_REPLY = "no reply within the round timeout; raise runtime.round_timeout_s for slow clients"
 
 
@@ -37,40 +36,23 @@ def summarize_error(reason: str) -> str:
     return gist.split("Message: ", 1)[-1][:MAX_REASON_CHARS]
 
 
-def wrapper_chain(strategy: Strategy) -> Iterator[object]:
-    """``strategy``, then each strategy it wraps down the ``.strategy`` chain."""
-    current: object | None = strategy
-    while current is not None:
-        yield current
-        current = getattr(current, "strategy", None)
-
-
 def collect_round_stats(strategy: Strategy) -> dict[str, float]:
-    """Merge ``round_stats()`` of every wrapper down the ``.strategy`` chain.
-
-    Keys starting with ``dropped/`` count replies a wrapper kept from aggregation (rejected,
-    late, malformed); they are subtracted from the round's successful updates.
-    """
+    """Merge ``round_stats()`` of every `RoundReport` down the wrapper stack."""
     stats: dict[str, float] = {}
     for layer in wrapper_chain(strategy):
-        round_stats = getattr(layer, "round_stats", None)
-        if callable(round_stats):
-            stats.update(round_stats())
+        if isinstance(layer, RoundReport):
+            stats.update(layer.round_stats())
     return stats
 
 
 def collect_rejections(strategy: Strategy) -> tuple[ClientFailure, ...]:
-    """Updates that wrappers down the ``.strategy`` chain rejected this round, with reasons.
-
-    A wrapper that rejects replies reports them through ``round_rejections()``, a list of
-    (node id, reason) of the current round.
-    """
-    rejected: list[ClientFailure] = []
-    for layer in wrapper_chain(strategy):
-        round_rejections = getattr(layer, "round_rejections", None)
-        if callable(round_rejections):
-            rejected += [ClientFailure(node, reason) for node, reason in round_rejections()]
-    return tuple(rejected)
+    """Replies that any `RoundReport` down the wrapper stack rejected this round, with reasons."""
+    return tuple(
+        ClientFailure(node, reason)
+        for layer in wrapper_chain(strategy)
+        if isinstance(layer, RoundReport)
+        for node, reason in layer.round_rejections()
+    )
 
 
 def failures_of(
@@ -202,14 +184,13 @@ class Tracking(StrategyWrapper):
             if self.server_evaluate is not None and progress.arrays is not None
             else {}
         )
-        extra = collect_round_stats(self.strategy)
-        dropped = sum(v for k, v in extra.items() if k.startswith(DROPPED_PREFIX))
+        rejections = collect_rejections(self.strategy)
         record = RoundRecord(
             server_round=server_round,
             wall_time_s=time.perf_counter() - progress.started,
             sampled=progress.sampled,
-            succeeded=progress.succeeded - int(dropped),
-            failures=progress.failures + collect_rejections(self.strategy),
+            succeeded=progress.succeeded - len(rejections),
+            failures=progress.failures + rejections,
             declines=progress.declines,
             bytes_down=progress.bytes_down,
             bytes_up=progress.bytes_up,
@@ -218,7 +199,7 @@ class Tracking(StrategyWrapper):
             federated=_as_floats(metrics),
             per_user=scores,
             per_user_summary=summarize_users(list(scores)) if scores else None,
-            extra=extra,
+            extra=collect_round_stats(self.strategy),
             evaluate_failures=evaluate_failures,
         )
         for sink in self.sinks:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Message
+
+from tests.helpers.grids import InProcessGrid
+from tests.helpers.replies import make_reply
 
 torch.set_num_threads(1)
 
@@ -51,49 +52,12 @@ def sp_sw_har_dir() -> Path:
     return root
 
 
-class InProcessGrid:
-    """Routes messages straight to a ClientApp in this process: whole rounds without Ray.
-
-    A handler that raises becomes an error reply, as in Flower's simulation runtime.
-    """
-
-    def __init__(
-        self,
-        app: Any,
-        num_nodes: int,
-        first_node_id: int = 101,
-        run_config: dict[str, Any] | None = None,
-    ) -> None:
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = (
-            1,
-            0,
-            1,
-        )  # as the runtime sets
-        self.app = app
-        self.contexts = {
-            first_node_id + i: Context(
-                run_id=1,
-                node_id=first_node_id + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config=dict(run_config or {}),
-            )
-            for i in range(num_nodes)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages: Any, timeout: float | None = None) -> list[Message]:
-        replies = []
-        for message in messages:
-            try:
-                replies.append(self.app(message, self.contexts[message.metadata.dst_node_id]))
-            except Exception as error:  # the runtime turns a raising handler into an error reply
-                replies.append(Message(Error(code=0, reason=repr(error)), reply_to=message))
-        return replies
-
-
 @pytest.fixture
 def in_process_grid() -> type[InProcessGrid]:
     return InProcessGrid
+
+
+@pytest.fixture
+def reply() -> Callable[..., Message]:
+    """`tests.helpers.replies.make_reply`, as a fixture."""
+    return make_reply

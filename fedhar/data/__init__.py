@@ -10,13 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from fedhar.data.byod import ByodConfig, load_byod
-from fedhar.data.dataset import ACC_GYRO_CHANNELS, Recording, WindowDataset
-from fedhar.data.resample import resample_uniform
+from fedhar.data.dataset import WindowDataset
 from fedhar.data.sp_sw_har import SpSwHarConfig, load_sp_sw_har
-from fedhar.data.splits import split_chronological, split_users
 from fedhar.data.synthetic import SyntheticConfig, load_synthetic
 from fedhar.data.uci_har import UciHarConfig, load_uci_har
-from fedhar.data.windows import window_recordings
 
 LOADERS: dict[str, tuple[type, Callable[[Any], WindowDataset]]] = {
     "synthetic": (SyntheticConfig, load_synthetic),
@@ -45,19 +42,4 @@ def load_dataset(name: str, **options: Any) -> WindowDataset:
     return LOADERS[name][1](config)
 
 
-__all__ = [
-    "ACC_GYRO_CHANNELS",
-    "DATASET_NAMES",
-    "ByodConfig",
-    "Recording",
-    "SpSwHarConfig",
-    "SyntheticConfig",
-    "UciHarConfig",
-    "WindowDataset",
-    "dataset_config",
-    "load_dataset",
-    "resample_uniform",
-    "split_chronological",
-    "split_users",
-    "window_recordings",
-]
+__all__ = ["DATASET_NAMES", "LOADERS", "dataset_config", "load_dataset"]

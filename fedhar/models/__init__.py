@@ -6,6 +6,8 @@ named ``head``, never flattens over time, and scales hidden sizes as ``ceil(base
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -20,15 +22,7 @@ _MODELS: dict[str, type[nn.Module]] = {
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
-__all__ = [
-    "DSCNN",
-    "MODEL_NAMES",
-    "DeepConvLSTM",
-    "MicroBiConvLSTM",
-    "build_model",
-    "count_macs",
-    "count_parameters",
-]
+__all__ = ["MODEL_NAMES", "ModelShape", "build_model", "count_macs", "count_parameters"]
 
 
 def build_model(name: str, in_channels: int, num_classes: int, width: float = 1.0) -> nn.Module:
@@ -46,6 +40,20 @@ def build_model(name: str, in_channels: int, num_classes: int, width: float = 1.
             f"need in_channels >= 1 and num_classes >= 2, got {in_channels} and {num_classes}"
         )
     return _MODELS[name](in_channels, num_classes, width)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The model a federation trains: architecture, input channels, classes, window length."""
+
+    name: str
+    in_channels: int
+    num_classes: int
+    window_length: int  # samples per window, T
+
+    def build(self, width: float = 1.0) -> nn.Module:
+        """The model at ``width``."""
+        return build_model(self.name, self.in_channels, self.num_classes, width)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedhar.models.width import scale_width
+from fedhar.models.scaling import scale_width
 
 CONV_FILTERS = 64
 CONV_LAYERS = 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedhar.models.width import scale_width
+from fedhar.models.scaling import scale_width
 
 STEM_CHANNELS = 32
 BLOCK_CHANNELS = (64, 64, 64)  # output channels of the three separable blocks

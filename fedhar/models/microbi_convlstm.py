@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedhar.models.width import scale_width
+from fedhar.models.scaling import scale_width
 
 CONV1_CHANNELS = 16  # base widths chosen to land near the ~11.4K parameters the paper reports
 CONV2_CHANNELS = 24

@@ -10,11 +10,10 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.app.metadata import Metadata
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.compression import compression_mod
-from fedhar.codec import channel_scales, decode_update
-from fedhar.payload import from_bytes
+from fedhar.transport.codec import channel_scales, decode_update
+from fedhar.transport.payload import from_bytes
 from fedhar.wire import (
     COMPRESSED_KEY,
     RESIDUAL_KEY,
@@ -25,6 +24,7 @@ from fedhar.wire import (
     state_to_arrays,
     train_reply,
 )
+from tests.helpers.identity import task_identity
 
 NODE, PARTITION = 42, 3
 G = torch.Generator().manual_seed(0)
@@ -40,10 +40,8 @@ STEP = {"conv.weight": 0.01 * torch.randn(8, 6, 5, generator=G), "conv.bias": to
 @pytest.fixture(autouse=True)
 def client_task() -> Iterator[None]:
     """Replies need the identity of the task creating them, as a ClientApp has."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, NODE
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    with task_identity(node_id=NODE):
+        yield
 
 
 def message(server_round: int = 1, kind: str = MessageType.TRAIN) -> Message:

@@ -10,11 +10,16 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.app.metadata import Metadata
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.encryption import encryption_mod
-from fedhar.crypto import EnvelopeContext, EnvelopePolicy, ReplayGuard, open_envelope, read_header
-from fedhar.keys import DeviceIdentity, ServerKeyPair
+from fedhar.transport.envelope import (
+    EnvelopeContext,
+    EnvelopePolicy,
+    ReplayGuard,
+    open_envelope,
+    read_header,
+)
+from fedhar.transport.keys import DeviceIdentity, ServerKeyPair
 from fedhar.wire import (
     ClientIdentity,
     TrainReport,
@@ -24,6 +29,7 @@ from fedhar.wire import (
     state_to_arrays,
     train_reply,
 )
+from tests.helpers.identity import task_identity
 
 SEED, NODE, PARTITION = 5, 42, 3
 SERVER = ServerKeyPair.from_seed(99)
@@ -36,10 +42,8 @@ STATE = {
 @pytest.fixture(autouse=True)
 def client_task() -> Iterator[None]:
     """Replies need the identity of the task creating them, as a ClientApp has."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, NODE
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    with task_identity(node_id=NODE):
+        yield
 
 
 def server_config(**overrides: object) -> ConfigRecord:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.personal import PersonalLayersMissing, personal_layers
 from fedhar.wire import (
@@ -22,16 +21,15 @@ from fedhar.wire import (
     train_reply,
     trained_names,
 )
+from tests.helpers.identity import task_identity
 
 PERSONAL = ["head.weight", "head.bias"]
 
 
 @pytest.fixture(autouse=True)
 def _task() -> Iterator[None]:
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    with task_identity(node_id=0):
+        yield
 
 
 def _message(state: dict[str, torch.Tensor], personal: list[str] = PERSONAL) -> Message:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.run import load_config, run_experiment
+from experiments.compose import load_config
+from experiments.run import run_experiment
 from experiments.sinks import read_metrics
 
 pytestmark = pytest.mark.e2e

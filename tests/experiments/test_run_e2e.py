@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.run import ConfigError, load_config, run_experiment
+from experiments.compose import ConfigError, load_config
+from experiments.run import run_experiment
 from experiments.sinks import read_metrics
 from fedhar.checkpoint import load_checkpoint
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedhar.train import TrainConfig, derive_seed, evaluate, train_head_first, train_local
+from fedhar.seeding import derive_seed
+from fedhar.train import TrainConfig, evaluate, train_head_first, train_local
 
 
 def _problem(n: int = 96) -> tuple[np.ndarray, np.ndarray]:

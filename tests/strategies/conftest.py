@@ -1,42 +1,15 @@
-"""Builds reply messages for strategy tests without a Grid or Ray."""
+"""Strategy tests act as the server's task: messages they create carry its identity."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import pytest
-from flwr.app import Error, Message, MessageType, RecordDict
-from flwr.app.metadata import Metadata
 
-ReplyFactory = Callable[..., Message]
+from tests.helpers.identity import task_identity
 
 
-def make_reply(
-    content: RecordDict | None = None,
-    *,
-    node_id: int = 1,
-    error_reason: str | None = None,
-    message_type: str = MessageType.TRAIN,
-) -> Message:
-    """A reply from ``node_id`` carrying ``content``, or an error if ``error_reason`` is set."""
-    metadata = Metadata(
-        run_id=1,
-        message_id="",
-        src_node_id=node_id,
-        dst_node_id=0,
-        reply_to_message_id="instruction",
-        group_id="1",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type=message_type,
-    )
-    if error_reason is not None:
-        return Message(metadata=metadata, error=Error(code=0, reason=error_reason))
-    assert content is not None
-    return Message(metadata=metadata, content=content)
-
-
-@pytest.fixture
-def reply() -> ReplyFactory:
-    return make_reply
+@pytest.fixture(autouse=True)
+def server_task() -> Iterator[None]:
+    with task_identity(node_id=0):
+        yield

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +10,11 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.compression import compression_mod
-from fedhar.codec import CodecConfig, encode_update
 from fedhar.models import build_model
-from fedhar.payload import HEADER_BYTES, to_bytes
+from fedhar.transport.codec import CodecConfig, encode_update
+from fedhar.transport.payload import HEADER_BYTES, to_bytes
 from fedhar.wire import (
     ARRAYS_KEY,
     COMPRESSED_KEY,
@@ -26,9 +25,10 @@ from fedhar.wire import (
     state_to_arrays,
 )
 from strategies.compression import CompressedUpdates
-from strategies.fleet import FleetDirectory, RunInfo
-from tests.strategies.conftest import make_reply
-from tests.strategies.fleet_helpers import FakeGrid, trained_reply
+from strategies.run_info import FleetDirectory, RunInfo
+from tests.helpers.grids import FakeGrid
+from tests.helpers.identity import act_as_node
+from tests.helpers.replies import make_reply, trained_reply
 
 NODES = [11, 12, 13]
 torch.manual_seed(0)
@@ -36,15 +36,6 @@ MODEL = build_model("microbi_convlstm", in_channels=6, num_classes=7)
 GLOBAL = {k: v.clone() for k, v in MODEL.state_dict().items()}
 FLOATS = {k: tuple(v.shape) for k, v in GLOBAL.items() if v.is_floating_point()}
 NUMEL = sum(int(np.prod(s)) for s in FLOATS.values())
-
-
-@pytest.fixture(autouse=True)
-def task() -> Iterator[None]:
-    """Messages need the identity of the task creating them."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def local_step(seed: int) -> Callable[[str, torch.Tensor], torch.Tensor]:
@@ -75,9 +66,9 @@ def client_reply(msg: Message, seed: int, **mod_args: object) -> tuple[Message, 
 
     node = msg.metadata.dst_node_id
     context = Context(1, node, {"partition-id": node}, RecordDict(), {})
-    TaskIdentity.node_id = node
+    act_as_node(node)
     reply = compression_mod(**mod_args)(msg, context, handler)  # type: ignore[arg-type]
-    TaskIdentity.node_id = 0
+    act_as_node(0)
     return make_reply(reply.content, node_id=node), plain[0]
 
 
@@ -155,8 +146,12 @@ def test_tampered_payloads_are_rejected_counted_and_never_aggregated() -> None:
     ]
     arrays, _ = wrapper.aggregate_train(1, [good, *bad])
     stats = wrapper.round_stats()
-    assert stats["compression/rejected"] == stats["dropped/compression"] == len(bad)
-    reasons = [reason for _, reason in wrapper.rejections]
+    assert stats["compression/rejected"] == len(bad)
+    assert stats["compression/accepted"] == 1
+    reasons = [reason for _, reason in wrapper.round_rejections()]
+    assert stats["compression/rejected/bad-payload"] == 5
+    assert stats["compression/rejected/not-compressed"] == 1
+    assert stats["compression/rejected/unexpected-node"] == 1
     for expected in ("truncated", "schema differs", "bit width", "non-finite", "payload bytes",
                      "no compressed update", "was sent no model"):  # fmt: skip
         assert any(expected in r for r in reasons), expected
@@ -217,7 +212,7 @@ def test_int8_downlink_is_decoded_by_the_mod_and_deltas_refer_to_it() -> None:
 
 
 def run_with_devices(devices: dict[int, str]) -> RunInfo:
-    nodes = {n: NodeInfo(n, n, f"u{n}", device, 1.0, b"") for n, device in devices.items()}
+    nodes = {n: NodeInfo(n, n, f"u{n}", device, 1.0) for n, device in devices.items()}
     kinds = {"nrf52840": "mcu", "pixel_watch": "watch", "android_phone": "phone"}
     return RunInfo("run", 0, Path("."), FleetDirectory(nodes), device_kinds=kinds)
 

@@ -10,42 +10,31 @@ import dataclasses
 import io
 import logging
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_reply
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, Strategy
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.encryption import encryption_mod
-from fedhar.crypto import (
+from fedhar.transport.envelope import (
     SIGNATURE_BYTES,
     EnvelopeContext,
     read_header,
     seal,
 )
-from fedhar.keys import DeviceIdentity
+from fedhar.transport.keys import DeviceIdentity, DevicePublicKeys
 from fedhar.wire import ClientIdentity, NodeInfo, TrainReport, record_to_bytes, train_reply
 from strategies.encryption import EncryptedTransport
-from strategies.fleet import FleetDirectory, RunInfo
+from strategies.run_info import FleetDirectory, RunInfo
+from tests.helpers.replies import make_reply
 
 SEED = 3
 NODES = {11: 0, 12: 1, 13: 2}  # Flower node id -> partition id
 VALUES = {11: 1.0, 12: 2.0, 13: 4.0}
 EXAMPLES = {11: 10, 12: 30, 13: 20}
-
-
-@pytest.fixture(autouse=True)
-def server_task() -> Iterator[None]:
-    """Messages need the identity of the task creating them, as a ServerApp has."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 class FakeGrid:
@@ -68,15 +57,18 @@ class Recorder(FedAvg):
         return super().aggregate_train(server_round, updates)
 
 
-def make_run(tmp_path: Path, directory: dict[int, NodeInfo] | None = None) -> RunInfo:
-    if directory is None:
-        directory = {
-            node: NodeInfo(
-                node, part, f"u{part}", "watch", 1.0, device(part).signing_public_bytes()
-            )
-            for node, part in NODES.items()
-        }
-    return RunInfo("run-x", SEED, tmp_path, FleetDirectory(dict(directory)))
+def make_run(
+    tmp_path: Path, identities: dict[int, DeviceIdentity] | None = None, unenrolled: tuple = ()
+) -> RunInfo:
+    """A run whose fleet enrolled the nodes of NODES but ``unenrolled``, with ``identities``
+    for their keys (default: each device's own)."""
+    nodes = {node: part for node, part in NODES.items() if node not in unenrolled}
+    directory = {n: NodeInfo(n, part, f"u{part}", "watch", 1.0) for n, part in nodes.items()}
+    run = RunInfo("run-x", SEED, tmp_path, FleetDirectory(dict(directory)))
+    for node, part in nodes.items():
+        identity = (identities or {}).get(node, device(part))
+        run.keys.register(node, identity.public_keys())
+    return run
 
 
 def device(partition: int) -> DeviceIdentity:
@@ -161,11 +153,10 @@ def assert_rejected_without_effect(
     honest = honest_replies(wrapper, server_round=server_round)
     with_bad = aggregate(wrapper, [*honest, bad], server_round)
     stats = wrapper.round_stats()
-    assert stats["rejected"] == 1 and stats[f"rejected/{reason}"] == 1, stats
-    assert stats["dropped/rejected"] == 1 and stats["accepted"] == 2
-    assert wrapper.round_rejections() == [
-        (bad.metadata.src_node_id, f"envelope rejected: {reason}")
-    ]
+    assert stats["encryption/rejected"] == 1 and stats[f"encryption/rejected/{reason}"] == 1, stats
+    assert stats["encryption/accepted"] == 2
+    [(node, why)] = wrapper.round_rejections()
+    assert node == bad.metadata.src_node_id and why.startswith(f"encryption rejected {reason}: ")
     reference = make_wrapper(tmp_path)
     alone = aggregate(reference, honest_replies(reference, server_round=server_round), server_round)
     assert with_bad.keys() == alone.keys()
@@ -184,8 +175,8 @@ def test_sealed_round_trip_aggregates_bit_for_bit_like_plain_fedavg(tmp_path: Pa
     for key, array in plain.items():
         np.testing.assert_array_equal(sealed[key], array.numpy())
     stats = wrapper.round_stats()
-    assert stats["accepted"] == 3 and stats["rejected"] == 0
-    assert stats["transport/overhead-bytes"] > 0 and stats["transport/client-seal-seconds"] > 0
+    assert stats["encryption/accepted"] == 3 and stats["encryption/rejected"] == 0
+    assert stats["encryption/overhead-bytes"] > 0 and stats["encryption/client-seal-seconds"] > 0
 
 
 def test_accepted_replies_are_restored_exactly(tmp_path: Path) -> None:
@@ -244,7 +235,7 @@ def test_replay_of_the_same_envelope_in_the_same_round(tmp_path: Path) -> None:
     replies = [make_reply(first, node_id=11), make_reply(first, node_id=11)]
     aggregate(wrapper, [*replies, *honest_replies(wrapper, nodes=(12,))])
     stats = wrapper.round_stats()
-    assert stats["rejected/replay"] == 1 and stats["accepted"] == 2
+    assert stats["encryption/rejected/replay"] == 1 and stats["encryption/accepted"] == 2
 
 
 def test_replay_of_an_earlier_round(tmp_path: Path) -> None:
@@ -288,21 +279,15 @@ def test_truncation_is_rejected(tmp_path: Path, keep: int) -> None:
 
 
 def test_wrong_signing_key_is_rejected(tmp_path: Path) -> None:
-    run = make_run(tmp_path)
-    info = run.directory[13]
-    run.directory.nodes[13] = dataclasses.replace(
-        info, signing_key=device(9).signing_public_bytes()
-    )
+    run = make_run(tmp_path, identities={13: device(9)})
     wrapper = make_wrapper(tmp_path, run=run)
     bad = make_reply(sealed_content(wrapper, 13), node_id=13)
     assert_rejected_without_effect(tmp_path, bad, "bad-signature", wrapper)
 
 
 def test_unknown_node_is_rejected(tmp_path: Path) -> None:
-    run = make_run(tmp_path)
-    wrapper = make_wrapper(tmp_path, run=run)
+    wrapper = make_wrapper(tmp_path, run=make_run(tmp_path, unenrolled=(13,)))
     content = sealed_content(wrapper, 13)
-    del run.directory.nodes[13]  # never enrolled
     assert_rejected_without_effect(
         tmp_path, make_reply(content, node_id=13), "unknown-signer", wrapper
     )
@@ -321,12 +306,9 @@ def test_oversize_payload_is_rejected(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("key", [b"\x01" * 31, bytes(32), b"\xec" + b"\xff" * 30 + b"\x7f"])
-def test_malformed_device_public_key_is_rejected(tmp_path: Path, key: bytes) -> None:
-    run = make_run(tmp_path)
-    run.directory.nodes[13] = dataclasses.replace(run.directory[13], signing_key=key)
-    wrapper = make_wrapper(tmp_path, run=run)
-    bad = make_reply(sealed_content(wrapper, 13), node_id=13)
-    assert_rejected_without_effect(tmp_path, bad, "bad-signer-key", wrapper)
+def test_malformed_device_public_key_never_reaches_the_registry(key: bytes) -> None:
+    with pytest.raises(ValueError, match="device signing key"):
+        DevicePublicKeys(key, device(2).public_bytes())
 
 
 def test_low_order_ephemeral_key_is_rejected(tmp_path: Path) -> None:
@@ -426,7 +408,7 @@ def test_declines_and_errors_pass_through(tmp_path: Path) -> None:
                make_reply(error_reason="crash", node_id=14)]  # fmt: skip
     wrapper.aggregate_train(1, replies)
     assert len(wrapper.strategy.seen) == 4  # type: ignore[attr-defined]
-    assert wrapper.round_stats()["rejected"] == 0
+    assert wrapper.round_stats()["encryption/rejected"] == 0
 
 
 @pytest.mark.parametrize("key", ["arrays", "compressed"])
@@ -458,11 +440,11 @@ def test_downlink_model_is_sealed_and_opened_by_the_device(tmp_path: Path) -> No
         RecordDict({"arrays": model})
     )
     wrapper.aggregate_train(1, [make_reply(reply.content, node_id=12)])
-    assert wrapper.round_stats()["accepted"] == 1
+    assert wrapper.round_stats()["encryption/accepted"] == 1
 
 
 def test_downlink_for_another_device_cannot_be_opened(tmp_path: Path) -> None:
-    from fedhar.crypto import EnvelopeRejected
+    from fedhar.transport.envelope import EnvelopeRejected
 
     wrapper = make_wrapper(tmp_path, downlink=True)
     message = train_messages(wrapper)[12]
@@ -491,7 +473,7 @@ E2E_TINY = [
 
 def _wrappers_get_the_run(tmp_path: Path) -> bool:
     """Whether the composition root hands wrappers the live RunInfo (not a config copy)."""
-    from experiments.run import load_config, wrap_strategy
+    from experiments.compose import load_config, wrap_strategy
 
     run = make_run(tmp_path)
     current: object = wrap_strategy(
@@ -508,7 +490,8 @@ def test_wrappers_get_the_live_run(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_sealed_run_aggregates_exactly_like_the_plain_run(tmp_path: Path) -> None:
-    from experiments.run import load_config, run_experiment
+    from experiments.compose import load_config
+    from experiments.run import run_experiment
     from experiments.sinks import read_metrics
     from fedhar.checkpoint import load_checkpoint
 
@@ -523,9 +506,9 @@ def test_sealed_run_aggregates_exactly_like_the_plain_run(tmp_path: Path) -> Non
         assert array.dtype == encrypted.arrays[key].dtype
         np.testing.assert_array_equal(array, encrypted.arrays[key])
     for row in read_metrics(tmp_path / "sealed"):
-        assert row["succeeded"] == 5 and row["extra"]["accepted"] == 5
-        assert row["extra"]["rejected"] == 0 and row["num_failures"] == 0
-        assert row["extra"]["transport/downlink-seal-seconds"] > 0
+        assert row["succeeded"] == 5 and row["extra"]["encryption/accepted"] == 5
+        assert row["extra"]["encryption/rejected"] == 0 and row["num_failures"] == 0
+        assert row["extra"]["encryption/downlink-seal-seconds"] > 0
 
 
 def compressed_client(message: Message, encrypted: bool) -> Message:

@@ -6,12 +6,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_reply
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_encryption import NODES, make_run, make_wrapper, sealed_content, with_envelope
+
+from tests.helpers.identity import task_identity
+from tests.helpers.replies import make_reply
+from tests.strategies.test_encryption import (
+    NODES,
+    make_run,
+    make_wrapper,
+    sealed_content,
+    with_envelope,
+)
 
 RUN_DIR = Path("unused-run-dir")  # the wrapper never writes to it
 
@@ -19,15 +26,13 @@ RUN_DIR = Path("unused-run-dir")  # the wrapper never writes to it
 @pytest.fixture(scope="module")
 def sealed() -> Iterator[dict[str, RecordDict]]:
     """Honest sealed replies: node 13's for rounds 1 and 2, and node 12's for round 1."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    wrapper = make_wrapper(RUN_DIR, run=make_run(RUN_DIR))
-    yield {
-        "own": sealed_content(wrapper, 13, server_round=1),
-        "later": sealed_content(wrapper, 13, server_round=2),
-        "other": sealed_content(wrapper, 12, server_round=1),
-    }
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    with task_identity(node_id=0):
+        wrapper = make_wrapper(RUN_DIR, run=make_run(RUN_DIR))
+        yield {
+            "own": sealed_content(wrapper, 13, server_round=1),
+            "later": sealed_content(wrapper, 13, server_round=2),
+            "other": sealed_content(wrapper, 12, server_round=1),
+        }
 
 
 def mutate(blob: bytes, ops: list[tuple[str, int, bytes]], donor: bytes) -> bytes:
@@ -95,5 +100,5 @@ def test_mutated_replies_are_never_accepted(
     wrapper = make_wrapper(RUN_DIR, run=make_run(RUN_DIR))
     wrapper.aggregate_train(1, [make_reply(mutated, node_id=sender)])  # must not raise
     stats = wrapper.round_stats()
-    assert stats["accepted"] == 0 and stats["rejected"] == 1, stats
+    assert stats["encryption/accepted"] == 0 and stats["encryption/rejected"] == 1, stats
     assert wrapper.strategy.seen == []  # type: ignore[attr-defined]

@@ -12,13 +12,15 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from clients.app import ClientSettings, make_client_app
-from fedhar.devices import load_catalogue
+from fedhar.device.profiles import load_catalogue
 from fedhar.federation import FederationSpec, load_federation
-from fedhar.keys import DeviceIdentity
 from fedhar.models import build_model
 from fedhar.records import RoundRecord
+from fedhar.transport.keys import DeviceIdentity
 from fedhar.wire import arrays_to_numpy, state_to_arrays
-from strategies.fleet import FleetDirectory, FleetSimulation, RunInfo
+from strategies.enrollment import enroll
+from strategies.fleet import FleetSimulation
+from strategies.run_info import RunInfo
 from strategies.tracking import Tracking
 from tests.conftest import CATALOGUE_YAML
 
@@ -47,13 +49,13 @@ def _stack(settings: ClientSettings, grid_type, deadline_s: float | None = None,
 
         def close(self) -> None: ...
 
-    run = RunInfo("test", settings.seed, Path("."), FleetDirectory())
-    keys = {p: DeviceIdentity.from_seed(settings.seed, p).signing_public_bytes() for p in range(4)}
+    run = RunInfo("test", settings.seed, Path("."))
     catalogue = {profile.name: profile for _, profile in settings.devices}
     fleet = FleetSimulation(
-        FedAvg(), run, keys, catalogue, deadline_s=deadline_s, availability_traces=traces
+        FedAvg(), run, catalogue, deadline_s=deadline_s, availability_traces=traces
     )
     grid = grid_type(make_client_app(lambda _: settings), num_nodes=4)
+    enroll(grid, run, timeout_s=10.0)
     return Tracking(fleet, sinks=[Sink()]), grid, run, records
 
 
@@ -75,11 +77,12 @@ def test_enrollment_fills_the_directory_with_each_devices_capability(in_process_
     assert records[0].extra["fleet/sim_energy_j"] > 0
 
 
-def test_a_node_with_an_unexpected_key_is_not_enrolled(in_process_grid) -> None:
-    strategy, grid, run, _ = _stack(_settings("android_phone"), in_process_grid)
-    strategy.strategy.expected_keys[2] = DeviceIdentity.from_seed(999, 2).signing_public_bytes()
-    strategy.strategy.enroll(grid)
-    assert sorted(info.partition_id for info in run.directory.nodes.values()) == [0, 1, 3]
+def test_enrollment_registers_each_devices_own_public_keys(in_process_grid) -> None:
+    _, _, run, _ = _stack(_settings("android_phone"), in_process_grid)
+    for node, info in run.directory.nodes.items():
+        identity = DeviceIdentity.from_seed(7, info.partition_id)
+        assert run.keys.signing_key(node) == identity.signing_public_bytes()
+        assert run.keys.exchange_key(node) == identity.public_bytes()
 
 
 def test_device_that_fits_nothing_declines_with_the_sram_it_needs(in_process_grid) -> None:
@@ -100,8 +103,10 @@ def test_late_replies_are_dropped_as_stragglers_and_keep_the_model(in_process_gr
     initial = _initial()
     strategy.start(grid, initial, num_rounds=1, train_config=TRAIN)
     record = records[0]
-    assert record.extra["dropped/straggler"] + record.extra["fleet/dropouts"] == 4
+    stragglers = record.extra.get("fleet/rejected/straggler", 0.0)
+    assert stragglers + record.extra["fleet/dropouts"] == 4 and stragglers > 0
     assert record.succeeded == 0
+    assert all(f.reason.startswith("fleet rejected straggler: ") for f in record.failures)
     assert record.extra["fleet/sim_wall_clock_s"] == pytest.approx(1e-3)
 
 

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from experiments.run import load_config, run_experiment
+from experiments.compose import load_config
+from experiments.run import run_experiment
 from experiments.sinks import read_metrics
-from fedhar.width_eval import width_key
+from fedhar.partial.evaluate import width_key
+from fedhar.partial.widths import WIDTH_LEVELS
 
 pytestmark = pytest.mark.e2e
 
@@ -29,20 +31,20 @@ OVERRIDES = [
 
 def test_heterofl_aggregates_every_width_without_rejections(tmp_path: Path) -> None:
     cfg = load_config(OVERRIDES)
-    levels = [float(w) for w in cfg.strategy.algorithm.levels]
+    assert cfg.strategy.evaluate_widths is True
     summary = run_experiment(cfg, tmp_path / "heterofl")
     rows = read_metrics(tmp_path / "heterofl")
     assert [r["server_round"] for r in rows] == [1, 2]
     for row in rows:
         extra = row["extra"]
-        assert "partial/rejected" not in extra
+        assert extra["partial/rejected"] == 0
         assert row["succeeded"] >= 2
         # every update trains the head's leading slice; last-k plans leave the first conv out
         assert extra["partial/contributors/head"] == row["succeeded"]
         assert 1 <= extra["partial/contributors/convs.0"] <= row["succeeded"]
         # the held-out users score every width the strategy hands out; width 1.0 is the model
         server = row["server"]
-        for width in levels:
+        for width in WIDTH_LEVELS:
             assert 0.0 <= server[width_key(width, "macro_f1")] <= 1.0, width
             assert 0.0 <= server[width_key(width, "accuracy")] <= 1.0, width
         assert server[width_key(1.0, "macro_f1")] == pytest.approx(server["macro_f1"])

@@ -11,22 +11,13 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedhar.models import build_model
-from fedhar.partial import extract, scatter, slice_width
+from fedhar.partial.spec import extract, scatter, slice_width
 from fedhar.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, arrays_to_state, state_to_arrays
 from strategies.heterofl import HeteroFL
 from strategies.masked import MaskedFedAvg, infer_dims
-from tests.strategies.fleet_helpers import (
-    MODEL,
-    C,
-    FakeGrid,
-    K,
-    global_arrays,
-    run_with,
-    server_task,
-    trained_reply,
-)
-
-__all__ = ["server_task"]  # autouse fixture
+from tests.helpers.fleet import MODEL, C, K, global_arrays, run_with
+from tests.helpers.grids import FakeGrid
+from tests.helpers.replies import trained_reply
 
 
 def _config() -> ConfigRecord:
@@ -123,7 +114,7 @@ def test_mismatching_replies_are_rejected_with_a_reason_not_aggregated(reply) ->
     assert torch.equal(state["conv1.weight"][:8], torch.ones(8, C, 5))
     assert torch.equal(state["conv1.weight"][8:], start["conv1.weight"][8:])
     stats = strategy.round_stats()
-    assert stats["partial/rejected"] == 3.0 and stats["dropped/partial-mismatch"] == 3.0
+    assert stats["partial/rejected"] == 3.0 and stats["partial/accepted"] == 1.0
     assert stats["partial/rejected/shapes"] == 1.0
     assert stats["partial/rejected/names"] == 1.0
     assert stats["partial/rejected/unexpected-node"] == 1.0
@@ -178,8 +169,8 @@ def test_replies_without_arrays_or_a_valid_weight_are_rejected_and_change_nothin
     stats = strategy.round_stats()
     assert stats["partial/rejected"] == 1.0 and stats[f"partial/rejected/{category}"] == 1.0
     assert stats["partial/contributors/conv1"] == 1.0
-    assert f"rejected reply from node 1: {category}: {reason}" in caplog.text
-    assert strategy.round_rejections() == [(1, f"sub-model reply rejected: {category}: {reason}")]
+    assert f"partial rejected the reply of node 1 ({category}): {reason}" in caplog.text
+    assert strategy.round_rejections() == [(1, f"partial rejected {category}: {reason}")]
 
 
 def test_a_reply_that_trained_nothing_it_returned_changes_nothing(reply) -> None:
@@ -190,7 +181,7 @@ def test_a_reply_that_trained_nothing_it_returned_changes_nothing(reply) -> None
     idle = trained_reply(messages[0], lambda k, t: t + 1, 10, trained=["observer.min_val"])
     new, metrics = strategy.aggregate_train(1, [reply(idle, node_id=node)])
     assert new is not None and metrics is not None
-    assert "partial/rejected" not in strategy.round_stats()
+    assert strategy.round_stats()["partial/rejected"] == 0.0
     for name, value in arrays_to_state(new).items():
         assert torch.equal(value, arrays_to_state(arrays)[name])
 
@@ -219,7 +210,8 @@ def test_heterofl_sends_each_node_the_leading_slice_its_device_allows() -> None:
         )
         by_node = {m.metadata.dst_node_id: m for m in messages}
         assert sorted(by_node) == [1, 2, 3]  # node 4 cannot hold even width 0.25
-        assert strategy.round_stats() == {"partial/skipped": 1.0}
+        stats = strategy.round_stats()
+        assert stats == {"partial/accepted": 0.0, "partial/rejected": 0.0, "partial/skipped": 1.0}
         for node, width in ((1, 1.0), (2, 0.5), (3, 0.25)):
             assert by_node[node].content[CONFIG_KEY]["width"] == width
             sub = build_model(MODEL, C, K, width)

@@ -18,9 +18,7 @@ from fedhar.wire import (
 )
 from strategies.compression import CompressedUpdates
 from strategies.tracking import NO_REPLY, Tracking, summarize_error
-from tests.strategies.fleet_helpers import FakeGrid, server_task
-
-__all__ = ["server_task"]  # autouse fixture
+from tests.helpers.grids import FakeGrid
 
 
 class Collect:
@@ -100,7 +98,7 @@ def test_an_update_a_wrapper_rejects_is_that_clients_failure(reply) -> None:
     record = sink.records[0]
     assert arrays is None and record.succeeded == 0
     assert [f.node_id for f in record.failures] == [1, 2]
-    assert record.failures[1].reason.startswith("compressed update rejected: reply carries no")
+    assert record.failures[1].reason.startswith("compression rejected not-compressed: ")
 
 
 def test_per_user_scores_and_server_evaluation_reach_the_record(reply) -> None:

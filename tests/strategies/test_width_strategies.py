@@ -8,30 +8,21 @@ from collections.abc import Callable
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp.strategy import Strategy
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.compression import compression_mod
 from fedhar.models import build_model
-from fedhar.partial import extract, slice_width
-from fedhar.widths import DEFAULT_LEVELS
+from fedhar.partial.spec import extract, slice_width
+from fedhar.partial.widths import WIDTH_LEVELS
 from fedhar.wire import ARRAYS_KEY, CONFIG_KEY, arrays_to_state, state_to_arrays
 from strategies.compression import CompressedUpdates
 from strategies.fedrolex import FedRolex
 from strategies.fjord import FjORD
 from strategies.heterofl import HeteroFL
-from tests.strategies.conftest import make_reply
-from tests.strategies.fleet_helpers import (
-    MODEL,
-    C,
-    FakeGrid,
-    K,
-    global_arrays,
-    run_with,
-    server_task,
-    trained_reply,
-)
+from tests.helpers.fleet import MODEL, C, K, global_arrays, run_with
+from tests.helpers.grids import FakeGrid
+from tests.helpers.identity import act_as_node
+from tests.helpers.replies import make_reply, trained_reply
 
-__all__ = ["server_task"]  # autouse fixture
 Update = Callable[[str, torch.Tensor], torch.Tensor]
 
 
@@ -59,14 +50,14 @@ def test_fjord_draws_a_nested_width_per_round_within_each_device() -> None:
         for node, message in by_node.items():
             width = message.content[CONFIG_KEY]["width"]
             assert isinstance(width, float)
-            assert width in DEFAULT_LEVELS and width <= max_widths[node]
+            assert width in WIDTH_LEVELS and width <= max_widths[node]
             sub = build_model(MODEL, C, K, width)
             got = arrays_to_state(message.content[ARRAYS_KEY])
             sub.load_state_dict(got)  # strictly loadable at that width
             leading = extract(full.state_dict(), slice_width(full, sub, width))  # offset 0
             assert all(torch.equal(got[k], leading[k]) for k in leading)
             drawn[node].append(width)
-    assert set(drawn[1]) == set(DEFAULT_LEVELS)
+    assert set(drawn[1]) == set(WIDTH_LEVELS)
     assert set(drawn[2]) == {0.25, 0.5}
     assert set(drawn[3]) == {0.25}
 
@@ -136,9 +127,9 @@ def _through_mod(msg: Message, update: Update, num_examples: int) -> Message:
 
     node = msg.metadata.dst_node_id
     context = Context(1, node, {"partition-id": node}, RecordDict(), {})
-    TaskIdentity.node_id = node
+    act_as_node(node)
     out = compression_mod(bits=32)(msg, context, handler)
-    TaskIdentity.node_id = 0
+    act_as_node(0)
     return make_reply(out.content, node_id=node)
 
 

@@ -9,9 +9,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.checkpointing import innermost
-from strategies.tracking import collect_round_stats
-from strategies.wrapper import StrategyWrapper
+from fedhar.records import ClientFailure
+from strategies.tracking import collect_rejections, collect_round_stats
+from strategies.wrapper import StrategyWrapper, innermost, wrapper_chain
 
 ARRAYS = ArrayRecord()
 METRICS = MetricRecord({"loss": 0.5})
@@ -53,14 +53,28 @@ class Recorder(Strategy):
         return METRICS
 
     def round_stats(self) -> dict[str, float]:
+        """Not a RoundReport: tracking must not call this duck-typed method."""
         return {"inner": 1.0}
 
 
 class Counting(StrategyWrapper):
-    """Overrides one method only; the rest must still reach the inner strategy."""
+    """Reports one accepted reply and one rejection per round, under ``counting/``."""
 
-    def round_stats(self) -> dict[str, float]:
-        return {"outer": 2.0}
+    prefix = "counting"
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.start_round()
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.accept()
+        self.reject(7, "forged", "the weight does not match")
+        self.count("bytes", 10)
+        return super().aggregate_train(server_round, replies)
 
 
 def test_every_method_passes_through_with_its_arguments_and_result() -> None:
@@ -84,6 +98,28 @@ def test_every_method_passes_through_with_its_arguments_and_result() -> None:
 
 def test_stacked_wrappers_are_walked_to_the_algorithm_and_for_round_stats() -> None:
     inner = Recorder()
-    stack = Counting(StrategyWrapper(Counting(inner)))
+    counting = Counting(inner)
+    stack = StrategyWrapper(counting)
     assert innermost(stack) is inner
-    assert collect_round_stats(stack) == {"outer": 2.0, "inner": 1.0}
+    assert list(wrapper_chain(stack)) == [stack, counting, inner]
+    assert collect_round_stats(stack) == {}  # nothing counted yet; the Recorder is ignored
+    stack.configure_train(1, ARRAYS, ConfigRecord(), cast(Grid, object()))
+    stack.aggregate_train(1, [])
+    assert collect_round_stats(stack) == {
+        "counting/accepted": 1.0,
+        "counting/bytes": 10.0,
+        "counting/rejected": 1.0,
+        "counting/rejected/forged": 1.0,
+    }
+    assert collect_rejections(stack) == (
+        ClientFailure(7, "counting rejected forged: the weight does not match"),
+    )
+
+
+def test_a_new_round_forgets_the_last_rounds_report() -> None:
+    counting = Counting(Recorder())
+    counting.configure_train(1, ARRAYS, ConfigRecord(), cast(Grid, object()))
+    counting.aggregate_train(1, [])
+    counting.configure_train(2, ARRAYS, ConfigRecord(), cast(Grid, object()))
+    assert counting.round_stats() == {"counting/accepted": 0.0, "counting/rejected": 0.0}
+    assert counting.round_rejections() == []

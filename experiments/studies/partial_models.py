@@ -1,0 +1,164 @@
+"""Partial-model strategies on a memory-bound fleet: does mixing widths beat a small common model?
+
+Runs, on the same data, fleet and seed:
+
+- ``fedavg-small``: FedAvg on the widest model every device in the fleet can train;
+- ``heterofl``, ``fedrolex``, ``fjord``: each device trains the widest width it can hold;
+- ``fedper``: a shared body with a personal head, each device on its widest fitting width.
+
+and reports the held-out macro-F1 of the full global model, of each width (leading slices of the
+final global model), and the per-user mean macro-F1 (each user's own later test windows). A
+personal-layer strategy's global head never trains, so only its per-user mean is reported.
+
+Example::
+
+    python -m experiments.studies.partial_models --out outputs/partial_models \\
+        --model dscnn --fleet mcu_heavy --rounds 15 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from experiments.compose import client_settings, federation_spec, load_config
+from experiments.run import run_experiment
+from fedhar.checkpoint import load_checkpoint
+from fedhar.device.local_update import QuantSettings, max_width
+from fedhar.federation import load_federation
+from fedhar.models import ModelShape
+from fedhar.partial.evaluate import evaluate_widths, width_key
+from fedhar.partial.widths import WIDTH_LEVELS
+
+STRATEGIES = ("heterofl", "fedrolex", "fjord", "fedper")
+
+
+def smallest_common_width(overrides: list[str]) -> float:
+    """The widest level every device in the configured fleet can train (0-width devices,
+    which cannot train at all, are left out)."""
+    cfg = load_config(overrides)
+    federation = load_federation(federation_spec(cfg))
+    settings = client_settings(cfg, federation)
+    shape = ModelShape(
+        cfg.model.name, federation.in_channels, federation.num_classes, federation.window_length
+    )
+    quant = QuantSettings(**dict(cfg.quant))
+    widths = [max_width(profile, shape, quant) for _, profile in settings.devices]
+    usable = [w for w in widths if w > 0]
+    if not usable:
+        raise ValueError(
+            f"no device of fleet {cfg.fleet} can train {cfg.model.name}; pick a smaller model"
+        )
+    return min(usable)
+
+
+def width_scores(
+    overrides: list[str], run_dir: Path, widths: tuple[float, ...]
+) -> dict[str, float]:
+    """Held-out scores of each width of the run's final global model; none for a strategy
+    whose config scores no widths (personal layers)."""
+    cfg = load_config(overrides)
+    if has_personal_head(cfg):
+        return {}
+    federation = load_federation(federation_spec(cfg))
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint; the run did not finish a round")
+    state = {k: torch.from_numpy(v.copy()) for k, v in checkpoint.arrays.items()}
+    holdout = federation.holdout
+    if float(cfg.model.width) < 1.0:  # the global model is itself the small model
+        return {
+            width_key(float(cfg.model.width), "macro_f1"): run_summary(run_dir)["heldout_macro_f1"]
+        }
+    return evaluate_widths(
+        cfg.model.name, state, widths, holdout.x, holdout.y, federation.num_classes
+    )
+
+
+def has_personal_head(cfg: DictConfig) -> bool:
+    """Whether the strategy config says its global model is not a measure (personal layers)."""
+    return "evaluate_widths" in cfg.strategy and cfg.strategy.evaluate_widths is None
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's ``summary.json``."""
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def variants(base: list[str], small: float) -> dict[str, list[str]]:
+    """Overrides per compared method."""
+    out = {"fedavg-small": [*base, "strategy=fedavg", f"model.width={small}"]}
+    for name in STRATEGIES:
+        out[name] = [*base, f"strategy={name}", "model.width=1.0"]
+    return out
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of the compared methods."""
+    head = ["method", "held-out F1 (full)", *[f"F1 @{w:g}" for w in WIDTH_LEVELS], "user mean F1"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in rows.items():
+        cells = [name, _fmt(row["heldout_macro_f1"])]
+        cells += [_fmt(row["widths"].get(width_key(w, "macro_f1"))) for w in WIDTH_LEVELS]
+        cells.append(_fmt(row["user_mean_f1"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/partial_models"))
+    parser.add_argument("--model", default="dscnn")  # MCU-heavy SRAM splits it over 3 widths
+    parser.add_argument("--fleet", default="mcu_heavy")
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="run only these methods")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. train.epochs=1")
+    args = parser.parse_args(argv)
+    base = [
+        f"dataset={args.dataset}",
+        f"model={args.model}",
+        f"fleet={args.fleet}",
+        f"num_rounds={args.rounds}",
+        f"seed={args.seed}",
+        "tracking.plots=false",
+        "resume=false",
+        *args.overrides,
+    ]
+    small = smallest_common_width([*base, "model.width=1.0"])
+    rows: dict[str, dict[str, Any]] = {}
+    for name, overrides in variants(base, small).items():
+        if args.only and name not in args.only:
+            continue
+        run_dir = args.out / name
+        cfg = load_config(overrides)
+        summary = run_experiment(cfg, run_dir)
+        personal = has_personal_head(cfg)
+        rows[name] = {
+            "overrides": overrides,
+            "heldout_macro_f1": None if personal else summary["heldout_macro_f1"],
+            "user_mean_f1": summary["user_mean_f1"],
+            "bytes_down": summary["bytes_down"],
+            "bytes_up": summary["bytes_up"],
+            "widths": width_scores(overrides, run_dir, WIDTH_LEVELS),
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    text = f"smallest common width: {small:g}\n\n{table(rows)}\n"
+    (args.out / "table.md").write_text(text)
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

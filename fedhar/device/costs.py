@@ -1,0 +1,119 @@
+"""Simulated time, energy and availability of a client's round on its device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedhar.device.profiles import DeviceProfile
+
+BACKWARD_FACTOR = 3  # forward + backward costs about three forward passes (two for gradients)
+
+
+@dataclass(frozen=True)
+class ClientCost:
+    """One client's simulated round: seconds per phase and energy in joules."""
+
+    compute_s: float
+    upload_s: float
+    download_s: float
+    energy_j: float
+    total_s: float = field(init=False)  # download, train, upload, one after another
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total_s", self.download_s + self.compute_s + self.upload_s)
+
+
+def simulate_client_cost(
+    profile: DeviceProfile,
+    macs_per_window: int,
+    num_windows: int,
+    epochs: int,
+    upload_bytes: int,
+    download_bytes: int,
+) -> ClientCost:
+    """Time and energy of local training plus model transfer on `profile`.
+
+    compute_s = 3 * forward MACs * windows * epochs / (clock_hz * macs_per_cycle);
+    transfer seconds are exact bytes * 8 / radio bandwidth;
+    energy = active_power_w * compute_s + radio_power_w * transfer seconds
+    (the radio and the CPU are not busy at the same time).
+    """
+    if min(macs_per_window, num_windows, epochs, upload_bytes, download_bytes) < 0:
+        raise ValueError("MACs, windows, epochs and byte counts must be non-negative")
+    macs = BACKWARD_FACTOR * macs_per_window * num_windows * epochs
+    compute_s = macs / (profile.clock_hz * profile.macs_per_cycle)
+    upload_s = upload_bytes * 8 / profile.radio_bandwidth_bps
+    download_s = download_bytes * 8 / profile.radio_bandwidth_bps
+    energy_j = profile.active_power_w * compute_s + profile.radio_power_w * (upload_s + download_s)
+    return ClientCost(compute_s, upload_s, download_s, energy_j)
+
+
+def is_available(
+    profile: DeviceProfile,
+    server_round: int,
+    node_seed: int,
+    trace: Sequence[int] | None = None,
+) -> bool:
+    """Whether the device takes part in `server_round`.
+
+    With a `trace` (0/1 per round, cycled; entry 0 is round 1) the trace decides; otherwise a
+    draw with probability `profile.availability`, fixed by (node_seed, server_round).
+    """
+    if trace is not None:
+        if len(trace) == 0 or any(bit not in (0, 1) for bit in trace):
+            raise ValueError(f"an availability trace is a non-empty list of 0/1, got {trace}")
+        return bool(trace[(server_round - 1) % len(trace)])
+    draw = np.random.default_rng([node_seed, server_round]).random()
+    return bool(draw < profile.availability)
+
+
+def straggles(cost: ClientCost, deadline_s: float | None) -> bool:
+    """True when the client misses the round deadline (never without a deadline)."""
+    return deadline_s is not None and cost.total_s > deadline_s
+
+
+@dataclass(frozen=True)
+class RoundCosts:
+    """What a round cost the fleet."""
+
+    wall_clock_s: float  # until the last counted reply, or the deadline if someone straggled
+    energy_j: float  # spent by every participant, stragglers until the deadline
+    participants: int  # clients that started training
+    completed: int  # replies that made the deadline
+    stragglers: int  # replies that missed it
+    dropouts: int  # sampled clients that were not available this round
+    declines: int  # clients that answered they cannot train (e.g. no plan fits their SRAM)
+
+
+def summarize_round(
+    costs: Sequence[ClientCost],
+    deadline_s: float | None = None,
+    dropouts: int = 0,
+    declines: int = 0,
+) -> RoundCosts:
+    """Fold the participants' costs into one round summary.
+
+    Stragglers are cut at the deadline: their energy counts pro rata up to it, and the server
+    waits until the deadline for them.
+    """
+    late = [straggles(cost, deadline_s) for cost in costs]
+    on_time = [cost.total_s for cost, is_late in zip(costs, late, strict=True) if not is_late]
+    wall_clock = max(on_time, default=0.0)
+    if any(late) and deadline_s is not None:
+        wall_clock = deadline_s
+    cut = deadline_s if deadline_s is not None else float("inf")
+    energy = sum(
+        cost.energy_j * min(1.0, cut / cost.total_s) if cost.total_s else 0.0 for cost in costs
+    )
+    return RoundCosts(
+        wall_clock_s=wall_clock,
+        energy_j=energy,
+        participants=len(costs),
+        completed=len(on_time),
+        stragglers=sum(late),
+        dropouts=dropouts,
+        declines=declines,
+    )

@@ -1,0 +1,68 @@
+"""Evaluate the global model at every width it nests (HeteroFL, FedRolex, FjORD).
+
+A sub-model of width w is the leading slice of every hidden dim of the global model
+(`fedhar.partial.spec.slice_width` with offset 0), the model a device of that width would run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from fedhar.models import build_model
+from fedhar.partial.spec import extract, slice_width
+from fedhar.train import evaluate
+
+
+def width_key(width: float, metric: str) -> str:
+    """Metric name of one width level, e.g. ``width_0.25/macro_f1``."""
+    return f"width_{width:g}/{metric}"
+
+
+def evaluate_widths(
+    model_name: str,
+    global_state: Mapping[str, torch.Tensor],
+    widths: Sequence[float],
+    x: np.ndarray,  # (N, C, T)
+    y: np.ndarray,  # (N,)
+    num_classes: int,
+) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 of the leading-slice sub-model at each width.
+
+    Parameters
+    ----------
+    model_name : str
+        The bundled model the global state belongs to (at full width).
+    global_state : Mapping[str, torch.Tensor]
+        The global model's full-width state.
+    widths : Sequence[float]
+        Width levels in (0, 1]; 1.0 is the full model.
+    x, y : np.ndarray
+        Windows ``(N, C, T)`` and labels ``(N,)`` to evaluate on.
+    num_classes : int
+        Number of classes K.
+
+    Returns
+    -------
+    dict[str, float]
+        ``width_<w>/loss``, ``width_<w>/accuracy`` and ``width_<w>/macro_f1`` per width.
+    """
+    if not widths:
+        raise ValueError("widths is empty; give at least one width level, e.g. [0.25, 1.0]")
+    bad = [w for w in widths if not 0.0 < w <= 1.0]
+    if bad:
+        raise ValueError(f"widths must lie in (0, 1], got {bad}")
+    in_channels = int(x.shape[1])
+    full = build_model(model_name, in_channels, num_classes)
+    full.load_state_dict(dict(global_state))
+    scores: dict[str, float] = {}
+    for width in sorted(set(widths)):
+        sub = build_model(model_name, in_channels, num_classes, width)
+        sub.load_state_dict(extract(global_state, slice_width(full, sub, width)))
+        result = evaluate(sub, x, y, num_classes)
+        scores[width_key(width, "loss")] = result.loss
+        scores[width_key(width, "accuracy")] = result.accuracy
+        scores[width_key(width, "macro_f1")] = result.macro_f1
+    return scores

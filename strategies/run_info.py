@@ -1,0 +1,43 @@
+"""What the server's strategies and wrappers may know about the run they serve."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedhar.transport.keys import KeyRegistry
+from fedhar.wire import NodeInfo
+
+
+@dataclass
+class FleetDirectory:
+    """Enrolled nodes by Flower node id."""
+
+    nodes: dict[int, NodeInfo] = field(default_factory=dict)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.nodes
+
+    def __getitem__(self, node_id: int) -> NodeInfo:
+        return self.nodes[node_id]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The run: its id and seed, where it writes, and who enrolled with which keys.
+
+    ``directory`` and ``keys`` are filled once, by enrollment before round 1
+    (`strategies.enrollment.enroll`); the encryption wrapper reads device keys from ``keys``
+    only.
+    """
+
+    run_id: str
+    seed: int
+    run_dir: Path
+    directory: FleetDirectory = field(default_factory=FleetDirectory)
+    device_kinds: Mapping[str, str] = field(default_factory=dict)  # device name -> kind
+    keys: KeyRegistry = field(default_factory=KeyRegistry)

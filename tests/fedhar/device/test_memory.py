@@ -1,0 +1,128 @@
+"""The analytic training-memory model against a saved-tensor measurement."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from fedhar.device.memory import (
+    BitWidths,
+    estimate_training_memory,
+    flash_bytes,
+    lstm_workspace,
+    measure_training_memory,
+)
+from fedhar.models import MODEL_NAMES, build_model, count_parameters
+
+WINDOW = (9, 64)
+
+
+def _plans(model: nn.Module) -> dict[str, list[str]]:
+    names = [n for n, _ in model.named_parameters()]
+    return {
+        "full": names,
+        "last_layer": [n for n in names if n.startswith("head.")],
+        "bias_only": [n for n in names if n.startswith("head.") or "bias" in n.split(".")[-1]],
+    }
+
+
+def _assert_within_ten_percent(model: nn.Module, batch: int, plan: str) -> None:
+    trainable = _plans(model)[plan]
+    estimate = estimate_training_memory(model, batch, WINDOW, trainable)
+    measured = measure_training_memory(model, batch, WINDOW, trainable)
+    assert estimate.comparable_bytes == pytest.approx(measured.comparable_bytes, rel=0.10)
+    assert estimate.saved_activation_bytes == pytest.approx(
+        measured.saved_activation_bytes, rel=0.10, abs=1024
+    )
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("batch", [1, 8, 32])
+@pytest.mark.parametrize("plan", ["full", "last_layer", "bias_only"])
+def test_estimate_within_ten_percent_of_measurement(name: str, batch: int, plan: str) -> None:
+    model = build_model(name, 9, 6, width=0.5 if name == "deepconvlstm" else 1.0)
+    _assert_within_ten_percent(model, batch, plan)
+
+
+@pytest.mark.parametrize("batch", [1, 8])  # small batches keep the full-width case fast
+@pytest.mark.parametrize("plan", ["full", "last_layer", "bias_only"])
+def test_full_width_deepconvlstm_within_ten_percent(batch: int, plan: str) -> None:
+    _assert_within_ten_percent(build_model("deepconvlstm", 9, 6, width=1.0), batch, plan)
+
+
+@pytest.mark.parametrize("states", [0, 2])
+def test_optimizer_state_matches_measurement(states: int) -> None:
+    model = build_model("dscnn", 9, 6)
+    trainable = _plans(model)["full"]
+    estimate = estimate_training_memory(model, 4, WINDOW, trainable, optimizer_states=states)
+    measured = measure_training_memory(model, 4, WINDOW, trainable, optimizer_states=states)
+    assert (
+        estimate.optimizer_bytes == measured.optimizer_bytes == 4 * states * count_parameters(model)
+    )
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_peak_grows_with_batch_size(name: str) -> None:
+    model = build_model(name, 9, 6)
+    for trainable in _plans(model).values():
+        peaks = [
+            estimate_training_memory(model, b, WINDOW, trainable).peak_bytes for b in (1, 8, 32)
+        ]
+        assert peaks[0] < peaks[1] < peaks[2]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_last_layer_below_bias_only_below_full(name: str) -> None:
+    model = build_model(name, 9, 6)
+    peak = {
+        plan: estimate_training_memory(model, 8, WINDOW, trainable).peak_bytes
+        for plan, trainable in _plans(model).items()
+    }
+    assert peak["last_layer"] < peak["bias_only"] < peak["full"]
+
+
+def test_bit_widths_scale_terms() -> None:
+    model = build_model("microbi_convlstm", 9, 6)
+    trainable = _plans(model)["full"]
+    fp32 = estimate_training_memory(model, 8, WINDOW, trainable)
+    int8 = estimate_training_memory(
+        model, 8, WINDOW, trainable, BitWidths(weights=8, activations=8, gradients=8)
+    )
+    assert int8.gradient_bytes * 4 == fp32.gradient_bytes
+    assert int8.input_bytes * 4 == fp32.input_bytes
+    assert int8.saved_activation_bytes < fp32.saved_activation_bytes
+    assert int8.optimizer_bytes == fp32.optimizer_bytes
+
+
+def test_estimate_does_not_touch_the_model() -> None:
+    model = build_model("dscnn", 9, 6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    estimate_training_memory(model, 4, WINDOW, _plans(model)["full"])
+    measure_training_memory(model, 4, WINDOW, _plans(model)["full"])
+    assert all((model.state_dict()[k] == v).all() for k, v in before.items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_unknown_trainable_name_is_rejected() -> None:
+    model = build_model("dscnn", 9, 6)
+    with pytest.raises(ValueError, match="named_parameters"):
+        estimate_training_memory(model, 1, WINDOW, ["nope.weight"])
+
+
+def test_bad_optimizer_states_is_rejected() -> None:
+    model = build_model("dscnn", 9, 6)
+    with pytest.raises(ValueError, match="Adam"):
+        estimate_training_memory(model, 1, WINDOW, [], optimizer_states=3)
+
+
+def test_lstm_workspace_pages_and_padding() -> None:
+    assert lstm_workspace(1, 1, 1, 1) == 7 * 4096  # seven page-aligned sections
+    # gates 4H=256 pad to 272 floats; states ld 64; every section rounded up to a page
+    expected = (213 + 50 + 3 * 102 + 2 * 102) * 4096
+    assert lstm_workspace(16, 50, 32, 64) == expected
+
+
+def test_flash_bytes_scales_with_weight_bits() -> None:
+    model = build_model("dscnn", 9, 6)
+    assert flash_bytes(model, 32) == 4 * flash_bytes(model, 8)
+    assert flash_bytes(model, 8) >= count_parameters(model)
