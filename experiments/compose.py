@@ -87,7 +87,7 @@ def client_settings(cfg: DictConfig, federation: Federation) -> ClientSettings:
     catalogue, fleet = fleet_config(cfg)
     devices: tuple[tuple[str, DeviceProfile], ...] = ()
     if fleet is not None:
-        labels = {u: federation.client(i).device for i, u in enumerate(federation.clients)}
+        labels = {user: federation.device_of(user) for user in federation.clients}
         assigned = assign_devices(federation.clients, fleet, catalogue, cfg.seed, labels)
         devices = tuple(sorted(assigned.items()))
         check_model_fits(cfg, federation, set(assigned.values()))
@@ -213,7 +213,7 @@ def build_stack(
     strategy = build_strategy(cfg, len(federation.clients), run)
     wrapped = wrap_strategy(cfg, strategy, run)
     tracked = Tracking(wrapped, server_evaluator(cfg, federation), sinks)
-    return Checkpointing(tracked, run.run_dir, seed=cfg.seed, rounds_done=rounds_done)
+    return Checkpointing(tracked, run.run_dir, cfg.seed, rounds_done, run.directory)
 
 
 def client_mods(cfg: DictConfig, run_dir: Path) -> list[Mod]:

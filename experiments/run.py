@@ -1,4 +1,4 @@
-"""``fedhar``: a Hydra config in, a federated run on Flower's simulation runtime (Ray) out.
+"""``fedhar``: a Hydra config in, a federated run on Ray out (the fast runtime or Flower's).
 
 Every config group can be overridden on the command line, e.g.
 ``fedhar strategy=fedprox dataset=sp_sw_har num_rounds=20``; sweeps run with ``-m``.
@@ -13,15 +13,19 @@ from typing import Any
 import hydra
 import torch
 from flwr.app import Context
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from clients.app import make_client_app
-from experiments.compose import CONFIG_DIR, client_mods
+from experiments.compose import CONFIG_DIR, ConfigError, client_mods
 from experiments.report import print_summary
-from experiments.server import prepare_run
+from experiments.runtime.launch import serve_on_ray
+from experiments.server import ServerRun, prepare_run
+
+BACKENDS = ("ray-fast", "flower")  # runtime.backend
 
 
 def run_experiment(
@@ -31,7 +35,26 @@ def run_experiment(
 
     ``overrides`` (the command line's) are recorded in the summary to label sweep jobs.
     """
+    backend = str(cfg.runtime.backend)
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"unknown runtime.backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+        )
     run = prepare_run(cfg, run_dir)
+    try:
+        if run.rounds_done < cfg.num_rounds:
+            mods = client_mods(cfg, run_dir)
+            if backend == "ray-fast":
+                serve_on_ray(run, mods)
+            else:
+                serve_on_flower(run, mods)
+    finally:
+        run.close()
+    return run.finish(overrides)
+
+
+def serve_on_flower(run: ServerRun, mods: list[Mod]) -> None:
+    """Run the remaining rounds under Flower's own ``run_simulation`` (Ray backend)."""
     server_errors: list[BaseException] = []
     server_app = ServerApp()
 
@@ -44,21 +67,16 @@ def run_experiment(
             raise
 
     settings = run.settings
-    try:
-        if run.rounds_done < cfg.num_rounds:
-            run_simulation(
-                server_app=server_app,
-                client_app=make_client_app(lambda _: settings, client_mods(cfg, run_dir)),
-                num_supernodes=run.num_clients,
-                backend_name="ray",
-                backend_config=_backend_config(cfg),
-                verbose_logging=cfg.runtime.verbose,
-            )
-    finally:
-        run.close()
+    run_simulation(
+        server_app=server_app,
+        client_app=make_client_app(lambda _: settings, mods),
+        num_supernodes=run.num_clients,
+        backend_name="ray",
+        backend_config=_backend_config(run.cfg),
+        verbose_logging=run.cfg.runtime.verbose,
+    )
     if server_errors:
         raise server_errors[0]
-    return run.finish(overrides)
 
 
 def _backend_config(cfg: DictConfig) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from fedhar.wire import numpy_to_arrays, state_to_arrays
 from strategies.checkpointing import restore_state
 from strategies.enrollment import enroll
 from strategies.run_info import RunInfo
+from strategies.tracking import Tracking
+from strategies.wrapper import wrapper_chain
 
 log = logging.getLogger("fedhar")
 
@@ -51,9 +54,18 @@ class ServerRun:
     rounds_done: int
     sinks: list[RoundSink]
 
-    def serve(self, grid: Grid) -> None:
-        """Enroll the fleet once, then run the remaining rounds on ``grid``."""
+    def serve(
+        self, grid: Grid, runtime_stats: Callable[[], dict[str, float]] | None = None
+    ) -> None:
+        """Enroll the fleet once, then run the remaining rounds on ``grid``.
+
+        ``runtime_stats`` (a runtime's per-round figures, e.g. where clients ran) join every
+        round's record.
+        """
         cfg = self.cfg
+        for layer in wrapper_chain(self.strategy):
+            if isinstance(layer, Tracking):
+                layer.runtime_stats = runtime_stats
         width = float(cfg.model.width)
         train_config = ConfigRecord(
             {

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
 
-from fedhar.data import load_dataset
+from fedhar.data import open_users
 from fedhar.data.dataset import WindowDataset
-from fedhar.data.splits import split_chronological, split_users
+from fedhar.data.splits import draw_test_users, split_chronological
+from fedhar.data.users import UserSource
 
 
 @dataclass(frozen=True)
@@ -46,39 +47,47 @@ class ClientData:
 
 @dataclass
 class Federation:
-    """A loaded federation: client users in a fixed order, and the held-out users' windows."""
+    """A federation: client users in a fixed order, and the held-out users' windows.
+
+    Users, their devices and the split come from the dataset's user list alone; a client's
+    windows are read (or, for synthetic users, generated) only when asked for.
+    """
 
     spec: FederationSpec
-    windows: WindowDataset = field(repr=False)
+    source: UserSource = field(repr=False)
 
     @cached_property
-    def _split(self) -> tuple[WindowDataset, WindowDataset]:
+    def _holdout_users(self) -> frozenset[str]:
         if self.spec.holdout_fraction <= 0:
-            return self.windows, self.windows.select(self.windows.user == "")
-        return split_users(
-            self.windows, test_fraction=self.spec.holdout_fraction, seed=self.spec.seed
-        )
+            return frozenset()
+        users = self.source.users
+        return frozenset(draw_test_users(users, self.spec.holdout_fraction, self.spec.seed))
 
-    @property
+    @cached_property
     def clients(self) -> list[str]:
         """Client users, sorted; a node's partition id indexes this list."""
-        return self._split[0].users
+        return sorted(set(self.source.users) - self._holdout_users)
 
-    @property
+    @cached_property
     def holdout(self) -> WindowDataset:
-        return self._split[1]
-
-    @property
-    def num_classes(self) -> int:
-        return self.windows.num_classes
+        """Every window of the held-out users, in dataset order."""
+        return self.source.windows_of_users(self._holdout_users)
 
     @property
     def in_channels(self) -> int:
-        return self.windows.x.shape[1]
+        return self.source.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.shape[1]
 
     @property
     def window_length(self) -> int:
-        return self.windows.x.shape[2]
+        return self.source.shape[2]
+
+    def device_of(self, user: str) -> str:
+        """A user's device label, without reading their windows."""
+        return self.source.device_of(user)
 
     def client(self, partition_id: int) -> ClientData:
         """The user behind a partition id, with their chronological train/test split."""
@@ -89,10 +98,9 @@ class Federation:
                 "run as many simulated nodes as there are client users"
             )
         user = users[partition_id]
-        windows = self._split[0].for_user(user)
+        windows = self.source.windows_of(user)
         train, test = split_chronological(windows, self.spec.test_fraction, self.spec.gap_s)
-        device = "+".join(sorted(set(windows.device.tolist())))
-        return ClientData(user=user, device=device, train=train, test=test)
+        return ClientData(user=user, device=self.device_of(user), train=train, test=test)
 
 
 @lru_cache(maxsize=4)
@@ -102,8 +110,9 @@ def load_federation(spec: FederationSpec) -> Federation:
 
 
 def open_federation(spec: FederationSpec) -> Federation:
-    """The dataset behind ``spec``, loaded afresh (loaders keep processed windows on disk)."""
-    return Federation(spec, load_dataset(spec.dataset, **dict(spec.options)))
+    """The dataset behind ``spec``, opened afresh (loaders keep processed windows on disk;
+    synthetic users are generated one at a time)."""
+    return Federation(spec, open_users(spec.dataset, **dict(spec.options)))
 
 
 def load_client(spec: FederationSpec, partition_id: int) -> ClientData:

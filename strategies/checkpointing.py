@@ -3,26 +3,29 @@
 After every round it saves the global arrays and the inner strategy's state. A resumed run
 starts Flower's loop again from round 1, so the wrapper shifts round numbers by the rounds
 already done. Before each sampling step it reseeds Python's ``random`` (which Flower's
-``sample_nodes`` uses) from the run seed and the round, so which nodes train in round r
-does not depend on whether the run was interrupted.
+``sample_nodes`` uses) from the run seed and the round, and shows the strategy the nodes in
+partition order (node ids are the runtime's, partitions are the users), so which users train
+in round r depends neither on whether the run was interrupted nor on the runtime.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
+from flwr.supercore.run import Run
 
 from fedhar.checkpoint import Checkpoint, save_checkpoint
 from fedhar.seeding import derive_seed
 from fedhar.wire import arrays_to_numpy
+from strategies.run_info import FleetDirectory
 from strategies.wrapper import StrategyWrapper, innermost
 
 # Attributes of Flower's strategies that carry state from round to round (FedOpt family:
@@ -48,6 +51,46 @@ def restore_state(strategy: Strategy, state: dict[str, dict[str, np.ndarray]]) -
         setattr(core, name, dict(value))
 
 
+class PartitionOrderedGrid(Grid):
+    """``grid`` with its node ids listed in partition order (enrolled nodes first)."""
+
+    def __init__(self, grid: Grid, partitions: Callable[[], dict[int, int]]) -> None:
+        self.grid = grid
+        self.partitions = partitions  # node id -> partition id
+
+    @property
+    def run(self) -> Run:
+        return self.grid.run
+
+    def set_run(self, run: Run) -> None:
+        self.grid.set_run(run)
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> list[int]:
+        known = self.partitions()
+        return sorted(self.grid.get_node_ids(), key=lambda n: (n not in known, known.get(n, n)))
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
 class Checkpointing(StrategyWrapper):
     """Wraps ``strategy``; saves ``run_dir/checkpoint.pt`` at the end of every round.
 
@@ -61,13 +104,23 @@ class Checkpointing(StrategyWrapper):
         Run seed; node sampling in round r is seeded with (seed, r).
     rounds_done : int
         Rounds completed before this start (0 for a fresh run).
+    directory : FleetDirectory | None
+        The enrolled nodes; sampling sees them in partition order. None: the grid's order.
     """
 
-    def __init__(self, strategy: Strategy, run_dir: Path, seed: int, rounds_done: int = 0):
+    def __init__(
+        self,
+        strategy: Strategy,
+        run_dir: Path,
+        seed: int,
+        rounds_done: int = 0,
+        directory: FleetDirectory | None = None,
+    ):
         super().__init__(strategy)
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.rounds_done = rounds_done
+        self.directory = directory
         self._arrays: ArrayRecord | None = None
 
     def summary(self) -> None:
@@ -84,7 +137,7 @@ class Checkpointing(StrategyWrapper):
     ) -> Iterable[Message]:
         absolute = server_round + self.rounds_done
         random.seed(derive_seed(self.seed, absolute, _SAMPLE_TRAIN))
-        return self.strategy.configure_train(absolute, arrays, config, grid)
+        return self.strategy.configure_train(absolute, arrays, config, self._ordered(grid))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -97,7 +150,15 @@ class Checkpointing(StrategyWrapper):
         absolute = server_round + self.rounds_done
         self._arrays = arrays
         random.seed(derive_seed(self.seed, absolute, _SAMPLE_EVALUATE))
-        return self.strategy.configure_evaluate(absolute, arrays, config, grid)
+        return self.strategy.configure_evaluate(absolute, arrays, config, self._ordered(grid))
+
+    def _ordered(self, grid: Grid) -> Grid:
+        directory = self.directory
+        if directory is None:
+            return grid
+        return PartitionOrderedGrid(
+            grid, lambda: {n: info.partition_id for n, info in directory.nodes.items()}
+        )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -115,7 +115,8 @@ class Tracking(StrategyWrapper):
     Replies that decline to train (no update) are counted and kept from the inner strategy,
     so built-in strategies only ever aggregate real updates. A round's failures are the
     clients whose reply carried an error, that did not reply before the grid's timeout, or
-    whose update a wrapper rejected.
+    whose update a wrapper rejected. A runtime that reports where clients ran sets
+    ``runtime_stats``; its figures join the round's ``extra``.
     """
 
     def __init__(
@@ -127,6 +128,7 @@ class Tracking(StrategyWrapper):
         super().__init__(strategy)
         self.server_evaluate = server_evaluate
         self.sinks = list(sinks)
+        self.runtime_stats: Callable[[], dict[str, float]] | None = None  # set by the runtime
         self._round = _RoundInProgress()
 
     def summary(self) -> None:
@@ -185,6 +187,7 @@ class Tracking(StrategyWrapper):
             else {}
         )
         rejections = collect_rejections(self.strategy)
+        runtime = self.runtime_stats() if self.runtime_stats is not None else {}
         record = RoundRecord(
             server_round=server_round,
             wall_time_s=time.perf_counter() - progress.started,
@@ -199,7 +202,7 @@ class Tracking(StrategyWrapper):
             federated=_as_floats(metrics),
             per_user=scores,
             per_user_summary=summarize_users(list(scores)) if scores else None,
-            extra=collect_round_stats(self.strategy),
+            extra=collect_round_stats(self.strategy) | runtime,
             evaluate_failures=evaluate_failures,
         )
         for sink in self.sinks:

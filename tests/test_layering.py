@@ -51,14 +51,18 @@ ROOMS: dict[str, Room] = {  # most specific path first
         "experiments",
     ),
     "experiments/bench": _room(
-        "flwr hydra omegaconf numpy torch matplotlib rich", *CORE, "clients", "strategies",
-        "experiments",
+        "flwr hydra omegaconf numpy torch matplotlib rich ray psutil", *CORE, "clients",
+        "strategies", "experiments",
+    ),
+    "experiments/runtime": _room(
+        "flwr ray omegaconf numpy torch", *CORE, "clients", "experiments.runtime",
+        "experiments.server",
     ),
     "experiments": _room(  # the composition root: never the studies or the benchmarks
         "flwr hydra omegaconf numpy torch matplotlib rich wandb", *CORE, "clients",
         "strategies", "experiments.compose", "experiments.server", "experiments.run",
         "experiments.flower_app", "experiments.sinks", "experiments.sweep",
-        "experiments.report", "experiments.plots",
+        "experiments.report", "experiments.plots", "experiments.runtime",
     ),
 }
 OWN = ("fedhar", "clients", "strategies", "experiments", "tests")

@@ -14,6 +14,7 @@ from fedhar.data.dataset import WindowDataset
 from fedhar.data.sp_sw_har import SpSwHarConfig, load_sp_sw_har
 from fedhar.data.synthetic import SyntheticConfig, load_synthetic
 from fedhar.data.uci_har import UciHarConfig, load_uci_har
+from fedhar.data.users import LoadedUsers, SyntheticUsers, UserSource
 
 LOADERS: dict[str, tuple[type, Callable[[Any], WindowDataset]]] = {
     "synthetic": (SyntheticConfig, load_synthetic),
@@ -36,10 +37,18 @@ def dataset_config(name: str, **options: Any) -> Any:
     return config_type(**options)
 
 
+def open_users(name: str, **options: Any) -> UserSource:
+    """Dataset `name` user by user: synthetic users are generated as they are asked for."""
+    config = dataset_config(name, **options)
+    if isinstance(config, SyntheticConfig):
+        return SyntheticUsers(config)
+    return LoadedUsers(LOADERS[name][1](config))
+
+
 def load_dataset(name: str, **options: Any) -> WindowDataset:
     """Load dataset `name` ("synthetic", "sp_sw_har", "uci_har", "byod") as windows."""
     config = dataset_config(name, **options)
     return LOADERS[name][1](config)
 
 
-__all__ = ["DATASET_NAMES", "LOADERS", "dataset_config", "load_dataset"]
+__all__ = ["DATASET_NAMES", "LOADERS", "dataset_config", "load_dataset", "open_users"]

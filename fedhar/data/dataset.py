@@ -70,3 +70,19 @@ class WindowDataset:
 
     def for_user(self, user: str) -> WindowDataset:
         return self.select(self.user == user)
+
+
+def concat_windows(parts: list[WindowDataset]) -> WindowDataset:
+    """The windows of ``parts``, one after another; every part has the same classes,
+    channels, window length and rate."""
+    if not parts:
+        raise ValueError("concat_windows needs at least one dataset")
+    first = parts[0]
+    return replace(
+        first,
+        x=np.concatenate([p.x for p in parts]),
+        y=np.concatenate([p.y for p in parts]),
+        user=np.concatenate([p.user for p in parts]),
+        device=np.concatenate([p.device for p in parts]),
+        start_time_s=np.concatenate([p.start_time_s for p in parts]),
+    )

@@ -83,12 +83,19 @@ def split_users(
         held_out = sorted(test_users)
     else:
         assert test_fraction is not None
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        if len(users) < 2:
-            raise ValueError(f"need at least two users to split, got {users}")
-        n_test = min(max(1, round(test_fraction * len(users))), len(users) - 1)
-        order = np.random.default_rng(seed).permutation(len(users))
-        held_out = sorted(users[i] for i in order[:n_test])
+        held_out = draw_test_users(users, test_fraction, seed)
     mask = np.isin(ds.user, held_out)
     return ds.select(~mask), ds.select(mask)
+
+
+def draw_test_users(users: Sequence[str], test_fraction: float, seed: int = 0) -> list[str]:
+    """``test_fraction`` of the (sorted) ``users`` drawn with ``seed``, at least one on each
+    side; sorted."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    users = sorted(users)
+    if len(users) < 2:
+        raise ValueError(f"need at least two users to split, got {users}")
+    n_test = min(max(1, round(test_fraction * len(users))), len(users) - 1)
+    order = np.random.default_rng(seed).permutation(len(users))
+    return sorted(users[i] for i in order[:n_test])

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedhar.data.cache import cached_windows
-from fedhar.data.dataset import Recording, WindowDataset
+from fedhar.data.dataset import Recording, WindowDataset, concat_windows
 from fedhar.data.windows import window_recordings
 
 SYNTHETIC_CLASSES = (
@@ -31,7 +31,7 @@ AMPLITUDE_SCALE = np.array([1.0, 2.6, 1.3, 1.2, 0, 0, 0])  # x walking amplitude
 LEAN_DEG = np.array([5.0, 12.0, 15.0, -6.0, 0, 0, 0])  # forward trunk lean while moving
 IMPACT = np.array([1.0, 1.5, 0.7, 2.2, 0, 0, 0])  # weight on harmonics 3-4 (heel strikes)
 
-GENERATOR_VERSION = "1"  # bump when the generator changes, so cached windows are rebuilt
+GENERATOR_VERSION = "2"  # bump when the generator changes, so cached windows are rebuilt
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def generate_user(config: SyntheticConfig, index: int) -> Recording:
     signals = np.concatenate([acc_body @ rotation.T, gyro_body @ rotation.T], axis=1)  # (T, 6)
     signals = signals * gain + bias + rng.normal(size=signals.shape) * noise_scale
     return Recording(
-        user=f"u{index:02d}",
+        user=synthetic_user_name(index),
         device="synthetic",
         time_s=t,
         signals=signals.astype(np.float32),
@@ -151,21 +151,17 @@ def generate_user(config: SyntheticConfig, index: int) -> Recording:
     )
 
 
-def generate_recordings(config: SyntheticConfig) -> list[Recording]:
-    """One recording per user, users `u00`, `u01`, ..."""
-    return [generate_user(config, i) for i in range(config.num_users)]
+def synthetic_user_name(index: int) -> str:
+    """User ``index``'s name: ``u00``, ``u01``, ..."""
+    return f"u{index:02d}"
 
 
-def load_synthetic(config: SyntheticConfig) -> WindowDataset:
-    """Windowed synthetic dataset, with `label_noise` applied to window labels."""
+def synthetic_user_windows(config: SyntheticConfig, index: int) -> WindowDataset:
+    """User ``index``'s windows, with `label_noise` applied (drawn for this user alone)."""
     if not 0.0 <= config.label_noise < 1.0:
         raise ValueError(f"label_noise must be in [0, 1), got {config.label_noise}")
-    return cached_windows(config, lambda: _build(config), fingerprint=GENERATOR_VERSION)
-
-
-def _build(config: SyntheticConfig) -> WindowDataset:
     ds = window_recordings(
-        generate_recordings(config),
+        [generate_user(config, index)],
         config.window_length,
         config.stride,
         SYNTHETIC_CLASSES,
@@ -173,8 +169,19 @@ def _build(config: SyntheticConfig) -> WindowDataset:
     )
     if config.label_noise == 0.0:
         return ds
-    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2**31]))
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2**31, index]))
     flip = rng.random(len(ds)) < config.label_noise
     shift = rng.integers(1, ds.num_classes, size=len(ds))  # never the true class
     noisy = np.where(flip, (ds.y + shift) % ds.num_classes, ds.y)
     return replace(ds, y=noisy)
+
+
+def load_synthetic(config: SyntheticConfig) -> WindowDataset:
+    """Every user's windows (`synthetic_user_windows`), in user order."""
+    if not 0.0 <= config.label_noise < 1.0:
+        raise ValueError(f"label_noise must be in [0, 1), got {config.label_noise}")
+    return cached_windows(config, lambda: _build(config), fingerprint=GENERATOR_VERSION)
+
+
+def _build(config: SyntheticConfig) -> WindowDataset:
+    return concat_windows([synthetic_user_windows(config, i) for i in range(config.num_users)])
