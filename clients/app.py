@@ -25,7 +25,7 @@ from fedhar.device.local_update import (
 from fedhar.device.planner import PlanDeclined
 from fedhar.device.profiles import DeviceProfile, client_seed
 from fedhar.device.sensors import SensorVariability
-from fedhar.federation import ClientData, FederationSpec, load_client
+from fedhar.federation import ClientData, FederationSpec, client_view, load_client
 from fedhar.models import ModelShape
 from fedhar.seeding import derive_seed
 from fedhar.train import TrainConfig, evaluate
@@ -148,21 +148,28 @@ def evaluate_user(node: _Node, msg: Message) -> RecordDict:
     return eval_reply(report, identity)
 
 
-def describe_node(settings: ClientSettings, node: _Node, context: Context) -> RecordDict:
+def describe_node(settings: ClientSettings, partition_id: int, context: Context) -> RecordDict:
     """Enrollment: who this node is, what it can train, and its device's public keys.
 
-    A simulated device derives its identity from the run seed and its partition id, so that
-    runs are reproducible; the server learns the public keys only from this reply.
+    Answered from the federation's user list and the model's shape, without reading the
+    user's windows. A simulated device derives its identity from the run seed and its
+    partition id, so that runs are reproducible; the server learns the public keys only from
+    this reply.
     """
-    identity = DeviceIdentity.from_seed(settings.seed, node.partition_id)
-    width = 1.0 if node.device is None else max_width(node.device, node.shape, settings.quant)
+    federation = client_view(settings.federation)
+    user = federation.clients[partition_id]
+    device = settings.device_of(user)
+    shape = ModelShape(settings.model, federation.in_channels, federation.num_classes,
+                       federation.window_length)  # fmt: skip
+    width = 1.0 if device is None else max_width(device, shape, settings.quant)
     info = NodeInfo(
         node_id=context.node_id,
-        partition_id=node.partition_id,
-        user=node.data.user,
-        device=node.data.device,
+        partition_id=partition_id,
+        user=user,
+        device=federation.device_of(user) if device is None else device.name,
         max_width=width,
     )
+    identity = DeviceIdentity.from_seed(settings.seed, partition_id)
     return node_info_record(info, identity.public_keys())
 
 
@@ -187,7 +194,7 @@ def make_client_app(settings_for: SettingsProvider, mods: Sequence[Mod] = ()) ->
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        settings = settings_for(context)
-        return Message(describe_node(settings, _node_for(settings, context), context), reply_to=msg)
+        partition_id = int(context.node_config["partition-id"])
+        return Message(describe_node(settings_for(context), partition_id, context), reply_to=msg)
 
     return app

@@ -115,9 +115,17 @@ def open_federation(spec: FederationSpec) -> Federation:
     return Federation(spec, open_users(spec.dataset, **dict(spec.options)))
 
 
+def client_view(spec: FederationSpec) -> Federation:
+    """The federation as a simulation worker sees it: kept for the process when its users
+    are read one at a time (synthetic), opened afresh when it holds every user's windows, so
+    a worker never keeps other users' windows."""
+    federation = open_federation(spec)
+    return load_federation(spec) if federation.source.lazy else federation
+
+
 def load_client(spec: FederationSpec, partition_id: int) -> ClientData:
     """One client's data, without keeping the other users' windows in memory.
 
     Simulation workers serve many nodes; each keeps only the users it is working for.
     """
-    return open_federation(spec).client(partition_id)
+    return client_view(spec).client(partition_id)

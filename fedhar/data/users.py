@@ -31,6 +31,8 @@ NO_ROWS = np.zeros(0, dtype=np.int64)
 class UserSource(Protocol):
     """Users of a dataset, in dataset order, with their windows one user at a time."""
 
+    lazy: bool  # True: holds no windows until asked for a user's (cheap to keep around)
+
     @property
     def users(self) -> tuple[str, ...]:
         """Every user, in the order their windows appear in the dataset."""
@@ -56,6 +58,8 @@ class UserSource(Protocol):
 
 class LoadedUsers:
     """A loaded `WindowDataset`, indexed by user once."""
+
+    lazy = False
 
     def __init__(self, windows: WindowDataset) -> None:
         self.windows = windows
@@ -91,6 +95,8 @@ class LoadedUsers:
 
 class SyntheticUsers:
     """Synthetic users generated one at a time, each cached on disk after the first time."""
+
+    lazy = True
 
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config

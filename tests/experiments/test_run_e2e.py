@@ -1,4 +1,4 @@
-"""End-to-end federated runs through Flower's simulation runtime on Ray (synthetic data)."""
+"""End-to-end federated runs on Ray with the default runtime (synthetic data)."""
 
 from __future__ import annotations
 
