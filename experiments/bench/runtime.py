@@ -148,12 +148,16 @@ def run_flower_peer(work: Workload, events: Path) -> None:
     shape = (federation.in_channels, federation.num_classes)
     client_app = ClientApp()
 
-    @client_app.train()
-    def train(msg: Message, context: Context) -> Message:
+    def received(msg: Message, context: Context) -> tuple[Any, torch.nn.Module]:
+        """The node's data and the model the message carries."""
         torch.set_num_threads(1)
-        data = _client(spec, int(context.node_config["partition-id"]))
         model = build_model("microbi_convlstm", *shape)
         model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        return _client(spec, int(context.node_config["partition-id"])), model
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        data, model = received(msg, context)
         result = train_local(model, data.train.x, data.train.y, TrainConfig(epochs=1), seed=0)
         content = RecordDict({
             "arrays": ArrayRecord(model.state_dict()),
@@ -164,10 +168,7 @@ def run_flower_peer(work: Workload, events: Path) -> None:
 
     @client_app.evaluate()
     def evaluate_client(msg: Message, context: Context) -> Message:
-        torch.set_num_threads(1)
-        data = _client(spec, int(context.node_config["partition-id"]))
-        model = build_model("microbi_convlstm", *shape)
-        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        data, model = received(msg, context)
         result = evaluate(model, data.test.x, data.test.y, shape[1])
         metrics = MetricRecord({"num-examples": result.num_examples,
                                 "eval-macro-f1": result.macro_f1})  # fmt: skip
