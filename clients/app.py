@@ -25,7 +25,7 @@ from fedhar.device.local_update import (
 from fedhar.device.planner import PlanDeclined
 from fedhar.device.profiles import DeviceProfile, client_seed
 from fedhar.device.sensors import SensorVariability
-from fedhar.federation import ClientData, FederationSpec, client_view, load_client
+from fedhar.federation import ClientData, FederationSpec, federation_index, load_client
 from fedhar.models import ModelShape
 from fedhar.seeding import derive_seed
 from fedhar.train import TrainConfig, evaluate
@@ -156,17 +156,16 @@ def describe_node(settings: ClientSettings, partition_id: int, context: Context)
     partition id, so that runs are reproducible; the server learns the public keys only from
     this reply.
     """
-    federation = client_view(settings.federation)
-    user = federation.clients[partition_id]
+    index = federation_index(settings.federation)
+    user = index.clients[partition_id]
     device = settings.device_of(user)
-    shape = ModelShape(settings.model, federation.in_channels, federation.num_classes,
-                       federation.window_length)  # fmt: skip
+    shape = ModelShape(settings.model, *index.shape)
     width = 1.0 if device is None else max_width(device, shape, settings.quant)
     info = NodeInfo(
         node_id=context.node_id,
         partition_id=partition_id,
         user=user,
-        device=federation.device_of(user) if device is None else device.name,
+        device=index.devices[user] if device is None else device.name,
         max_width=width,
     )
     identity = DeviceIdentity.from_seed(settings.seed, partition_id)

@@ -77,6 +77,8 @@ class ServerRun:
         )
         wait_for_fleet(grid, self.num_clients, cfg.runtime.round_timeout_s)
         enroll(grid, self.run, cfg.runtime.round_timeout_s)
+        if runtime_stats is not None:
+            runtime_stats()  # rounds count their own messages, not enrollment's
         self.strategy.start(
             grid=grid,
             initial_arrays=self.initial_arrays,

@@ -123,6 +123,24 @@ def client_view(spec: FederationSpec) -> Federation:
     return load_federation(spec) if federation.source.lazy else federation
 
 
+@dataclass(frozen=True)
+class FederationIndex:
+    """Who the clients are, without anyone's windows: what enrollment needs."""
+
+    clients: tuple[str, ...]  # by partition id
+    devices: dict[str, str]  # user -> device label
+    shape: tuple[int, int, int]  # (channels, classes, window length)
+
+
+@lru_cache(maxsize=4)
+def federation_index(spec: FederationSpec) -> FederationIndex:
+    """The federation's clients, their devices and the windows' shape (once per process)."""
+    federation = client_view(spec)
+    clients = tuple(federation.clients)
+    devices = {user: federation.device_of(user) for user in clients}
+    return FederationIndex(clients, devices, federation.source.shape)
+
+
 def load_client(spec: FederationSpec, partition_id: int) -> ClientData:
     """One client's data, without keeping the other users' windows in memory.
 

@@ -18,18 +18,38 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
 
 import ray
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore import log
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-WORKER_LOST = 2  # Error.code of a reply whose worker died before answering
+from experiments.runtime.worker import Finished
+
+WORKER_LOST = ErrorCode.CLIENT_APP_CRASHED  # Error.code of a reply whose worker failed
 WorkerFactory = Callable[[], Any]  # -> a ClientWorker actor handle
+
+
+@dataclass
+class _Call:
+    """One batch in flight on one worker."""
+
+    worker: Any
+    batch_id: int
+    batch: list[Message]  # by position
+    stolen: set[int] = field(default_factory=set)  # positions handed to other workers
+    exhausted: bool = False  # release gave nothing back: do not ask again
+    dead: bool = False  # the worker's process died during the call
+
+    @property
+    def left(self) -> int:
+        return len(self.batch) - len(self.stolen)
 
 
 class RayGrid(Grid):
@@ -117,9 +137,8 @@ class RayGrid(Grid):
         return [self._pulled.pop(i) for i in message_ids if i in self._pulled]
 
     def _batches(self, messages: Sequence[Message]) -> list[list[Message]]:
-        """Batches small enough that every worker gets several, at most messages_per_call."""
-        size = max(1, min(self.messages_per_call,
-                          math.ceil(len(messages) / (4 * len(self.workers)))))  # fmt: skip
+        """One batch per worker, cut to at most messages_per_call; idle workers steal the rest."""
+        size = max(1, min(self.messages_per_call, math.ceil(len(messages) / len(self.workers))))
         return [list(messages[i : i + size]) for i in range(0, len(messages), size)]
 
     def send_and_receive(
@@ -133,75 +152,95 @@ class RayGrid(Grid):
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         queue = self._batches(messages)
         idle = list(self.workers)
-        in_flight: dict[Any, tuple[Any, int, list[Message]]] = {}
+        in_flight: dict[Any, _Call] = {}
         replies: list[Message] = []
         while queue or in_flight:
-            if idle and not queue and in_flight:
-                queue += self._steal(in_flight)
-            while queue and idle:
-                worker, batch = idle.pop(), queue.pop(0)
-                work = [(m, self.contexts[m.metadata.dst_node_id]) for m in batch]
-                batch_id = next(self._batch_ids)
-                in_flight[worker.handle.remote(batch_id, work)] = (worker, batch_id, batch)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            wait_s = None if math.isinf(remaining) else remaining
+            if idle and not queue:
+                queue += self._steal(in_flight, remaining)
+            while queue and idle:
+                worker, batch = idle.pop(), queue.pop(0)
+                work = [(i, m, self.contexts[m.metadata.dst_node_id]) for i, m in enumerate(batch)]
+                call = _Call(worker, next(self._batch_ids), batch)
+                in_flight[worker.handle.remote(call.batch_id, work)] = call
+            wait_s = None if math.isinf(remaining) else max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
             for ref in done:
-                worker, _, batch = in_flight.pop(ref)
-                replies += self._collect(ref, batch)
-                idle.append(worker)
+                call = in_flight.pop(ref)
+                got, requeue = self._collect(ref, call)
+                replies += got
+                queue += [requeue] if requeue else []
+                idle.append(self._replace(call.worker) if call.dead else call.worker)
         if in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+            for ref in ready:  # finished just at the deadline: not hung
+                replies += self._collect(ref, in_flight.pop(ref))[0]
             replies += self._salvage(list(in_flight.values()), timeout)
         return replies
 
-    def _steal(self, in_flight: dict[Any, tuple[Any, int, list[Message]]]) -> list[list[Message]]:
-        """Unstarted messages of the busiest batch, handed back by its worker, as one batch."""
-        ref = max(in_flight, key=lambda r: len(in_flight[r][2]))
-        worker, batch_id, batch = in_flight[ref]
-        if len(batch) < 2:
-            return []
-        try:
-            released = set(ray.get(worker.release.remote(batch_id), timeout=10.0))
-        except (ray.exceptions.RayError, TimeoutError):
-            return []
-        stolen = [m for m in batch if m.metadata.dst_node_id in released]
-        kept = [m for m in batch if m.metadata.dst_node_id not in released]
-        in_flight[ref] = (worker, batch_id, kept)
-        return [stolen] if stolen else []
+    def _steal(self, in_flight: dict[Any, _Call], remaining: float) -> list[list[Message]]:
+        """Unstarted messages of a busy batch, handed back by its worker, as one batch."""
+        for call in sorted(in_flight.values(), key=lambda c: -c.left):
+            if call.exhausted or call.left < 2:
+                continue
+            try:
+                wait_s = min(10.0, remaining)
+                given = ray.get(call.worker.release.remote(call.batch_id), timeout=wait_s)
+            except (ray.exceptions.RayError, TimeoutError):
+                call.exhausted = True  # whatever it hands back later is re-queued on return
+                continue
+            if not given:
+                call.exhausted = True
+                continue
+            call.stolen.update(given)
+            return [[call.batch[i] for i in given]]
+        return []
 
-    def _collect(self, ref: Any, batch: list[Message]) -> list[Message]:
-        """The replies of one finished call; if its worker died, an error reply for each."""
+    def _collect(self, ref: Any, call: _Call) -> tuple[list[Message], list[Message]]:
+        """(replies, messages to queue again) of one finished call; if the call failed, an
+        error reply for every message it held."""
         try:
             finished = ray.get(ref)
-        except ray.exceptions.RayActorError as lost:
-            reason = f"the simulation worker died: {type(lost).__name__}"
-            return [Message(Error(code=WORKER_LOST, reason=reason), reply_to=m) for m in batch]
-        return self._accept(finished)
+        except ray.exceptions.RayError as failed:
+            if isinstance(failed, ray.exceptions.RayActorError):
+                call.dead = True
+            reason = f"the simulation worker failed: {type(failed).__name__}"
+            held = [m for i, m in enumerate(call.batch) if i not in call.stolen]
+            return [Message(Error(code=WORKER_LOST, reason=reason), reply_to=m) for m in held], []
+        _, _, _, released = finished
+        late = [call.batch[i] for i in released if i not in call.stolen]  # a late `release`
+        return self._accept(finished, call.batch), late
 
-    def _accept(self, finished: tuple[str, int, list[tuple[Message, RecordDict]]]) -> list[Message]:
-        ray_node, pid, results = finished
-        for reply, state in results:
-            self.contexts[reply.metadata.src_node_id].state = state
+    def _accept(self, finished: Finished, batch: list[Message]) -> list[Message]:
+        ray_node, pid, results, _ = finished
+        for position, _, state in results:
+            if state is not None:
+                self.contexts[batch[position].metadata.dst_node_id].state = state
             self.placements[(ray_node, pid)] += 1
-        return [reply for reply, _ in results]
+        return [reply for _, reply, _ in results]
 
-    def _salvage(
-        self, busy: list[tuple[Any, int, list[Message]]], timeout: float | None
-    ) -> list[Message]:
+    def _replace(self, worker: Any) -> Any:
+        """Kill ``worker`` and start a fresh one in its place; returns the new one."""
+        ray.kill(worker)
+        fresh = self.new_worker()
+        self.workers[self.workers.index(worker)] = fresh
+        return fresh
+
+    def _salvage(self, busy: list[_Call], timeout: float | None) -> list[Message]:
         """At the timeout: take what each busy worker's batch has finished, then kill the
         worker and start a fresh one in its place (its current client is hung or slow)."""
         log(WARNING, "%d worker(s) still busy after the %s s timeout; replacing them",
             len(busy), timeout)  # fmt: skip
+        asked = [(call, call.worker.finished.remote(call.batch_id)) for call in busy]
         replies: list[Message] = []
-        for worker, batch_id, _ in busy:
+        for call, ref in asked:
             try:
-                replies += self._accept(ray.get(worker.finished.remote(batch_id), timeout=10.0))
+                replies += self._accept(ray.get(ref, timeout=10.0), call.batch)
             except (ray.exceptions.RayError, TimeoutError) as error:
                 log(WARNING, "could not read a busy worker's finished replies: %s", error)
-            ray.kill(worker)
-            self.workers[self.workers.index(worker)] = self.new_worker()
+            self._replace(call.worker)
         return replies
 
     def round_stats(self) -> dict[str, float]:

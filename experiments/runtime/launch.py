@@ -39,6 +39,8 @@ def serve_on_ray(run: ServerRun, mods: Sequence[Mod]) -> None:
     runtime = run.cfg.runtime
     started = start_ray(runtime)
     cpus = float(runtime.client_resources.num_cpus)
+    if cpus <= 0:
+        raise ValueError(f"runtime.client_resources.num_cpus must be > 0, got {cpus}")
     workers = max(1, int(ray.cluster_resources().get("CPU", 1.0) // cpus))
     remote = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)  # type: ignore[call-overload]
     actor = remote(ClientWorker).options(
@@ -52,15 +54,13 @@ def serve_on_ray(run: ServerRun, mods: Sequence[Mod]) -> None:
         return actor.remote(run.settings, mods, threads)
 
     log.info("fast runtime: %d workers of %s CPU on %s", workers, cpus, ray.nodes())
-    grid = RayGrid(
-        new_worker,
-        workers,
-        run.num_clients,
-        messages_per_call=int(runtime.messages_per_call),
-    )
+    grid: RayGrid | None = None
     try:
+        grid = RayGrid(new_worker, workers, run.num_clients,
+                       messages_per_call=int(runtime.messages_per_call))  # fmt: skip
         run.serve(grid, runtime_stats=grid.round_stats)
     finally:
-        grid.shutdown()
+        if grid is not None:
+            grid.shutdown()
         if started:
             ray.shutdown()

@@ -9,17 +9,17 @@ import ray
 import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp.typing import Mod
+from flwr.common.constant import ErrorCode
 
 from clients.app import ClientSettings, make_client_app
 
-CLIENT_ERROR = 1  # Error.code of a reply whose handler raised
 # ``handle`` trains in one thread; ``finished`` and ``release`` answer from another, so the
 # grid can move a busy worker's unstarted messages to an idle one, and take the replies a
 # batch has so far when one of its clients hangs past the round timeout.
 CONCURRENCY_GROUPS = {"compute": 1, "control": 1}
-Work = tuple[Message, Context]
-Result = tuple[Message, RecordDict]
-Finished = tuple[str, int, list[Result]]  # (Ray node id, worker pid, replies with states)
+Work = tuple[int, Message, Context]  # (position in the batch, message, its node's context)
+Result = tuple[int, Message, RecordDict | None]  # (position, reply, state; None: unchanged)
+Finished = tuple[str, int, list[Result], list[int]]  # (Ray node, pid, results, released)
 
 
 class ClientWorker:
@@ -39,47 +39,56 @@ class ClientWorker:
         torch.set_num_threads(threads)
         self.app = make_client_app(lambda _: settings, list(mods))
         self.ray_node = ray.get_runtime_context().get_node_id()
-        # the batch in progress: (id, messages not started yet, replies so far)
-        self._batch: tuple[int, list[Work], list[Result]] = (-1, [], [])
+        # the batch in progress: (id, not started yet, replies so far, handed back)
+        self._batch: tuple[int, list[Work], list[Result], list[int]] = (-1, [], [], [])
 
     @ray.method(concurrency_group="compute")
     def handle(self, batch_id: int, batch: Sequence[Work]) -> Finished:
-        """Each message's reply and its node's state after it; a raising handler becomes an
-        error reply, as in Flower's simulation runtime. Messages `release` hands back before
-        they start are skipped."""
-        todo, results = list(batch), list[Result]()
-        self._batch = (batch_id, todo, results)
+        """Each message's reply and its node's state after it, and the positions `release`
+        handed back before they started (skipped here).
+
+        A raising handler becomes an error reply, as in Flower's simulation runtime, and its
+        node keeps the state it had before the message.
+        """
+        todo, results, released = list(batch), list[Result](), list[int]()
+        self._batch = (batch_id, todo, results, released)
         while True:
             try:
-                message, context = todo.pop(0)  # atomic: `release` pops from the other end
+                position, message, context = todo.pop(0)  # atomic; `release` pops the other end
             except IndexError:
                 break
             try:
                 reply = self.app(message, context)
+                state: RecordDict | None = context.state
             except Exception as error:  # a failing client never takes the batch down
                 reason = f"{type(error).__name__}: {error}"
-                reply = Message(Error(code=CLIENT_ERROR, reason=reason), reply_to=message)
-            results.append((reply, context.state))
-        return self.ray_node, os.getpid(), results
+                code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+                reply, state = Message(Error(code=code, reason=reason), reply_to=message), None
+            results.append((position, reply, state))
+        self._batch = (-1, [], [], [])  # keep no replies around between calls
+        return self.ray_node, os.getpid(), results, released
 
     @ray.method(concurrency_group="control")
     def finished(self, batch_id: int) -> Finished:
         """The replies of batch ``batch_id`` so far, while ``handle`` may still be busy."""
-        current, _, results = self._batch
-        return self.ray_node, os.getpid(), list(results) if current == batch_id else []
+        current, _, results, released = self._batch
+        if current != batch_id:
+            return self.ray_node, os.getpid(), [], []
+        return self.ray_node, os.getpid(), list(results), list(released)
 
     @ray.method(concurrency_group="control")
     def release(self, batch_id: int) -> list[int]:
         """Hand back the later half of batch ``batch_id``'s messages that have not started,
-        for an idle worker to take; returns their destination node ids."""
-        current, todo, _ = self._batch
-        released: list[int] = []
+        for an idle worker to take; returns their positions."""
+        current, todo, _, released = self._batch
+        given: list[int] = []
         if current != batch_id:
-            return released
+            return given
         for _ in range((len(todo) + 1) // 2):
             try:
-                message, _ = todo.pop()
+                position, _, _ = todo.pop()
             except IndexError:
                 break
-            released.append(message.metadata.dst_node_id)
-        return released
+            given.append(position)
+            released.append(position)
+        return given

@@ -66,6 +66,7 @@ def test_malformed_impostor_and_crashed_nodes_are_left_out() -> None:
         13: _answer(99, 2),  # answers as another node
         14: None,
         15: RecordDict({NODE_KEY: _answer(15, 4)[NODE_KEY]}),  # no keys at all
+        16: _answer(16, 0),  # claims node 11's partition
     }
     enroll(AnsweringGrid(answers), run, timeout_s=1.0)
     assert sorted(run.directory.nodes) == [11]
