@@ -125,11 +125,7 @@ def check_model_fits(cfg: DictConfig, federation: Federation, profiles: set[Devi
 
 def build_strategy(cfg: DictConfig, num_clients: int, run: RunInfo) -> Strategy:
     """Instantiate the configured Flower strategy and check it can run on this fleet."""
-    target = hydra.utils.get_class(cfg.strategy.algorithm._target_)
-    takes_run = "run" in inspect.signature(target).parameters
-    # _partial_: Hydra would turn a dataclass argument (RunInfo) into a config copy.
-    build = instantiate(cfg.strategy.algorithm, _partial_=True)
-    strategy = build(run=run) if takes_run else build()
+    strategy = instantiate_with_run(cfg.strategy.algorithm, run)
     if not isinstance(strategy, Strategy):
         raise ConfigError(
             f"strategy.algorithm built {type(strategy).__name__}, not a Flower Message-API "
@@ -145,12 +141,20 @@ def build_strategy(cfg: DictConfig, num_clients: int, run: RunInfo) -> Strategy:
     return strategy
 
 
+def instantiate_with_run(node: DictConfig, run: RunInfo, **kwargs: Any) -> Any:
+    """Instantiate ``node`` with ``kwargs``, and ``run=`` only if its target takes it.
+
+    ``_partial_``: Hydra would turn a dataclass argument (RunInfo) into a config copy.
+    """
+    build = instantiate(node, _partial_=True)
+    target = hydra.utils.get_class(node._target_)
+    takes_run = "run" in inspect.signature(target).parameters
+    return build(**kwargs, run=run) if takes_run else build(**kwargs)
+
+
 def build_wrapper(name: str, spec: DictConfig, strategy: Strategy, run: RunInfo) -> Strategy:
     """One configured wrapper around ``strategy``; ``run=`` only for classes that take it."""
-    target = hydra.utils.get_class(spec.server._target_)
-    build = instantiate(spec.server, _partial_=True)
-    takes_run = "run" in inspect.signature(target).parameters
-    wrapped = build(strategy=strategy, run=run) if takes_run else build(strategy=strategy)
+    wrapped = instantiate_with_run(spec.server, run, strategy=strategy)
     if not isinstance(wrapped, Strategy):
         raise ConfigError(
             f"wrappers.{name}.server built {type(wrapped).__name__}, not a Flower Strategy; "

@@ -272,13 +272,8 @@ def _fedhar_command(work: Workload, run_dir: Path, extra: list[str]) -> list[str
     ]  # fmt: skip
 
 
-def _round_ends(arm: str, run_dir: Path) -> list[tuple[int, float, float]]:
-    """(round, wall-clock end, round duration) of every finished round."""
-    if arm == "fedhar":
-        path = run_dir / "metrics.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        rows = [json.loads(line) for line in lines]
-        return [(r["server_round"], r["_seen"], r["wall_time_s"]) for r in rows if "_seen" in r]
+def _round_ends(run_dir: Path) -> list[tuple[int, float, float]]:
+    """(round, wall-clock end, round duration) of every round an arm's event log finished."""
     path = run_dir / "events.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
     ends = {r["round"]: r["time"] for r in map(json.loads, lines)}
@@ -320,7 +315,7 @@ def run_arm(arm: str, work: Workload, out: Path, timeout_s: float, extra: list[s
         _note_fedhar_rounds(run_dir, seen, seen_rounds)
         ends = [(r["server_round"], r["_seen"], r["wall_time_s"]) for r in seen]
     else:
-        ends = _round_ends(arm, run_dir)
+        ends = _round_ends(run_dir)
     log_file.close()
     stderr = (run_dir / "stderr.log").read_text(errors="replace")
     note = "" if finished else f"not finished within {timeout_s:.0f} s"

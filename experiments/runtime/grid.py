@@ -99,7 +99,7 @@ class RayGrid(Grid):
             )
             for i in range(num_nodes)
         }
-        self.placements: Counter[tuple[str, int]] = Counter()  # (Ray node, pid) -> replies
+        self.placements: Counter[str] = Counter()  # Ray node id -> replies since round_stats
         self._pulled: dict[str, Message] = {}
         self._batch_ids = itertools.count()
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, 1
@@ -209,16 +209,16 @@ class RayGrid(Grid):
             reason = f"the simulation worker failed: {type(failed).__name__}"
             held = [m for i, m in enumerate(call.batch) if i not in call.stolen]
             return [Message(Error(code=WORKER_LOST, reason=reason), reply_to=m) for m in held], []
-        _, _, _, released = finished
+        _, _, released = finished
         late = [call.batch[i] for i in released if i not in call.stolen]  # a late `release`
         return self._accept(finished, call.batch), late
 
     def _accept(self, finished: Finished, batch: list[Message]) -> list[Message]:
-        ray_node, pid, results, _ = finished
+        ray_node, results, _ = finished
         for position, _, state in results:
             if state is not None:
                 self.contexts[batch[position].metadata.dst_node_id].state = state
-            self.placements[(ray_node, pid)] += 1
+            self.placements[ray_node] += 1
         return [reply for _, reply, _ in results]
 
     def _replace(self, worker: Any) -> Any:
@@ -245,11 +245,10 @@ class RayGrid(Grid):
 
     def round_stats(self) -> dict[str, float]:
         """Replies per Ray node since the last call, as ``runtime/ray-node/<node id>``."""
-        counts: Counter[str] = Counter()
-        for (ray_node, _), n in self.placements.items():
-            counts[f"runtime/ray-node/{ray_node}"] += n
+        counts = sorted(self.placements.items())
+        stats = {f"runtime/ray-node/{node}": float(n) for node, n in counts}
         self.placements.clear()
-        return {key: float(n) for key, n in sorted(counts.items())}
+        return stats
 
     def shutdown(self) -> None:
         for worker in self.workers:

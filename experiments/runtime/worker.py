@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import ray
@@ -19,7 +18,7 @@ from clients.app import ClientSettings, make_client_app
 CONCURRENCY_GROUPS = {"compute": 1, "control": 1}
 Work = tuple[int, Message, Context]  # (position in the batch, message, its node's context)
 Result = tuple[int, Message, RecordDict | None]  # (position, reply, state; None: unchanged)
-Finished = tuple[str, int, list[Result], list[int]]  # (Ray node, pid, results, released)
+Finished = tuple[str, list[Result], list[int]]  # (Ray node, results, released positions)
 
 
 class ClientWorker:
@@ -66,15 +65,15 @@ class ClientWorker:
                 reply, state = Message(Error(code=code, reason=reason), reply_to=message), None
             results.append((position, reply, state))
         self._batch = (-1, [], [], [])  # keep no replies around between calls
-        return self.ray_node, os.getpid(), results, released
+        return self.ray_node, results, released
 
     @ray.method(concurrency_group="control")
     def finished(self, batch_id: int) -> Finished:
         """The replies of batch ``batch_id`` so far, while ``handle`` may still be busy."""
         current, _, results, released = self._batch
         if current != batch_id:
-            return self.ray_node, os.getpid(), [], []
-        return self.ray_node, os.getpid(), list(results), list(released)
+            return self.ray_node, [], []
+        return self.ray_node, list(results), list(released)
 
     @ray.method(concurrency_group="control")
     def release(self, batch_id: int) -> list[int]:

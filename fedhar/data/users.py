@@ -101,7 +101,7 @@ class SyntheticUsers:
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config
 
-    @property
+    @cached_property
     def users(self) -> tuple[str, ...]:
         return tuple(synthetic_user_name(i) for i in range(self.config.num_users))
 

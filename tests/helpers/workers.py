@@ -37,4 +37,4 @@ class EchoWorker(ClientWorker):
             context.state["calls"] = ConfigRecord({"n": calls})
             reply = Message(RecordDict({"echo": ConfigRecord({"node": node})}), reply_to=message)
             results.append((position, reply, context.state))
-        return self.ray_node, os.getpid(), results, released
+        return self.ray_node, results, released

@@ -20,7 +20,7 @@ def test_the_floor_logs_every_round_and_rounds_are_read_back(tmp_path: Path) -> 
     run_floor(Workload(2, 2, seconds_per_user=16.0), events)
     rounds = [json.loads(line)["round"] for line in events.read_text().splitlines()]
     assert rounds == [0, 1, 2]
-    ends = _round_ends("floor", tmp_path)
+    ends = _round_ends(tmp_path)
     assert [r for r, _, _ in ends] == [1, 2] and all(d >= 0 for _, _, d in ends)
 
 
