@@ -3,7 +3,8 @@
 Client state that must survive rounds (error-feedback residuals, personal layers) lives in
 ``context.state``, which a killed run loses. With this mod outermost, a node that starts
 with an empty state in round r (a resumed run) reloads what it saved in its latest round
-before r, so a resumed run ends with the same numbers as an uninterrupted one.
+before r, so a resumed run ends with the same numbers as an uninterrupted one. Secure
+aggregation's per-round secrets (``secagg-round``) are never written.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import Context, Message, MessageType
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import Mod
 
-from fedhar.wire import CONFIG_KEY, record_from_bytes, record_to_bytes
+from fedhar.wire import CONFIG_KEY, SECAGG_STATE_KEY, record_from_bytes, record_to_bytes
 
 STATE_DIR = "client_state"
+VOLATILE_KEYS = (SECAGG_STATE_KEY,)  # a round's secrets: never written, a resumed round restarts
 
 
 def _round_of(path: Path) -> int:
@@ -41,13 +43,16 @@ def persisted_state_mod(run_dir: str) -> Mod:
             return call_next(msg, context)
         server_round = int(str(msg.content.config_records[CONFIG_KEY]["server-round"]))
         folder = root / f"node{int(context.node_config['partition-id'])}"
-        if not context.state and (previous := latest_before(folder, server_round)) is not None:
-            context.state = record_from_bytes(previous.read_bytes())
+        kept = RecordDict({k: v for k, v in context.state.items() if k not in VOLATILE_KEYS})
+        if not kept and (previous := latest_before(folder, server_round)) is not None:
+            for key, record in record_from_bytes(previous.read_bytes()).items():
+                context.state[key] = record
         reply = call_next(msg, context)
-        if len(context.state):
+        kept = RecordDict({k: v for k, v in context.state.items() if k not in VOLATILE_KEYS})
+        if len(kept):
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"round{server_round:05d}.bin"
-            path.with_suffix(".tmp").write_bytes(record_to_bytes(context.state))
+            path.with_suffix(".tmp").write_bytes(record_to_bytes(kept))
             os.replace(path.with_suffix(".tmp"), path)
         return reply
 

@@ -112,9 +112,7 @@ def check_model_fits(cfg: DictConfig, federation: Federation, profiles: set[Devi
     )
     if any(max_width(profile, shape, quant) > 0 for profile in profiles):
         return
-    needed = min(
-        smallest_budget(shape, bits=storage_bits(profile, quant)) for profile in profiles
-    )
+    needed = min(smallest_budget(shape, bits=storage_bits(profile, quant)) for profile in profiles)
     largest = max(training_budget_bytes(profile) for profile in profiles)
     raise ConfigError(
         f"model {cfg.model.name} fits no device of the fleet: training it needs at least "

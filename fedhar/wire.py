@@ -36,11 +36,17 @@ PERSONAL_NAMES_KEY = "personal-names"  # config list of state entries the node k
 PERSONAL_STATE_KEY = "personal-layers"  # context.state ArrayRecord holding them between rounds
 HEAD_EPOCHS_KEY = "head-epochs"  # config int: FedRep's head-only epochs before the body's
 
+# Secure aggregation (strategies.secagg, clients.secagg).
+SECAGG_KEY = "secagg"  # ConfigRecord: a secure-aggregation stage's instructions or answer
+MASKED_KEY = "masked"  # ConfigRecord {"vector": bytes}: a masked update in the secagg ring
+SECURE_SUM_KEY = "secure-sum"  # ConfigRecord {"senders": [...]}: the server's unmasked average
+SECAGG_STATE_KEY = "secagg-round"  # context.state ConfigRecord: this round's secrets, never saved
+
 # Encrypted transport (strategies.encryption, clients.encryption).
 SEALED_KEY = "sealed"  # ConfigRecord {"envelope": bytes, "inner": name of the main payload}
 SEALED_MODEL_KEY = "sealed-model"  # ConfigRecord {"envelope": bytes}: the sealed downlink model
 TRANSPORT_KEY = "transport"  # MetricRecord of the client's seal/open seconds, clear telemetry
-PAYLOAD_KEYS = (COMPRESSED_KEY, ARRAYS_KEY)  # records that only travel sealed
+PAYLOAD_KEYS = (COMPRESSED_KEY, ARRAYS_KEY, MASKED_KEY)  # records that only travel sealed
 PAYLOAD_FORMAT_KEY = "payload-format"  # config int: the sealed payload's format version
 SERVER_PUBLIC_KEY_KEY = "server-public-key"  # config bytes: the server's X25519 public key
 SERVER_SIGNING_KEY_KEY = "server-signing-key"  # config bytes: the server's Ed25519 public key
@@ -292,3 +298,47 @@ def decline_reason(content: RecordDict) -> str | None:
     """The decline reason carried by a reply, or None for an ordinary reply."""
     record = content.config_records.get(DECLINE_KEY)
     return None if record is None else str(record["reason"])
+
+
+def config_int(config: ConfigRecord, key: str) -> int:
+    """``config[key]`` as an int; missing or not a whole number -> ValueError naming the key."""
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"config {key!r} must be an int, got {value!r}")
+    return int(value)
+
+
+def config_float(config: ConfigRecord, key: str) -> float:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"config {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def config_bytes(config: ConfigRecord, key: str) -> bytes:
+    value = config.get(key)
+    if not isinstance(value, bytes):
+        raise ValueError(f"config {key!r} must be bytes, got {type(value).__name__}")
+    return value
+
+
+def config_ints(config: ConfigRecord, key: str) -> list[int]:
+    """A list of ints (an absent key: empty)."""
+    value = config.get(key, [])
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(f"config {key!r} must be a list of ints")
+    return [int(v) for v in value]  # type: ignore[arg-type]
+
+
+def config_blobs(config: ConfigRecord, key: str, length: int) -> list[bytes]:
+    """A list of exactly ``length`` byte strings."""
+    value = config.get(key, [])
+    if (
+        not isinstance(value, list)
+        or len(value) != length
+        or not all(isinstance(v, bytes) for v in value)
+    ):
+        raise ValueError(f"config {key!r} must be a list of {length} byte strings")
+    return [bytes(v) for v in value]  # type: ignore[arg-type]

@@ -13,6 +13,8 @@ aggregates as usual.
 A payload that does not match the model sent to that node (other schema, shapes, scales,
 bit width, truncation, non-finite result) or a reply that is not compressed is rejected with
 its reason, counted, and dropped: it never reaches the inner strategy or the global model.
+Under secure aggregation (``wrappers=[secagg,compression]``) the uplink is secagg's masked
+fixed-point vector, which passes through; compression then applies to the downlink only.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from fedhar.transport.payload import (
 from fedhar.wire import (
     ARRAYS_KEY,
     COMPRESSED_KEY,
+    MASKED_KEY,
     arrays_to_state,
     decline_reason,
     personal_names,
@@ -205,6 +208,9 @@ class CompressedUpdates(StrategyWrapper):
         kept = []
         for message in replies:
             if message.has_error() or decline_reason(message.content) is not None:
+                kept.append(message)
+                continue
+            if MASKED_KEY in message.content.config_records:  # secure aggregation's own uplink
                 kept.append(message)
                 continue
             try:

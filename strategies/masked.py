@@ -7,6 +7,10 @@ nobody trained keep their value (`fedhar.partial.aggregate.aggregate_masked`). A
 entries or shapes differ from what the node was sent is rejected (``partial/rejected/<code>``)
 and left out.
 
+Under secure aggregation (`strategies.secagg`), `coordinate_slices` tells the wrapper which
+global coordinates each node trains, and the wrapper hands this class one reply holding the
+averaged model (``secure-sum``), which it takes as the round's masked average.
+
 Personal entries (FedPer, FedRep, FedBN: `strategies.personal`) stay on the nodes. The server
 sends them to a node only until that node has replied once (so a node always has a starting
 point, even after a resume, and downlink carries only shared entries afterwards), lists their
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -29,11 +34,12 @@ from torch import nn
 
 from fedhar.models import build_model
 from fedhar.partial.aggregate import Contribution, aggregate_masked
-from fedhar.partial.spec import SubModelSpec, extract, scatter, slice_width
+from fedhar.partial.spec import ParamSlice, SubModelSpec, extract, scatter, slice_width
 from fedhar.partial.widths import WIDTH_LEVELS, HeteroFLWidths, WidthAssignment, WidthPolicy
 from fedhar.wire import (
     METRICS_KEY,
     PERSONAL_NAMES_KEY,
+    SECURE_SUM_KEY,
     arrays_to_state,
     metric_value,
     state_to_arrays,
@@ -98,6 +104,7 @@ class MaskedFedAvg(RoundReport, FedAvg):
     """
 
     prefix = "partial"
+    secure_sums = False  # set by strategies.secagg: accept its one averaged reply per round
 
     def __init__(
         self,
@@ -195,6 +202,24 @@ class MaskedFedAvg(RoundReport, FedAvg):
             messages.append(Message(content, node_id, MessageType.TRAIN))
         return messages
 
+    def coordinate_slices(self, node_id: int) -> dict[str, ParamSlice] | None:
+        """The global coordinates ``node_id`` trains this round (its reply's entries), if sent."""
+        sent = self._sent.get(node_id)
+        if sent is None:
+            return None
+        slices = sent.spec.slices()
+        return {name: slices[name] for name in sent.expected}
+
+    def _secure_sum(self, reply: Message) -> Contribution:
+        """The secure-aggregation reply as one contribution: the averaged shared entries."""
+        senders = reply.content.config_records[SECURE_SUM_KEY]["senders"]
+        self._holds_personal.update(int(n) for n in senders)  # type: ignore[union-attr]
+        state = arrays_to_state(reply.content.array_records[self.arrayrecord_key])
+        shared = [n for n in self._global if n not in self._personal]
+        values = {n: state[n] for n in shared}
+        mask = {n: torch.ones(state[n].shape, dtype=torch.bool) for n in shared}
+        return values, mask, 1.0
+
     def _reject_reason(self, reply: Message) -> str | None:
         """Why a reply cannot be aggregated, or None when it matches what was sent."""
         sent = self._sent.get(reply.metadata.src_node_id)
@@ -243,6 +268,11 @@ class MaskedFedAvg(RoundReport, FedAvg):
         valid, _ = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         accepted, contributions = [], []
         for reply in valid:
+            if self.secure_sums and SECURE_SUM_KEY in reply.content.config_records:
+                self.accept()
+                accepted.append(reply)
+                contributions.append(self._secure_sum(reply))
+                continue
             reason = self._reject_reason(reply)
             if reason is not None:
                 code, _, detail = reason.partition(": ")
@@ -257,13 +287,16 @@ class MaskedFedAvg(RoundReport, FedAvg):
         if not accepted:
             return None, None
         new_state, counts = aggregate_masked(self._global, contributions)
+        if len(accepted) == len(contributions) == 1 and SECURE_SUM_KEY in accepted[0].content:
+            counts = {}  # one secure sum: strategies.secagg counts its contributors
         layers: dict[str, int] = {}
         for name, contributors in counts.items():
             layer = name.rpartition(".")[0] or name
             layers[layer] = max(layers.get(layer, 0), contributors)
         for layer, contributors in layers.items():
             self.count(f"contributors/{layer}", contributors)
-        log(INFO, "aggregate_train: contributors per layer %s", layers)
+        if layers:
+            log(INFO, "aggregate_train: contributors per layer %s", layers)
         self._global = new_state
         metrics = self.train_metrics_aggr_fn([m.content for m in accepted], self.weighted_by_key)
         return state_to_arrays(new_state), metrics

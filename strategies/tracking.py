@@ -55,9 +55,7 @@ def collect_rejections(strategy: Strategy) -> tuple[ClientFailure, ...]:
     )
 
 
-def failures_of(
-    expected: Sequence[int], replies: Sequence[Message]
-) -> tuple[ClientFailure, ...]:
+def failures_of(expected: Sequence[int], replies: Sequence[Message]) -> tuple[ClientFailure, ...]:
     """Error replies, with their error's gist, and expected nodes that sent no reply."""
     errors = [
         ClientFailure(m.metadata.src_node_id, summarize_error(m.error.reason or ""))

@@ -40,29 +40,51 @@ ROOMS: dict[str, Room] = {  # most specific path first
     "fedhar/transport": _room("cryptography numpy torch", "fedhar.transport"),
     "fedhar/device": _room(
         "numpy torch yaml",
-        "fedhar.device", "fedhar.models", "fedhar.quant", "fedhar.partial", "fedhar.data",
+        "fedhar.device",
+        "fedhar.models",
+        "fedhar.quant",
+        "fedhar.partial",
+        "fedhar.data",
         "fedhar",
     ),
     "fedhar": _room("numpy torch", *CORE),
     "clients": _room("flwr numpy torch", *CORE, "clients"),
     "strategies": _room("flwr numpy torch", *CORE, "strategies"),
     "experiments/studies": _room(
-        "flwr hydra omegaconf numpy torch matplotlib rich", *CORE, "clients", "strategies",
+        "flwr hydra omegaconf numpy torch matplotlib rich",
+        *CORE,
+        "clients",
+        "strategies",
         "experiments",
     ),
     "experiments/bench": _room(
-        "flwr hydra omegaconf numpy torch matplotlib rich ray psutil", *CORE, "clients",
-        "strategies", "experiments",
+        "flwr hydra omegaconf numpy torch matplotlib rich ray psutil",
+        *CORE,
+        "clients",
+        "strategies",
+        "experiments",
     ),
     "experiments/runtime": _room(
-        "flwr ray omegaconf numpy torch", *CORE, "clients", "experiments.runtime",
+        "flwr ray omegaconf numpy torch",
+        *CORE,
+        "clients",
+        "experiments.runtime",
         "experiments.server",
     ),
     "experiments": _room(  # the composition root: never the studies or the benchmarks
-        "flwr hydra omegaconf numpy torch matplotlib rich wandb", *CORE, "clients",
-        "strategies", "experiments.compose", "experiments.server", "experiments.run",
-        "experiments.flower_app", "experiments.sinks", "experiments.sweep",
-        "experiments.report", "experiments.plots", "experiments.runtime",
+        "flwr hydra omegaconf numpy torch matplotlib rich wandb",
+        *CORE,
+        "clients",
+        "strategies",
+        "experiments.compose",
+        "experiments.server",
+        "experiments.run",
+        "experiments.flower_app",
+        "experiments.sinks",
+        "experiments.sweep",
+        "experiments.report",
+        "experiments.plots",
+        "experiments.runtime",
     ),
 }
 OWN = ("fedhar", "clients", "strategies", "experiments", "tests")
@@ -89,8 +111,10 @@ def imports(source: str) -> set[str]:
 
 def _within(module: str, prefix: str) -> bool:
     if prefix == "fedhar":  # the top level only: fedhar.train, fedhar.wire, ...
-        return module.count(".") == 1 and module.startswith("fedhar.") and not any(
-            module == room or module.startswith(room + ".") for room in CORE[:-1]
+        return (
+            module.count(".") == 1
+            and module.startswith("fedhar.")
+            and not any(module == room or module.startswith(room + ".") for room in CORE[:-1])
         )
     return module == prefix or module.startswith(prefix + ".")
 

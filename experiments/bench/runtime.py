@@ -231,8 +231,9 @@ def run_floor(work: Workload, events: Path) -> None:
             weights.append(result.num_examples)
         total = float(sum(weights))
         state = {
-            name: sum(u[name].double() * (w / total) for u, w in zip(updates, weights, strict=True))
-            .to(updates[0][name].dtype)  # type: ignore[union-attr]
+            name: sum(
+                u[name].double() * (w / total) for u, w in zip(updates, weights, strict=True)
+            ).to(updates[0][name].dtype)  # type: ignore[union-attr]
             for name in updates[0]
         }
         model = build_model("microbi_convlstm", *shape)

@@ -253,4 +253,3 @@ class RayGrid(Grid):
     def shutdown(self) -> None:
         for worker in self.workers:
             ray.kill(worker)
-

@@ -187,10 +187,7 @@ def plan_training(
     def plans_at(candidate_widths: Sequence[float]) -> Iterator[TrainingPlan]:
         return candidate_plans(shape, bits, candidate_widths, batch_sizes, optimizer_states)
 
-    flash_need = {
-        width: flash_bytes(shape.build(width), bits.weights)
-        for width in widths
-    }
+    flash_need = {width: flash_bytes(shape.build(width), bits.weights) for width in widths}
     flash = flash_budget_bytes
     stored = [width for width in widths if flash is None or flash_need[width] <= flash]
     if not stored:

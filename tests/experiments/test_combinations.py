@@ -34,6 +34,11 @@ def _run(tmp_path: Path, grid_type, overrides: str) -> list[dict]:
         "strategy=fedper fleet=all_phone wrappers=[encryption]",
         "strategy=fedbn fleet=none wrappers=[compression]",
         "strategy=fedadam fleet=mixed wrappers=[compression,encryption]",
+        "strategy=heterofl fleet=mcu_heavy quant.enabled=false"
+        " wrappers=[secagg,compression,encryption]",
+        "strategy=fedper fleet=all_phone wrappers=[secagg]",
+        "strategy=fedadam fleet=mixed wrappers=[secagg,encryption]"
+        " wrappers.encryption.server.downlink=true",
         "strategy=fjord fleet=mixed wrappers=[compression]"
         " +wrappers.compression.server.downlink_bits_by_kind={mcu:8}",
     ],

@@ -37,7 +37,12 @@ def _stack(overrides: list[str], tmp_path: Path) -> list[type]:
 def test_the_stack_runs_outer_to_inner_from_checkpointing_to_the_algorithm(tmp_path) -> None:
     layers = _stack(["fleet=mixed", "wrappers=[compression,encryption]"], tmp_path)
     assert layers == [
-        Checkpointing, Tracking, FleetSimulation, EncryptedTransport, CompressedUpdates, FedAvg
+        Checkpointing,
+        Tracking,
+        FleetSimulation,
+        EncryptedTransport,
+        CompressedUpdates,
+        FedAvg,
     ]
     assert _stack(["fleet=none"], tmp_path) == [Checkpointing, Tracking, FedAvg]
 
