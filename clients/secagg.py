@@ -146,11 +146,13 @@ def _collect_setup(
     state.receive_shares(dict(zip(senders, blobs, strict=True)))
     _save(context, state)
     space = CoordinateSpace.from_bytes(config_bytes(config, "space"))
-    ids = config_ints(config, "layout-ids")
-    layouts = {
-        node: Layout.from_bytes(blob, space)
-        for node, blob in zip(ids, config_blobs(config, "layouts", len(ids)), strict=True)
-    }
+    ids, which = config_ints(config, "layout-ids"), config_ints(config, "layout-of")
+    distinct = [
+        Layout.from_bytes(blob, space) for blob in config_blobs(config, "layouts", len(set(which)))
+    ]
+    if len(which) != len(ids) or any(not 0 <= i < len(distinct) for i in which):
+        raise ProtocolError("malformed", "layout-of must index the distinct layouts, one per id")
+    layouts = {node: distinct[i] for node, i in zip(ids, which, strict=True)}
     if context.node_id not in layouts or any(n not in layouts for n in state.shares):
         raise ProtocolError("malformed", "the collect stage lacks layouts of this node or peers")
     ring = RingSpec(
@@ -177,7 +179,8 @@ def _collect(msg: Message, context: Context, call_next: Handler, seed: int) -> M
     vector = _update_vector(sent, reply.content, layouts[context.node_id], space)
     levels, clipped = ring.quantize(vector, rng)
     weight = ring.weight(int(metric_value(reply.content, "num-examples")))
-    positions = {n: layout.flat(space) for n, layout in layouts.items()}
+    flat = {layout: layout.flat(space) for layout in set(layouts.values())}
+    positions = {n: flat[layout] for n, layout in layouts.items()}  # one array per layout
     masked = state.mask(levels * weight, positions[context.node_id], positions, space.size)
     content = RecordDict({k: v for k, v in reply.content.items() if k != ARRAYS_KEY})
     content[MASKED_KEY] = ConfigRecord({"vector": pack(ring.reduce(masked), ring.ring_bits)})

@@ -9,7 +9,9 @@ third stage: their shares, the coordinate layouts and the ring. In ``aggregate_t
 fourth stage, *unmask*, gathers shares from the senders; the server recovers the sum of
 ``weight * quantized update`` per coordinate and hands the inner strategy one reply: the
 weighted average update applied to the global model, with the senders' weight as its
-``num-examples`` and their metrics averaged.
+``num-examples`` and their metrics averaged. Failed clients are the outer wrappers' and
+tracking's to report; the inner strategy (and Flower's DP wrappers, which add their noise to
+that one average) sees only the sum.
 
 **Partial models.** When the innermost strategy says which coordinates each node trains
 (``coordinate_slices``, e.g. `strategies.masked.MaskedFedAvg`), each node's vector covers
@@ -351,6 +353,7 @@ class SecureAggregation(StrategyWrapper):
         for node in sorted(shared):
             inbox = {owner: blobs[node] for owner, blobs in shared.items() if node in blobs}
             peers = [node, *sorted(inbox)]
+            distinct = list(dict.fromkeys(layouts[p] for p in peers))  # sent once each
             message = messages[node]
             content = RecordDict(dict(message.content.items()))  # messages may share content
             content[SECAGG_KEY] = self._stage(
@@ -361,7 +364,8 @@ class SecureAggregation(StrategyWrapper):
                     "ciphertexts": list(inbox.values()),
                     "space": space.to_bytes(),
                     "layout-ids": peers,
-                    "layouts": [layouts[p].to_bytes() for p in peers],
+                    "layout-of": [distinct.index(layouts[p]) for p in peers],
+                    "layouts": [layout.to_bytes() for layout in distinct],
                     "bits": ring.bits,
                     "clip": ring.clip,
                     "max-weight": ring.max_weight,
@@ -481,10 +485,9 @@ class SecureAggregation(StrategyWrapper):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        errors = [r for r in replies if r.has_error()]
         state, self._round = self._round, None
         if state is None:
-            return self.strategy.aggregate_train(server_round, errors)
+            return self.strategy.aggregate_train(server_round, [])
         started = time.perf_counter()
         vectors, weights, accepted = {}, {}, {}
         for reply in replies:
@@ -514,13 +517,13 @@ class SecureAggregation(StrategyWrapper):
             )
         except (RoundFailed, ProtocolError) as failed:
             self._fail(server_round, str(failed), senders)
-            return self.strategy.aggregate_train(server_round, errors)
+            return self.strategy.aggregate_train(server_round, [])
         for _ in senders:
             self.accept()
         new_state = self._average(state, total, weights, accepted)
         self.count("server-seconds", time.perf_counter() - started)
         return self.strategy.aggregate_train(
-            server_round, [self._summed_reply(new_state, accepted, weights), *errors]
+            server_round, [self._summed_reply(new_state, accepted, weights)]
         )
 
     def _summed_reply(

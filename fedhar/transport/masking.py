@@ -240,7 +240,8 @@ def pair_mask(seed: bytes, own: np.ndarray, other: np.ndarray, space_size: int) 
     for every coordinate they share, wherever it sits in their vectors.
     """
     words = prg(seed, space_size)[own]
-    words[~shared_positions(own, other)] = 0
+    if other is not own:  # clients holding the same layout share every coordinate
+        words[~shared_positions(own, other)] = 0
     return words
 
 

@@ -39,10 +39,10 @@ def grid_update(partition: int) -> Callable[[str, torch.Tensor], torch.Tensor]:
     return update
 
 
-def stand_in_app(secure: bool, head_only: set[int] = frozenset()) -> ClientApp:
+def stand_in_app(secure: bool, head_only: set[int] = frozenset(), mods: tuple = ()) -> ClientApp:
     """A ClientApp whose 'training' adds a seeded on-grid update; ``head_only`` partitions
-    list only the head as trained."""
-    app = ClientApp(mods=[secagg_mod(SEED)] if secure else [])
+    list only the head as trained; ``mods`` sit inside the secagg mod."""
+    app = ClientApp(mods=[secagg_mod(SEED), *mods] if secure else list(mods))
 
     @app.train()
     def train(msg: Message, context) -> Message:
@@ -244,3 +244,34 @@ def test_bad_settings_are_refused_when_the_stack_is_built() -> None:
         _secure(_fedavg(), threshold=0.5)
     with pytest.raises(ValueError, match="bits=40"):
         _secure(_fedavg(), bits=40)
+
+
+def test_flower_client_side_dp_clips_before_masking_and_noises_the_sum() -> None:
+    from flwr.clientapp.mod import fixedclipping_mod
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+
+    def dp(noise: float) -> SecureAggregation:
+        inner = DifferentialPrivacyClientSideFixedClipping(_fedavg(), noise, 0.05, NODES)
+        return _secure(inner, max_weight=1)  # DP's sensitivity assumes an unweighted mean
+
+    app = stand_in_app(secure=True, mods=(fixedclipping_mod,))  # inside secagg, as composed
+    start = arrays_to_state(global_arrays())
+    clipped, _ = _run(dp(0.0), StageGrid(app))
+    noisy, _ = _run(dp(1.0), StageGrid(app))
+    assert clipped is not None and noisy is not None
+
+    def update_norm(arrays: ArrayRecord) -> float:
+        state = arrays_to_state(arrays)
+        return float(
+            torch.sqrt(
+                sum(
+                    ((state[n].double() - start[n].double()) ** 2).sum()
+                    for n in start
+                    if start[n].is_floating_point()
+                )
+            )
+        )
+
+    assert update_norm(clipped) <= 0.05 * 1.01  # every update clipped to 0.05: so is the mean
+    # noise of std 1.0 * 0.05 / 6 per coordinate over ~12k coordinates: a far larger norm
+    assert update_norm(noisy) > 10 * update_norm(clipped)
