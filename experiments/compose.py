@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clients.app import ClientSettings
 from clients.state_store import persisted_state_mod
+from experiments.privacy import privacy_mods, wrap_privacy
 from fedhar.device.local_update import QuantSettings, max_width, storage_bits
 from fedhar.device.planner import smallest_budget
 from fedhar.device.profiles import (
@@ -209,11 +210,13 @@ def build_stack(
 ) -> Strategy:
     """The server's whole strategy stack, inner to outer.
 
-    The configured algorithm, the configured wrappers (order-checked), the fleet simulation,
-    tracking (round records to ``sinks``, server-side evaluation) and checkpointing.
+    The configured algorithm, its differential privacy (`experiments.privacy`), the configured
+    wrappers (order-checked), the fleet simulation, tracking (round records to ``sinks``,
+    server-side evaluation) and checkpointing.
     """
     strategy = build_strategy(cfg, len(federation.clients), run)
-    wrapped = wrap_strategy(cfg, strategy, run)
+    private = wrap_privacy(cfg, strategy, run, len(federation.clients))
+    wrapped = wrap_strategy(cfg, private, run)
     tracked = Tracking(wrapped, server_evaluator(cfg, federation), sinks)
     return Checkpointing(tracked, run.run_dir, cfg.seed, rounds_done, run.directory)
 
@@ -221,7 +224,8 @@ def build_stack(
 def client_mods(cfg: DictConfig, run_dir: Path) -> list[Mod]:
     """Client mods, outermost first: the outermost server wrapper pairs with the first mod.
 
-    Outside them all, the node's state is kept in ``run_dir`` so that resumed runs resume it.
+    Outside them all, the node's state is kept in ``run_dir`` so that resumed runs resume it;
+    inside them, the privacy mechanism's mod (clipping, local noise) sees the plain update.
     """
     wrapper_mods = [
         instantiate(spec.client_mod)
@@ -229,7 +233,12 @@ def client_mods(cfg: DictConfig, run_dir: Path) -> list[Mod]:
         if spec.get("client_mod") is not None
     ]
     strategy_mods = [instantiate(mod) for mod in cfg.strategy.get("client_mods") or []]
-    return [persisted_state_mod(str(run_dir)), *reversed(wrapper_mods), *strategy_mods]
+    return [
+        persisted_state_mod(str(run_dir)),
+        *reversed(wrapper_mods),
+        *privacy_mods(cfg),
+        *strategy_mods,
+    ]
 
 
 def server_evaluator(cfg: DictConfig, federation: Federation) -> ServerEvaluate:

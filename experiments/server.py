@@ -33,6 +33,7 @@ from fedhar.seeding import seed_everything
 from fedhar.wire import numpy_to_arrays, state_to_arrays
 from strategies.checkpointing import restore_state
 from strategies.enrollment import enroll
+from strategies.privacy import BudgetExhausted
 from strategies.run_info import RunInfo
 from strategies.tracking import Tracking
 from strategies.wrapper import wrapper_chain
@@ -79,14 +80,17 @@ class ServerRun:
         enroll(grid, self.run, cfg.runtime.round_timeout_s)
         if runtime_stats is not None:
             runtime_stats()  # rounds count their own messages, not enrollment's
-        self.strategy.start(
-            grid=grid,
-            initial_arrays=self.initial_arrays,
-            num_rounds=cfg.num_rounds - self.rounds_done,
-            timeout=cfg.runtime.round_timeout_s,
-            train_config=train_config,
-            evaluate_config=ConfigRecord({"width": width}),
-        )
+        try:
+            self.strategy.start(
+                grid=grid,
+                initial_arrays=self.initial_arrays,
+                num_rounds=cfg.num_rounds - self.rounds_done,
+                timeout=cfg.runtime.round_timeout_s,
+                train_config=train_config,
+                evaluate_config=ConfigRecord({"width": width}),
+            )
+        except BudgetExhausted as stop:  # every completed round is checkpointed already
+            log.warning("privacy budget reached: %s", stop)
 
     def close(self) -> None:
         for sink in self.sinks:

@@ -31,13 +31,18 @@ class RoundReport:
     """
 
     prefix: ClassVar[str] = ""  # metric namespace, e.g. "compression"
+    counts_replies: ClassVar[bool] = True  # report <prefix>/accepted and /rejected every round
 
     _stats: dict[str, float]
     _rejections: list[tuple[int, str]]
 
     def start_round(self) -> None:
         """Forget the previous round's figures."""
-        self._stats = {f"{self.prefix}/accepted": 0.0, f"{self.prefix}/rejected": 0.0}
+        self._stats = (
+            {f"{self.prefix}/accepted": 0.0, f"{self.prefix}/rejected": 0.0}
+            if self.counts_replies
+            else {}
+        )
         self._rejections = []
 
     def count(self, name: str, value: float = 1.0) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("fedhar.data", "fedhar.models", "fedhar.device", "fedhar.quant", "fedhar.partial",
-        "fedhar.transport", "fedhar")  # fmt: skip
+        "fedhar.transport", "fedhar.privacy", "fedhar")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ ROOMS: dict[str, Room] = {  # most specific path first
     "fedhar/quant": _room("numpy torch", "fedhar.quant", "fedhar"),
     "fedhar/partial": _room("numpy torch", "fedhar.partial", "fedhar.models", "fedhar"),
     "fedhar/transport": _room("cryptography numpy torch", "fedhar.transport"),
+    "fedhar/privacy": _room(
+        "numpy torch scipy dp_accounting", "fedhar.privacy", "fedhar.models", "fedhar"
+    ),
     "fedhar/device": _room(
         "numpy torch yaml",
         "fedhar.device",
@@ -77,6 +80,7 @@ ROOMS: dict[str, Room] = {  # most specific path first
         "clients",
         "strategies",
         "experiments.compose",
+        "experiments.privacy",
         "experiments.server",
         "experiments.run",
         "experiments.flower_app",

@@ -1,0 +1,163 @@
+"""The ``privacy`` config: Flower's DP wrappers and mods around the algorithm, and the ledger.
+
+``privacy.mechanism`` picks one of Flower 1.41's Message-API mechanisms:
+
+- ``central``: ``DifferentialPrivacyServerSideFixedClipping``;
+- ``central_adaptive``: ``DifferentialPrivacyServerSideAdaptiveClipping``;
+- ``client``: ``DifferentialPrivacyClientSideFixedClipping`` and ``fixedclipping_mod``;
+- ``client_adaptive``: ``DifferentialPrivacyClientSideAdaptiveClipping`` and
+  ``adaptiveclipping_mod``;
+- ``local``: ``LocalDpMod`` on the devices.
+
+Around the algorithm, inner to outer: `strategies.privacy.UniformWeights` (DP's noise is
+calibrated to the unweighted mean), the Flower wrapper, `PoissonSampling` when
+``privacy.sampling=poisson``, and `PrivacyAccounting`, which logs epsilon every round and stops
+the run before ``privacy.epsilon_budget``. Client-side clipping composes with secure
+aggregation (the server then sees only the noised sum); server-side clipping needs single
+updates and is refused with ``secagg``.
+"""
+
+from __future__ import annotations
+
+from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import Mod
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
+from omegaconf import DictConfig
+
+from clients.privacy import train_only
+from fedhar.privacy.accounting import ClientLevelDp, local_noise_multiplier
+from strategies.privacy import PoissonSampling, PrivacyAccounting, UniformWeights
+from strategies.run_info import RunInfo
+
+MECHANISMS = ("none", "central", "central_adaptive", "client", "client_adaptive", "local")
+_FIXED = {
+    "central": DifferentialPrivacyServerSideFixedClipping,
+    "client": DifferentialPrivacyClientSideFixedClipping,
+}
+_ADAPTIVE = {
+    "central_adaptive": DifferentialPrivacyServerSideAdaptiveClipping,
+    "client_adaptive": DifferentialPrivacyClientSideAdaptiveClipping,
+}
+
+
+class PrivacyConfigError(ValueError):
+    """A privacy setting that cannot work; the message says which and how to fix it."""
+
+
+def mechanism_of(cfg: DictConfig) -> str:
+    privacy = cfg.get("privacy") or {}
+    mechanism = str(privacy.get("mechanism", "none"))
+    if mechanism not in MECHANISMS:
+        raise PrivacyConfigError(
+            f"unknown privacy.mechanism {mechanism!r}; valid: {list(MECHANISMS)} "
+            "(pick one with privacy=<name>)"
+        )
+    return mechanism
+
+
+def cohort_size(strategy: Strategy, num_clients: int) -> int:
+    """Clients a Flower FedAvg-style strategy samples per round (its own formula)."""
+    fraction = float(getattr(strategy, "fraction_train", 1.0))
+    return max(int(num_clients * fraction), int(getattr(strategy, "min_train_nodes", 1)))
+
+
+def _check(cfg: DictConfig, mechanism: str, strategy: Strategy) -> None:
+    wrappers = dict(cfg.get("wrappers") or {})
+    if mechanism.startswith("central") and "secagg" in wrappers:
+        raise PrivacyConfigError(
+            f"privacy={mechanism} clips each update on the server, which secure aggregation "
+            "hides; use privacy=client (clipping on the devices, noise on the sum) with secagg"
+        )
+    if "secagg" in wrappers and int(wrappers["secagg"].server.get("max_weight", 0)) != 1:
+        raise PrivacyConfigError(
+            "DP noise is calibrated to the unweighted mean but secure aggregation weights "
+            "updates by example count; add wrappers.secagg.server.max_weight=1"
+        )
+    if cfg.privacy.sampling == "poisson" and float(getattr(strategy, "fraction_train", 1.0)) != 1:
+        raise PrivacyConfigError(
+            "privacy.sampling=poisson samples every node with privacy.sample_rate itself; set "
+            "strategy.algorithm.fraction_train=1.0"
+        )
+    if cfg.privacy.sampling not in ("fixed", "poisson"):
+        raise PrivacyConfigError(
+            f"privacy.sampling={cfg.privacy.sampling!r}; valid: fixed, poisson"
+        )
+
+
+def ledger(cfg: DictConfig, mechanism: str, strategy: Strategy, num_clients: int) -> ClientLevelDp:
+    """What the accountant needs to know about this run's mechanism."""
+    p = cfg.privacy
+    if mechanism == "local":
+        z = local_noise_multiplier(float(p.local_epsilon), float(p.local_delta))
+        return ClientLevelDp(z, "local", num_clients, delta=float(p.delta))
+    if p.sampling == "poisson":
+        return ClientLevelDp(
+            float(p.noise_multiplier),
+            "poisson",
+            num_clients,
+            sample_rate=float(p.sample_rate),
+            delta=float(p.delta),
+        )
+    return ClientLevelDp(
+        float(p.noise_multiplier),
+        "fixed",
+        num_clients,
+        cohort=cohort_size(strategy, num_clients),
+        delta=float(p.delta),
+    )
+
+
+def wrap_privacy(cfg: DictConfig, strategy: Strategy, run: RunInfo, num_clients: int) -> Strategy:
+    """The algorithm inside the configured DP mechanism and the privacy ledger."""
+    mechanism = mechanism_of(cfg)
+    if mechanism == "none":
+        return strategy
+    _check(cfg, mechanism, strategy)
+    p = cfg.privacy
+    mechanism_ledger = ledger(cfg, mechanism, strategy, num_clients)
+    if p.sampling == "poisson":
+        expected = max(1, round(float(p.sample_rate) * num_clients))
+    else:
+        expected = cohort_size(strategy, num_clients)
+    wrapped: Strategy = UniformWeights(strategy)
+    if mechanism in _FIXED:
+        wrapped = _FIXED[mechanism](
+            wrapped, float(p.noise_multiplier), float(p.clipping_norm), expected
+        )
+    elif mechanism in _ADAPTIVE:
+        wrapped = _ADAPTIVE[mechanism](
+            wrapped,
+            float(p.noise_multiplier),
+            expected,
+            initial_clipping_norm=float(p.clipping_norm),
+            target_clipped_quantile=float(p.target_clipped_quantile),
+            clip_norm_lr=float(p.clip_norm_lr),
+            clipped_count_stddev=p.get("clipped_count_stddev"),
+        )
+    if p.sampling == "poisson":
+        wrapped = PoissonSampling(wrapped, run, float(p.sample_rate))
+    budget = p.get("epsilon_budget")
+    return PrivacyAccounting(wrapped, mechanism_ledger, None if budget is None else float(budget))
+
+
+def privacy_mods(cfg: DictConfig) -> list[Mod]:
+    """The client mod of the configured mechanism (none for server-side clipping), on train
+    messages only (`clients.privacy.train_only`)."""
+    mechanism = mechanism_of(cfg)
+    p = cfg.privacy
+    mods: dict[str, Mod] = {"client": fixedclipping_mod, "client_adaptive": adaptiveclipping_mod}
+    if mechanism == "local":
+        local = LocalDpMod(
+            float(p.clipping_norm),
+            float(p.local_sensitivity),
+            float(p.local_epsilon),
+            float(p.local_delta),
+        )
+        return [train_only(local)]
+    return [train_only(mods[mechanism])] if mechanism in mods else []

@@ -1,0 +1,101 @@
+"""Whole runs with differential privacy, in-process: epsilon per round, the budget stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting.rdp import RdpAccountant
+from flwr.app import Context, RecordDict
+
+from experiments import flower_app
+from experiments.compose import load_config
+from experiments.privacy import PrivacyConfigError, wrap_privacy
+from experiments.sinks import read_metrics
+from fedhar.checkpoint import load_checkpoint
+from strategies.run_info import RunInfo
+
+BASE = (
+    "num_rounds=8 dataset.options.num_users=5 dataset.options.seconds_per_user=60"
+    " tracking.progress=false tracking.plots=false fleet=none"
+)
+
+
+def _run(tmp_path: Path, grid_type, overrides: str) -> list[dict]:
+    run_config = {"experiment": "", "overrides": f"{BASE} {overrides}", "run-dir": str(tmp_path)}
+    grid = grid_type(flower_app.client_app, num_nodes=4, run_config=run_config)
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+    flower_app.main(grid, context)
+    return read_metrics(tmp_path)
+
+
+def _independent_epsilon(rounds: int, z: float, population: int, cohort: int) -> float:
+    """Fixed-size cohorts without replacement, replace-one: the clipped sum moves by 2C."""
+    accountant = RdpAccountant(
+        neighboring_relation=dp_accounting.privacy_accountant.NeighboringRelation.REPLACE_ONE
+    )
+    gaussian = dp_accounting.GaussianDpEvent(z / 2)
+    event = dp_accounting.SampledWithoutReplacementDpEvent(population, cohort, gaussian)
+    accountant.compose(event, rounds)
+    return accountant.get_epsilon(1e-5)
+
+
+def test_epsilon_is_logged_every_round_and_the_run_stops_before_the_budget(
+    tmp_path: Path, in_process_grid
+) -> None:
+    budget = (_independent_epsilon(3, 2.0, 4, 4) + _independent_epsilon(4, 2.0, 4, 4)) / 2
+    overrides = f"privacy=client privacy.noise_multiplier=2.0 privacy.epsilon_budget={budget}"
+    rows = _run(tmp_path, in_process_grid, overrides)
+    assert [r["server_round"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert row["sampled"] == 4 and row["num_failures"] == 0
+        expected = _independent_epsilon(row["server_round"], 2.0, 4, 4)
+        assert row["extra"]["privacy/epsilon"] == pytest.approx(expected, rel=0.01)
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint is not None and checkpoint.server_round == 3
+    assert (tmp_path / "summary.json").exists()
+    again = _run(tmp_path, in_process_grid, overrides)  # resumed: no round fits the budget
+    assert [r["server_round"] for r in again] == [1, 2, 3]
+
+
+def test_local_dp_noises_updates_and_runs_through(tmp_path: Path, in_process_grid) -> None:
+    quiet = _run(tmp_path / "quiet", in_process_grid, "num_rounds=2")
+    noisy = _run(
+        tmp_path / "noisy", in_process_grid, "num_rounds=2 privacy=local privacy.local_epsilon=0.5"
+    )
+    assert all(r["num_failures"] == 0 and r["evaluate_failures"] == [] for r in noisy)
+    assert noisy[-1]["extra"]["privacy/epsilon"] > quiet[-1]["extra"].get("privacy/epsilon", 0)
+    start = load_checkpoint(tmp_path / "quiet")
+    end = load_checkpoint(tmp_path / "noisy")
+    assert start is not None and end is not None
+    moved = np.abs(end.arrays["head.weight"] - start.arrays["head.weight"]).mean()
+    assert moved > 1.0  # noise of std 1.0 * sqrt(2 ln(1.25e5)) / 0.5 = 9.7 on every weight
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["privacy=central", "wrappers=[secagg]"], "use privacy=client"),
+        (["privacy=client", "wrappers=[secagg]"], "max_weight=1"),
+        (
+            ["privacy=client", "privacy.sampling=poisson", "strategy.algorithm.fraction_train=0.5"],
+            "fraction_train=1.0",
+        ),
+        (["privacy=client", "privacy.mechanism=laplace"], "unknown privacy.mechanism"),
+    ],
+)
+def test_privacy_settings_that_cannot_work_are_refused(overrides: list[str], message: str) -> None:
+    from flwr.serverapp.strategy import FedAvg
+
+    cfg = load_config(overrides)
+    with pytest.raises(PrivacyConfigError, match=message):
+        wrap_privacy(
+            cfg,
+            FedAvg(fraction_train=cfg.strategy.algorithm.fraction_train),
+            RunInfo("r", 0, Path(".")),
+            10,
+        )
