@@ -3,13 +3,17 @@
 Pairs with ``strategies.secagg.SecureAggregation``; the protocol is
 ``fedhar.transport.secagg``. Stages arrive as messages carrying a ``secagg`` ConfigRecord:
 
-- QUERY ``advertise``: fresh round keys, signed with the device identity the node enrolled
-  with (``DeviceIdentity.from_seed(run seed, partition id)``);
-- QUERY ``share-keys``: encrypted shares of the round's seeds for each neighbour;
+- QUERY ``advertise``: fresh round keys and a commitment to the self-mask seed, signed with
+  the device identity the node enrolled with (``DeviceIdentity.from_seed(run seed,
+  partition id)``);
+- QUERY ``share-keys``: encrypted shares of the round's seeds for each neighbour (refused
+  with fewer than ``min_neighbours``);
 - TRAIN ``collect``: the neighbours' shares and the coordinate layouts ride with the train
   message; the handler trains, and its ``arrays`` record is replaced by the masked update:
   ``weight * quantize(local - received)`` over the node's coordinates, in the ring, masked.
-  Entries the update did not change (not in its ``trained`` record) contribute zero;
+  Entries the update did not change (not in its ``trained`` record) contribute zero; the
+  count of clipped values rides as one more masked coordinate. Neighbours whose shares do not
+  decrypt are never masked with and are named in the reply (``refused``);
 - QUERY ``unmask``: the shares the server may have, under the protocol's rules.
 
 Anything else passes through. A train message without ``collect`` instructions is refused:
@@ -20,7 +24,6 @@ dropped once revealed.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -30,7 +33,7 @@ from flwr.clientapp.typing import Mod
 
 from fedhar.seeding import derive_seed
 from fedhar.transport.keys import DeviceIdentity
-from fedhar.transport.masking import CoordinateSpace, Layout, RingSpec, pack
+from fedhar.transport.masking import CLIP_COUNTER, CoordinateSpace, Layout, RingSpec, pack
 from fedhar.transport.secagg import ClientRound, ProtocolError, advertised, round_context
 from fedhar.wire import (
     ARRAYS_KEY,
@@ -76,13 +79,21 @@ def _partition(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def _advertise(context: Context, seed: int, round_id: bytes) -> ConfigRecord:
-    state = ClientRound(node_id=context.node_id, context=round_id)
+def _advertise(context: Context, seed: int, round_id: bytes, min_neighbours: int) -> ConfigRecord:
+    state = ClientRound(node_id=context.node_id, context=round_id, min_neighbours=min_neighbours)
     _save(context, state)
     c_public, s_public = state.public_keys()
+    committed = state.seed_commitment()
     identity = DeviceIdentity.from_seed(seed, _partition(context))
-    signature = identity.sign(advertised(round_id, context.node_id, c_public, s_public))
-    return ConfigRecord({"c-public": c_public, "s-public": s_public, "signature": signature})
+    signature = identity.sign(advertised(round_id, context.node_id, c_public, s_public, committed))
+    return ConfigRecord(
+        {
+            "c-public": c_public,
+            "s-public": s_public,
+            "seed-commitment": committed,
+            "signature": signature,
+        }
+    )
 
 
 def _share_keys(config: ConfigRecord, context: Context, round_id: bytes) -> ConfigRecord:
@@ -102,11 +113,7 @@ def _share_keys(config: ConfigRecord, context: Context, round_id: bytes) -> Conf
 
 def _unmask(config: ConfigRecord, context: Context, round_id: bytes) -> ConfigRecord:
     state = _load(context, "unmask", round_id)
-    b_shares, s_shares = state.reveal(
-        config_ints(config, "active"),
-        config_ints(config, "dropped"),
-        config_float(config, "threshold"),
-    )
+    b_shares, s_shares = state.reveal(config_ints(config, "active"), config_ints(config, "dropped"))
     del context.state[SECAGG_STATE_KEY]  # revealed once; nothing of the round is kept
     return ConfigRecord(
         {
@@ -126,6 +133,8 @@ def _update_vector(
     trained = trained_names(reply)
     parts = []
     for name in layout.names():
+        if name == CLIP_COUNTER:
+            continue
         shape = layout.shape_of(name, space)
         if name not in local or name not in sent or tuple(local[name].shape) != shape:
             raise ProtocolError("wrong-length", f"the update lacks {name!r} of shape {shape}")
@@ -172,16 +181,16 @@ def _collect(msg: Message, context: Context, call_next: Handler, seed: int) -> M
     reply = call_next(msg, context)
     if reply.has_error() or ARRAYS_KEY not in reply.content.array_records:
         return reply  # an error or a decline: this node drops out of the round
-    started = time.perf_counter()
     rng = np.random.default_rng(
         derive_seed(seed, config_int(config, "server-round"), _partition(context))
     )
     vector = _update_vector(sent, reply.content, layouts[context.node_id], space)
     levels, clipped = ring.quantize(vector, rng)
     weight = ring.weight(int(metric_value(reply.content, "num-examples")))
+    summed = np.append(levels * weight, clipped)  # the clip count is summed, never sent alone
     flat = {layout: layout.flat(space) for layout in set(layouts.values())}
     positions = {n: flat[layout] for n, layout in layouts.items()}  # one array per layout
-    masked = state.mask(levels * weight, positions[context.node_id], positions, space.size)
+    masked = state.mask(summed, positions[context.node_id], positions, space.size)
     content = RecordDict({k: v for k, v in reply.content.items() if k != ARRAYS_KEY})
     content[MASKED_KEY] = ConfigRecord({"vector": pack(ring.reduce(masked), ring.ring_bits)})
     content[SECAGG_KEY] = ConfigRecord(
@@ -189,8 +198,7 @@ def _collect(msg: Message, context: Context, call_next: Handler, seed: int) -> M
             "stage": "collect",
             "node-id": context.node_id,
             "weight": weight,
-            "clipped": clipped,
-            "mask-seconds": time.perf_counter() - started,
+            "refused": list(state.refused),
         }
     )
     reply.content = content
@@ -200,13 +208,15 @@ def _collect(msg: Message, context: Context, call_next: Handler, seed: int) -> M
 _QUERY_STAGES = {"advertise", "share-keys", "unmask"}
 
 
-def secagg_mod(seed: int) -> Mod:
+def secagg_mod(seed: int, min_neighbours: int = 2) -> Mod:
     """A Flower mod taking part in secure aggregation with the identity of ``(seed, partition)``.
 
     Parameters
     ----------
     seed : the run seed; the device identity that signs round keys and the stochastic
         rounding of updates derive from it.
+    min_neighbours : the fewest neighbours this node shares its seeds with; fewer would let
+        a server that isolates the node recover them.
     """
 
     def mod(msg: Message, context: Context, call_next: Handler) -> Message:
@@ -218,7 +228,7 @@ def secagg_mod(seed: int) -> Mod:
                 raise ProtocolError("unknown-stage", f"secagg stage {stage!r} is not a query stage")
             round_id = _round_id(config)
             if stage == "advertise":
-                answer = _advertise(context, seed, round_id)
+                answer = _advertise(context, seed, round_id, min_neighbours)
             elif stage == "share-keys":
                 answer = _share_keys(config, context, round_id)
             else:

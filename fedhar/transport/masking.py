@@ -25,6 +25,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 SEED_BYTES = 32
+CLIP_COUNTER = "secagg.clipped"  # one extra coordinate: how many values each client clipped
 MAX_RING_BITS = 64
 Indices = tuple[tuple[int, ...] | None, ...]  # per tensor dimension: kept indices, None: all
 
@@ -54,11 +55,15 @@ class RingSpec:
             raise ValueError(f"ring_bits={self.ring_bits} must lie in ({self.bits}, 64]")
 
     @classmethod
-    def for_cohort(cls, cohort: int, bits: int, clip: float, max_weight: int) -> RingSpec:
-        """The smallest ring that holds ``cohort`` clients' sums; refused if over 64 bits."""
+    def for_cohort(
+        cls, cohort: int, bits: int, clip: float, max_weight: int, max_count: int = 0
+    ) -> RingSpec:
+        """The smallest ring that holds ``cohort`` clients' sums, and counts up to
+        ``max_count`` per client; refused if over 64 bits."""
         if cohort < 1:
             raise ValueError(f"cohort must be at least 1, got {cohort}")
         need = bits + math.ceil(math.log2(max_weight + 1)) + math.ceil(math.log2(cohort)) + 1
+        need = max(need, math.ceil(math.log2(max_count * cohort + 1)) + 1)
         if need > MAX_RING_BITS:
             raise ValueError(
                 f"a cohort of {cohort} with bits={bits} and max_weight={max_weight} needs a "
@@ -268,3 +273,27 @@ def unpack(data: bytes, length: int, ring_bits: int) -> np.ndarray:
     words = np.zeros((length, 8), dtype=np.uint8)
     words[:, :width] = np.frombuffer(data, dtype=np.uint8).reshape(length, width)
     return words.view("<u8").ravel().astype(np.uint64)
+
+
+def weight_sums(
+    space: CoordinateSpace,
+    layouts: Mapping[int, Layout],
+    positions: Mapping[int, np.ndarray],
+    weights: Mapping[int, int],
+    trained: Mapping[int, Sequence[str] | None],
+) -> np.ndarray:
+    """Per coordinate, the summed weight of the senders whose update covers it.
+
+    A sender covers the entries of its layout, or only those of them it trained when
+    ``trained[node]`` lists names (partial models average over the clients that trained).
+    """
+    total = np.zeros(space.size)
+    for node, weight in weights.items():
+        layout, position, start = layouts[node], positions[node], 0
+        names = trained.get(node)
+        for name in layout.names():
+            size = math.prod(layout.shape_of(name, space))
+            if names is None or name in names:
+                total[position[start : start + size]] += weight
+            start += size
+    return total

@@ -3,7 +3,8 @@
 The server learns the sum of the clients' vectors and nothing else, even when clients drop out,
 as long as at least ``threshold`` of each client's share holders answer. One round, per client u:
 
-1. **Advertise**: fresh X25519 keys, ``c`` (encrypts shares) and ``s`` (agrees pairwise masks).
+1. **Advertise**: fresh X25519 keys, ``c`` (encrypts shares) and ``s`` (agrees pairwise masks),
+   and a hash committing to the self-mask seed ``b_u``, signed with the device's key.
 2. **Share keys**: a 256-bit self-mask seed ``b_u``; Shamir shares of ``b_u`` and of ``s_u``'s
    private key go to u's neighbours (everyone, or a k-regular graph), each encrypted with
    AES-256-GCM under a key agreed from the ``c`` keys, so the server only forwards them.
@@ -11,7 +12,12 @@ as long as at least ``threshold`` of each client's share holders answer. One rou
    each pairwise mask covers the coordinates u and v both hold (`fedhar.transport.masking`).
 4. **Unmask**: given who sent (active) and who did not (dropped), each client returns the
    ``b`` shares of active neighbours and the ``s`` shares of dropped ones, never both for
-   one node; the server recovers the seeds and removes every mask left in the sum.
+   one node; the server recovers the seeds, checks each against its commitment or public key
+   (a wrong share is found by leaving one holder out at a time), and removes every mask left
+   in the sum.
+
+A share that does not decrypt at a client is refused: that client never masks with its sender,
+says so, and the server drops the sender and leaves the pair out of recovery.
 
 Private keys and seeds come from the OS (``os.urandom``): masks cancel exactly, so the sum,
 and every figure of a run, does not depend on them. This module is arithmetic on bytes and
@@ -23,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +42,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedhar.transport.keys import parse_ed25519_public_key
 from fedhar.transport.masking import SEED_BYTES, pair_mask, prg
-from fedhar.transport.shamir import SHARE_BYTES, ShamirError, combine_shares, split_secret
+from fedhar.transport.shamir import (
+    SHARE_BYTES,
+    ShamirError,
+    combine_shares,
+    is_share,
+    split_secret,
+)
 
 NONCE_BYTES = 12
 _SHARE_PLAIN = struct.Struct(f">QQ{SHARE_BYTES}s{SHARE_BYTES}s")  # from, to, b share, s share
@@ -56,9 +68,18 @@ def round_context(run_id: str, server_round: int) -> bytes:
     return b"fedhar/secagg/round/" + run_id.encode() + struct.pack(">Q", server_round)
 
 
-def advertised(context: bytes, node_id: int, c_public: bytes, s_public: bytes) -> bytes:
-    """The bytes a node signs when it advertises its round keys."""
-    return context + struct.pack(">Q", node_id) + c_public + s_public
+def commitment(self_seed: bytes, context: bytes) -> bytes:
+    """The hash a node signs at advertise time, binding it to its self-mask seed."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(b"fedhar/secagg/v1/self-seed/" + context + self_seed)
+    return digest.finalize()
+
+
+def advertised(
+    context: bytes, node_id: int, c_public: bytes, s_public: bytes, seed_commitment: bytes
+) -> bytes:
+    """The bytes a node signs when it advertises its round keys and seed commitment."""
+    return context + struct.pack(">Q", node_id) + c_public + s_public + seed_commitment
 
 
 def verify_advertised(
@@ -66,13 +87,13 @@ def verify_advertised(
     signature: bytes,
     context: bytes,
     node_id: int,
-    c_public: bytes,
-    s_public: bytes,
+    keys: tuple[bytes, bytes],
+    seed_commitment: bytes,
 ) -> None:
     """Check a node's signature over its advertised round keys; ProtocolError if it fails."""
     try:
         parse_ed25519_public_key(signing_key).verify(
-            signature, advertised(context, node_id, c_public, s_public)
+            signature, advertised(context, node_id, *keys, seed_commitment)
         )
     except (InvalidSignature, ValueError) as error:
         raise ProtocolError("bad-signature", f"advertised keys do not verify: {error!r}") from None
@@ -84,6 +105,11 @@ def threshold_for(holders: int, fraction: float) -> int:
         raise ValueError(
             f"threshold fraction {fraction} must lie in (0.5, 1]: at or below one "
             "half, a server could gather both shares of a node"
+        )
+    if holders < 2:
+        raise ProtocolError(
+            "too-few-holders",
+            f"a secret held by {holders} node(s) would be revealed by its owner alone",
         )
     return min(holders, max(2, math.ceil(fraction * holders)))
 
@@ -98,10 +124,10 @@ def neighbour_graph(
     reaches the cohort, the graph is complete.
     """
     ordered = sorted(nodes)
+    if degree is not None and degree < 2:
+        raise ValueError(f"secagg neighbours={degree} must be at least 2 (or null: everyone)")
     if degree is None or degree >= len(ordered) - 1:
         return {n: tuple(m for m in ordered if m != n) for n in ordered}
-    if degree < 2:
-        raise ValueError(f"secagg neighbours={degree} must be at least 2 (or null: everyone)")
     half = math.ceil(degree / 2)
     ring = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
     position = {n: i for i, n in enumerate(ring)}
@@ -162,18 +188,30 @@ class ClientRound:
     c_key: bytes = field(default_factory=_private_key)
     s_key: bytes = field(default_factory=_private_key)
     self_seed: bytes = field(default_factory=lambda: os.urandom(SEED_BYTES))
+    min_neighbours: int = 2  # fewer would let a server isolate this node
     neighbours: tuple[int, ...] = ()
     roster: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # node -> (c pk, s pk)
+    threshold: int = 0  # shares needed for this node's secrets, fixed when they go out
     shares: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # owner -> (b, s) share
+    refused: tuple[int, ...] = ()  # neighbours whose shares did not decrypt: never masked with
     revealed: bool = False
 
     def public_keys(self) -> tuple[bytes, bytes]:
         return public_of(self.c_key), public_of(self.s_key)
 
+    def seed_commitment(self) -> bytes:
+        return commitment(self.self_seed, self.context)
+
     def share_keys(
         self, roster: Mapping[int, tuple[bytes, bytes]], neighbours: Sequence[int], fraction: float
     ) -> dict[int, bytes]:
         """Shares of ``b`` and of the ``s`` private key for each neighbour, encrypted to it."""
+        if len(set(neighbours)) < self.min_neighbours:
+            raise ProtocolError(
+                "too-few-neighbours",
+                f"{len(set(neighbours))} neighbours, fewer than the {self.min_neighbours} "
+                "this node requires",
+            )
         if self.node_id in neighbours:
             raise ProtocolError("bad-graph", "a node cannot be its own neighbour")
         missing = [n for n in (*neighbours, self.node_id) if n not in roster]
@@ -181,12 +219,12 @@ class ClientRound:
             raise ProtocolError("bad-graph", f"neighbours {missing[:3]} have no advertised keys")
         if roster[self.node_id] != self.public_keys():
             raise ProtocolError("bad-roster", "the roster misstates this node's own keys")
-        self.neighbours = tuple(sorted(neighbours))
+        self.neighbours = tuple(sorted(set(neighbours)))
         self.roster = {n: roster[n] for n in (*self.neighbours, self.node_id)}
         holders = [*self.neighbours, self.node_id]
-        threshold = threshold_for(len(holders), fraction)
-        b_shares = split_secret(self.self_seed, holders, threshold)
-        s_shares = split_secret(self.s_key, holders, threshold)
+        self.threshold = threshold_for(len(holders), fraction)
+        b_shares = split_secret(self.self_seed, holders, self.threshold)
+        s_shares = split_secret(self.s_key, holders, self.threshold)
         self.shares = {self.node_id: (b_shares[self.node_id], s_shares[self.node_id])}
         out = {}
         for peer in self.neighbours:
@@ -196,9 +234,14 @@ class ClientRound:
             out[peer] = nonce + AESGCM(key).encrypt(nonce, plain, self.context)
         return out
 
-    def receive_shares(self, ciphertexts: Mapping[int, bytes]) -> None:
-        """Decrypt and keep the shares neighbours sent; anything malformed is refused."""
-        for owner, blob in ciphertexts.items():
+    def receive_shares(self, ciphertexts: Mapping[int, bytes]) -> list[int]:
+        """Keep the neighbours' shares; returns the senders whose share was refused.
+
+        A share that does not decrypt to a share from its sender for this node is refused:
+        this node never masks with that sender. A share from a non-neighbour fails the stage.
+        """
+        refused = []
+        for owner, blob in sorted(ciphertexts.items()):
             if owner not in self.neighbours:
                 raise ProtocolError(
                     "not-a-neighbour", f"a share came from node {owner}, not a neighbour"
@@ -208,15 +251,14 @@ class ClientRound:
                 plain = AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], self.context)
                 sender, recipient, b_share, s_share = _SHARE_PLAIN.unpack(plain)
             except (InvalidTag, struct.error, ValueError):
-                raise ProtocolError(
-                    "bad-share",
-                    f"the share from node {owner} does not decrypt to a share for this node",
-                ) from None
+                refused.append(owner)
+                continue
             if (sender, recipient) != (owner, self.node_id):
-                raise ProtocolError(
-                    "bad-share", f"the share from node {owner} names nodes {sender} -> {recipient}"
-                )
+                refused.append(owner)
+                continue
             self.shares[owner] = (b_share, s_share)
+        self.refused = tuple(refused)
+        return refused
 
     def mask(
         self,
@@ -227,8 +269,8 @@ class ClientRound:
     ) -> np.ndarray:
         """The masked vector (uint64, mod 2^64) over this client's coordinates ``own``.
 
-        Masks pair with every neighbour whose shares arrived (those the server will either
-        see send or recover); ``layouts`` holds their global positions.
+        Masks pair with every neighbour whose shares arrived and decrypted (those the server
+        will either see send or recover); ``layouts`` holds their global positions.
         """
         if len(vector) != len(own):
             raise ProtocolError(
@@ -244,7 +286,7 @@ class ClientRound:
         return masked
 
     def reveal(
-        self, active: Sequence[int], dropped: Sequence[int], fraction: float
+        self, active: Sequence[int], dropped: Sequence[int]
     ) -> tuple[dict[int, bytes], dict[int, bytes]]:
         """(b shares of active neighbours, s shares of dropped ones); refused if unsafe."""
         if self.revealed:
@@ -253,25 +295,21 @@ class ClientRound:
         if both:
             raise ProtocolError(
                 "active-and-dropped",
-                f"nodes {both[:3]} are listed as active "
-                "and dropped: revealing both shares would unmask them",
+                f"nodes {both[:3]} are listed as active and dropped: revealing both shares "
+                "would unmask them",
             )
         if self.node_id in dropped:
             raise ProtocolError("self-dropped", "this node sent its input; it cannot be dropped")
         if self.node_id not in active:
             raise ProtocolError("not-active", "this node is not listed among the senders")
         holders = [*self.neighbours, self.node_id]
-        threshold = threshold_for(len(holders), fraction)
         senders = [n for n in holders if n in set(active)]
-        if len(senders) < threshold:
+        if len(senders) < self.threshold:
             raise ProtocolError(
                 "below-threshold",
-                f"only {len(senders)} of {len(holders)} share holders sent, threshold {threshold}",
+                f"only {len(senders)} of {len(holders)} share holders sent, threshold "
+                f"{self.threshold}",
             )
-        unknown = sorted((set(active) | set(dropped)) - set(self.shares) - {self.node_id})
-        unknown = [n for n in unknown if n in self.neighbours]
-        if unknown:
-            raise ProtocolError("unknown-node", f"no shares held for neighbours {unknown[:3]}")
         self.revealed = True
         b_out = {n: self.shares[n][0] for n in active if n in self.shares}
         s_out = {n: self.shares[n][1] for n in dropped if n in self.shares}
@@ -286,13 +324,16 @@ class ClientRound:
             "c-key": self.c_key,
             "s-key": self.s_key,
             "self-seed": self.self_seed,
+            "min-neighbours": self.min_neighbours,
             "neighbours": list(self.neighbours),
             "roster-ids": roster_ids,
             "roster-c": [self.roster[n][0] for n in roster_ids],
             "roster-s": [self.roster[n][1] for n in roster_ids],
+            "threshold": self.threshold,
             "share-ids": ids,
             "b-shares": [self.shares[n][0] for n in ids],
             "s-shares": [self.shares[n][1] for n in ids],
+            "refused": list(self.refused),
             "revealed": self.revealed,
         }
 
@@ -318,9 +359,12 @@ class ClientRound:
             c_key=blob("c-key"),
             s_key=blob("s-key"),
             self_seed=blob("self-seed"),
+            min_neighbours=int(state["min-neighbours"]),  # type: ignore[call-overload]
             neighbours=tuple(int(n) for n in listed("neighbours")),
             roster={int(n): (c, s) for n, c, s in roster},
+            threshold=int(state["threshold"]),  # type: ignore[call-overload]
             shares={int(n): (b, s) for n, b, s in shares},
+            refused=tuple(int(n) for n in listed("refused")),
             revealed=bool(state["revealed"]),
         )
 
@@ -333,43 +377,77 @@ class Revealed:
     pair_key: Mapping[int, Mapping[int, bytes]]  # dropped owner -> holder -> s share
 
 
+@dataclass(frozen=True)
+class RoundKeys:
+    """What the server knows of the round's keys and graph."""
+
+    neighbours: Mapping[int, Sequence[int]]  # among the nodes that shared keys
+    mask_keys: Mapping[int, bytes]  # advertised s public keys
+    commitments: Mapping[int, bytes]  # advertised self-seed commitments
+    refused: Mapping[int, Sequence[int]]  # sender -> neighbours it refused (never masked with)
+    fraction: float
+    context: bytes
+
+
+def _recover(owner: int, held: Mapping[int, bytes], threshold: int,
+             valid: Callable[[bytes], bool], what: str) -> bytes:  # fmt: skip
+    """A secret from ``held`` that ``valid`` accepts, leaving out one holder at a time if the
+    lowest ``threshold`` shares give a wrong one; ProtocolError if none does."""
+    good = {holder: share for holder, share in held.items() if is_share(share)}
+    try:
+        secret = combine_shares(good, threshold)
+    except ShamirError as error:
+        raise ProtocolError("below-threshold", f"{what} of node {owner}: {error}") from None
+    if valid(secret):
+        return secret
+    for suspect in sorted(good):
+        others = {h: v for h, v in good.items() if h != suspect}
+        if len(others) >= threshold and valid(secret := combine_shares(others, threshold)):
+            return secret
+    raise ProtocolError(
+        "bad-shares",
+        f"no {threshold} of the {len(good)} shares of node "
+        f"{owner}'s {what} recover it (more than one holder lied)",
+    )
+
+
 def recover_sum(
     masked: Mapping[int, np.ndarray],
     positions: Mapping[int, np.ndarray],
-    neighbours: Mapping[int, Sequence[int]],
-    mask_keys: Mapping[int, bytes],
+    keys: RoundKeys,
     revealed: Revealed,
     dropped: Sequence[int],
     space_size: int,
-    fraction: float,
-    context: bytes,
 ) -> np.ndarray:
     """The sum mod 2^64 of the senders' vectors, scattered onto the global coordinates.
 
     ``masked`` holds each sender's vector and ``positions`` its global coordinates (dropped
-    nodes' too); ``neighbours`` the graph among nodes that shared keys; ``mask_keys`` each
-    node's advertised ``s`` public key. Raises ProtocolError ("below-threshold") when a seed
-    has fewer shares than its threshold.
+    nodes' too); ``dropped`` the nodes that shared keys but are not in the sum. Raises
+    ProtocolError when a needed seed cannot be recovered.
     """
     total = np.zeros(space_size, dtype=np.uint64)
 
-    def secret(owner: int, shares: Mapping[int, Mapping[int, bytes]], what: str) -> bytes:
-        held = dict(shares.get(owner, {}))
-        threshold = threshold_for(len(neighbours[owner]) + 1, fraction)
-        try:
-            return combine_shares(held, threshold)
-        except ShamirError as error:
-            raise ProtocolError("below-threshold", f"{what} of node {owner}: {error}") from None
+    def threshold(owner: int) -> int:
+        return threshold_for(len(keys.neighbours[owner]) + 1, keys.fraction)
+
+    def committed(owner: int) -> Callable[[bytes], bool]:
+        return lambda seed: commitment(seed, keys.context) == keys.commitments[owner]
+
+    def advertised_key(owner: int) -> Callable[[bytes], bool]:
+        return lambda key: public_of(key) == keys.mask_keys[owner]
 
     for owner, vector in masked.items():
-        seed = secret(owner, revealed.self_seed, "self-mask seed")
+        held = revealed.self_seed.get(owner, {})
+        seed = _recover(owner, held, threshold(owner), committed(owner), "self-mask seed")
         total[positions[owner]] += np.asarray(vector, dtype=np.uint64) - prg(seed, len(vector))
     for lost in dropped:
-        key = secret(lost, revealed.pair_key, "mask key")
-        for owner in masked:
-            if lost not in neighbours[owner]:
-                continue
-            seed = pair_seed(key, mask_keys[owner], context)
+        owners = [o for o in masked if lost in keys.neighbours[o] and lost not in keys.refused[o]]
+        if not owners:
+            continue  # no sender masked with it: nothing to remove
+        held = revealed.pair_key.get(lost, {})
+        key = _recover(lost, held, threshold(lost), advertised_key(lost), "mask key")
+        for owner in owners:
+            seed = pair_seed(key, keys.mask_keys[owner], keys.context)
             words = pair_mask(seed, positions[owner], positions[lost], space_size)
             if mask_sign(owner, lost) > 0:
                 total[positions[owner]] -= words

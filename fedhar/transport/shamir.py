@@ -66,6 +66,15 @@ def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(weights)
 
 
+def is_share(share: object) -> bool:
+    """Whether ``share`` is a well-formed share: 66 bytes holding a field element."""
+    return (
+        isinstance(share, bytes)
+        and len(share) == SHARE_BYTES
+        and int.from_bytes(share, "big") < PRIME
+    )
+
+
 def combine_shares(shares: Mapping[int, bytes], threshold: int) -> bytes:
     """The secret from at least ``threshold`` shares (the ``threshold`` lowest ids are used)."""
     if len(shares) < threshold:

@@ -46,8 +46,12 @@ def test_advertise_keeps_fresh_keys_in_the_node_state_and_signs_them() -> None:
     assert answer["node-id"] == 7 and len(answer["signature"]) == 64
     assert SECAGG_STATE_KEY in context.state
     with task_identity(node_id=7):
-        again = mod(_stage("advertise"), _context(), _never)
-    assert again.content[SECAGG_KEY]["c-public"] != answer["c-public"]  # keys are per round
+        config = ConfigRecord({"stage": "advertise", RUN_ID_KEY: "run", "server-round": 2})
+        with task_identity(node_id=0):
+            second = Message(RecordDict({SECAGG_KEY: config}), 7, MessageType.QUERY)
+        again = mod(second, context, _never)  # the same node, the next round
+    assert again.content[SECAGG_KEY]["c-public"] != answer["c-public"]  # fresh keys per round
+    assert again.content[SECAGG_KEY]["seed-commitment"] != answer["seed-commitment"]
 
 
 def test_a_train_message_without_secagg_instructions_is_refused() -> None:

@@ -14,7 +14,13 @@ from flwr.serverapp.strategy import FedAvg
 from clients.secagg import secagg_mod
 from fedhar.transport.keys import DeviceIdentity
 from fedhar.transport.masking import RingSpec
-from fedhar.wire import MASKED_KEY, SECAGG_KEY, arrays_to_state
+from fedhar.wire import (
+    MASKED_KEY,
+    SECAGG_KEY,
+    SECAGG_STATE_KEY,
+    arrays_to_state,
+    record_from_bytes,
+)
 from strategies.heterofl import HeteroFL
 from strategies.secagg import SecureAggregation
 from tests.helpers.fleet import MODEL, global_arrays, run_with
@@ -201,6 +207,19 @@ def _forge(field: str, value) -> Callable[[str, Message], Message]:
             reply.content[MASKED_KEY]["vector"] = vector[:-3]
         elif stage == "train" and field == "weight":
             reply.content[SECAGG_KEY]["weight"] = 10**6
+        elif stage == "train" and field == "train-node":
+            reply.content[SECAGG_KEY]["node-id"] = FIRST + 4
+        elif stage == "share-keys" and field == "ciphertext":
+            blobs = list(reply.content[SECAGG_KEY]["ciphertexts"])
+            blobs[0] = blobs[0][:-1] + bytes([blobs[0][-1] ^ 1])
+            reply.content[SECAGG_KEY]["ciphertexts"] = blobs
+        elif stage == "unmask" and field == "short-share":
+            shares = list(reply.content[SECAGG_KEY]["b-shares"])
+            reply.content[SECAGG_KEY]["b-shares"] = [shares[0][:10], *shares[1:]]
+        elif stage == "unmask" and field == "shifted-share":
+            shares = list(reply.content[SECAGG_KEY]["b-shares"])
+            shifted = (int.from_bytes(shares[0], "big") ^ 1).to_bytes(len(shares[0]), "big")
+            reply.content[SECAGG_KEY]["b-shares"] = [shifted, *shares[1:]]
         elif stage == field:
             reply.content[SECAGG_KEY]["node-id"] = FIRST + 4
         elif field == "signature" and stage == "advertise":
@@ -216,11 +235,15 @@ def _forge(field: str, value) -> Callable[[str, Message], Message]:
         ("vector", "wrong-length"),
         ("weight", "weight-mismatch"),
         ("advertise", "wrong-node"),
+        ("share-keys", "wrong-node"),
+        ("train-node", "wrong-node"),
         ("signature", "bad-signature"),
+        ("ciphertext", "bad-share"),
     ],
 )
 def test_forged_replies_are_rejected_and_the_rest_aggregate(field: str, code: str) -> None:
-    strategy = _secure(_fedavg())
+    # threshold 0.6 of 6 holders: 4 shares; a node its neighbour cannot decrypt keeps 4 holders
+    strategy = _secure(_fedavg(), threshold=0.6)
     ours, _ = _run(strategy, StageGrid(stand_in_app(secure=True), alter=_forge(field, None)))
     stats = strategy.round_stats()
     assert stats[f"secagg/rejected/{code}"] == 1
@@ -228,6 +251,53 @@ def test_forged_replies_are_rejected_and_the_rest_aggregate(field: str, code: st
     plain_grid = StageGrid(stand_in_app(secure=False), missing={"train": {FIRST + 1}})
     plain, _ = _run(_fedavg(), plain_grid)
     _assert_same(ours, plain)
+
+
+@pytest.mark.parametrize(
+    ("field", "code"),
+    [("short-share", "malformed"), ("shifted-share", None), ("unmask", "wrong-node")],
+)
+def test_a_bad_unmask_answer_costs_only_that_holder(field: str, code: str | None) -> None:
+    """The holder's own update was sent and stays in the sum; its shares are not needed."""
+    strategy = _secure(_fedavg())
+    ours, _ = _run(strategy, StageGrid(stand_in_app(secure=True), alter=_forge(field, None)))
+    stats = strategy.round_stats()
+    assert stats["secagg/accepted"] == NODES and "secagg/round-failed" not in stats
+    if code is not None:
+        assert stats[f"secagg/rejected/{code}"] == 1
+    plain, _ = _run(_fedavg(), StageGrid(stand_in_app(secure=False)))
+    _assert_same(ours, plain)  # a shifted share is caught by the seed's commitment
+
+
+def test_secagg_plus_neighbour_graphs_aggregate_exactly() -> None:
+    strategy = _secure(_fedavg(), neighbours=2)  # 6 nodes on a ring: 2 neighbours each
+    ours, _ = _run(strategy, StageGrid(stand_in_app(secure=True)))
+    plain, _ = _run(_fedavg(), StageGrid(stand_in_app(secure=False)))
+    _assert_same(ours, plain)
+    assert strategy.round_stats()["secagg/accepted"] == NODES
+
+
+def test_round_secrets_never_reach_the_saved_client_state(tmp_path) -> None:
+    from clients.state_store import persisted_state_mod
+
+    app = ClientApp(mods=[persisted_state_mod(str(tmp_path)), secagg_mod(SEED)])
+
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        context.state["personal-layers"] = ConfigRecord({"kept": 1})
+        return Message(trained_reply(msg, grid_update(0), 10), reply_to=msg)
+
+    @app.query()
+    def query(msg: Message, context) -> Message:
+        raise AssertionError("the secagg mod answers its own stages")
+
+    arrays, _ = _run(_secure(_fedavg()), StageGrid(app))
+    assert arrays is not None
+    saved = list(tmp_path.rglob("round*.bin"))
+    assert len(saved) == NODES
+    for path in saved:
+        state = record_from_bytes(path.read_bytes())
+        assert "personal-layers" in state and SECAGG_STATE_KEY not in state
 
 
 def test_a_client_with_the_mod_never_sends_an_update_in_clear() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -19,6 +21,7 @@ from fedhar.transport.secagg import (
     ClientRound,
     ProtocolError,
     Revealed,
+    RoundKeys,
     neighbour_graph,
     recover_sum,
     round_context,
@@ -39,15 +42,28 @@ CONTEXT = round_context("run", 3)
 FRACTION = 0.67
 
 
+def _keys(clients: dict[int, ClientRound], graph, refused=None) -> RoundKeys:
+    return RoundKeys(
+        graph,
+        {n: c.public_keys()[1] for n, c in clients.items()},
+        {n: c.seed_commitment() for n, c in clients.items()},
+        {n: (refused or {}).get(n, ()) for n in clients},
+        FRACTION,
+        CONTEXT,
+    )
+
+
 def protocol(
     layouts: dict[int, Layout],
     sending: set[int],
     revealing: set[int] | None = None,
     degree: int | None = None,
     seed: int = 0,
+    lie: Callable[[int, int, bytes], bytes] | None = None,
 ):
     """Run one round among ``layouts``' nodes; ``sending`` send their input, ``revealing``
-    answer the unmask stage. Returns (recovered sum or the error, the plain sum, masked)."""
+    answer the unmask stage (``lie`` may alter a revealed share). Returns (recovered sum or
+    the error, the plain sum, masked)."""
     rng = np.random.default_rng(seed)
     nodes = sorted(layouts)
     clients = {n: ClientRound(n, CONTEXT) for n in nodes}
@@ -62,26 +78,17 @@ def protocol(
     b_shares, s_shares = {}, {}
     dropped = [n for n in nodes if n not in sending]
     for holder in sorted(sending if revealing is None else revealing):
-        b_out, s_out = clients[holder].reveal(sorted(sending), dropped, FRACTION)
+        b_out, s_out = clients[holder].reveal(sorted(sending), dropped)
         for owner, share in b_out.items():
-            b_shares.setdefault(owner, {})[holder] = share
+            b_shares.setdefault(owner, {})[holder] = lie(holder, owner, share) if lie else share
         for owner, share in s_out.items():
             s_shares.setdefault(owner, {})[holder] = share
     plain = np.zeros(SPACE.size, dtype=np.int64)
     for n in sending:
         plain[positions[n]] += values[n]
     try:
-        total = recover_sum(
-            masked,
-            positions,
-            graph,
-            {n: roster[n][1] for n in nodes},
-            Revealed(b_shares, s_shares),
-            dropped,
-            SPACE.size,
-            FRACTION,
-            CONTEXT,
-        )
+        total = recover_sum(masked, positions, _keys(clients, graph),
+                            Revealed(b_shares, s_shares), dropped, SPACE.size)  # fmt: skip
     except ProtocolError as error:
         return error, plain, masked
     return RingSpec(16, 1.0, 2**16, 64).to_signed(total), plain, masked
@@ -105,10 +112,26 @@ def test_partial_models_sum_per_coordinate_over_the_nodes_that_hold_it() -> None
     layouts = {1: FULL, 2: HALF, 3: ROLLED, 4: FULL, 5: HALF, 6: ROLLED, 7: FULL}
     total, plain, _ = protocol(layouts, sending={1, 2, 3, 5, 6, 7})  # a full-width node drops
     assert np.array_equal(total, plain)
-    untouched = np.setdiff1d(
-        np.arange(SPACE.size), np.concatenate([layouts[n].flat(SPACE) for n in layouts])
-    )
-    assert untouched.size == 0 or not total[untouched].any()
+
+
+def test_coordinates_nobody_holds_sum_to_zero() -> None:
+    layouts = {1: HALF, 2: ROLLED, 3: HALF, 4: ROLLED}  # neither holds conv.weight rows 4-5
+    total, plain, _ = protocol(layouts, sending={1, 2, 3, 4})
+    held = np.union1d(HALF.flat(SPACE), ROLLED.flat(SPACE))
+    untouched = np.setdiff1d(np.arange(SPACE.size), held)
+    assert untouched.size > 0 and not total[untouched].any()
+    assert np.array_equal(total, plain)
+
+
+def test_a_lying_share_holder_is_outvoted_by_the_commitment() -> None:
+    def lie(holder: int, owner: int, share: bytes) -> bytes:
+        if holder != 2:
+            return share
+        return (int.from_bytes(share, "big") ^ 1).to_bytes(len(share), "big")
+
+    layouts = dict.fromkeys(range(1, 8), FULL)
+    total, plain, _ = protocol(layouts, sending=set(layouts), lie=lie)
+    assert np.array_equal(total, plain)
 
 
 def test_recovery_below_the_threshold_fails_cleanly() -> None:
@@ -160,30 +183,39 @@ def test_reveals_that_would_unmask_a_node_are_refused() -> None:
     client = clients[1]
     client.receive_shares({o: b[1] for o, b in shared.items() if 1 in b})
     with pytest.raises(ProtocolError, match="active-and-dropped"):
-        client.reveal([1, 2, 3], [3], FRACTION)
+        client.reveal([1, 2, 3], [3])
     with pytest.raises(ProtocolError, match="self-dropped"):
-        client.reveal([2, 3, 4], [1], FRACTION)
+        client.reveal([2, 3, 4], [1])
     with pytest.raises(ProtocolError, match="below-threshold"):
-        client.reveal([1, 2], [3, 4], FRACTION)
-    b_out, s_out = client.reveal([1, 2, 3], [4], FRACTION)
+        client.reveal([1, 2], [3, 4])
+    b_out, s_out = client.reveal([1, 2, 3], [4])
     assert sorted(b_out) == [1, 2, 3] and sorted(s_out) == [4]
     with pytest.raises(ProtocolError, match="already-revealed"):  # a second request: s of 3
-        client.reveal([1, 2, 4], [3], FRACTION)
+        client.reveal([1, 2, 4], [3])
 
 
-def test_malformed_or_misaddressed_shares_are_refused() -> None:
+def test_malformed_or_misaddressed_shares_are_refused_and_never_masked_with() -> None:
     clients, shared = _holders()
     inbox = {o: b[1] for o, b in shared.items() if 1 in b}
-    tampered = dict(inbox)
-    blob = bytearray(tampered[2])
+    blob = bytearray(inbox[2])
     blob[-1] ^= 1
-    tampered[2] = bytes(blob)
-    with pytest.raises(ProtocolError, match="bad-share"):
-        clients[1].receive_shares(tampered)
-    with pytest.raises(ProtocolError, match="bad-share"):  # 2's share for 3, forwarded to 1
-        clients[1].receive_shares({2: shared[2][3]})
+    inbox[2] = bytes(blob)
+    inbox[3] = shared[3][4]  # 3's share for 4, forwarded to 1
+    assert clients[1].receive_shares(inbox) == [2, 3]
+    assert sorted(clients[1].shares) == [1, 4]  # masks pair only with 4
     with pytest.raises(ProtocolError, match="not-a-neighbour"):
-        clients[1].receive_shares({9: inbox[2]})
+        clients[1].receive_shares({9: inbox[4]})
+
+
+def test_a_server_cannot_isolate_a_node_to_learn_its_seeds() -> None:
+    client = ClientRound(1, CONTEXT)
+    roster = {1: client.public_keys(), 2: ClientRound(2, CONTEXT).public_keys()}
+    with pytest.raises(ProtocolError, match="too-few-neighbours"):
+        client.share_keys(roster, [], FRACTION)
+    with pytest.raises(ProtocolError, match="too-few-neighbours"):
+        client.share_keys(roster, [2], FRACTION)  # one neighbour: fewer than the default 2
+    with pytest.raises(ProtocolError, match="too-few-holders"):
+        threshold_for(1, FRACTION)
 
 
 def test_wrong_length_vectors_are_refused() -> None:
