@@ -11,6 +11,7 @@ unroll FedAvg's local training, as Inverting Gradients does.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ def invert(
     seed: int,
 ) -> Reconstruction:
     """The window (``shape`` = channels, time) that best explains ``update``."""
-    model = model.double().train()
+    model = copy.deepcopy(model).double().train()  # the caller's model stays as it is
     params = {n: p.detach().double().requires_grad_(True) for n, p in model.named_parameters()}
     buffers = {n: b.detach().double() if b.is_floating_point() else b.detach()
                for n, b in model.named_buffers()}  # fmt: skip

@@ -43,8 +43,10 @@ def label_counts(
     with torch.no_grad():
         mean_p = torch.softmax(probe(auxiliary), dim=1).double().mean(0).numpy()
     estimate = batch_size * (mean_p - gradient)
-    counts = np.clip(np.floor(estimate), 0, None).astype(int)
-    for k in np.argsort(-(estimate - counts))[: max(0, batch_size - int(counts.sum()))]:
+    counts = np.clip(np.floor(estimate), 0, batch_size).astype(int)
+    while counts.sum() > batch_size:  # noisy estimates: take from the least supported class
+        counts[np.argmin(np.where(counts > 0, estimate - counts, np.inf))] -= 1
+    for k in np.argsort(-(estimate - counts))[: batch_size - int(counts.sum())]:
         counts[k] += 1  # largest remainders first, to sum to the batch size
     return counts
 

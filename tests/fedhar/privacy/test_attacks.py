@@ -147,3 +147,13 @@ def test_users_are_reidentified_from_embeddings_above_chance() -> None:
     enrol = {str(i): user(i).x[: len(user(i).y) // 2] for i in range(4)}
     probe = {str(i): user(i).x[len(user(i).y) // 2 :] for i in range(4)}
     assert reidentification_accuracy(model, enrol, probe) > 1.4 * 0.25  # chance: 1 in 4
+
+
+def test_label_counts_from_a_noised_update_still_sum_to_the_batch() -> None:
+    torch.manual_seed(0)
+    model = build_model("microbi_convlstm", 6, 7)
+    x, y = torch.tensor(user(0).x[:16]), torch.tensor(user(0).y[:16])
+    update = noised(client_update(model, x, y, 1, 0.1), clip=1.0, noise_std=5.0, seed=0)
+    counts = label_counts(model, update, 16, 0.1, torch.tensor(user(1).x[:32]))
+    assert counts.sum() == 16 and (counts >= 0).all()
+    assert 0.0 <= count_accuracy(counts, np.bincount(y.numpy(), minlength=7)) <= 1.0
