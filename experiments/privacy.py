@@ -34,6 +34,7 @@ from clients.privacy import train_only
 from fedhar.privacy.accounting import ClientLevelDp, local_noise_multiplier
 from strategies.privacy import PoissonSampling, PrivacyAccounting, UniformWeights
 from strategies.run_info import RunInfo
+from strategies.wrapper import innermost
 
 MECHANISMS = ("none", "central", "central_adaptive", "client", "client_adaptive", "local")
 _FIXED = {
@@ -83,6 +84,12 @@ def _check(cfg: DictConfig, mechanism: str, strategy: Strategy) -> None:
         raise PrivacyConfigError(
             "privacy.sampling=poisson samples every node with privacy.sample_rate itself; set "
             "strategy.algorithm.fraction_train=1.0"
+        )
+    if hasattr(innermost(strategy), "coordinate_slices"):
+        raise PrivacyConfigError(
+            f"privacy={mechanism} with strategy={cfg.strategy.name}: Flower's DP wrappers noise "
+            "every element as if all sampled clients trained it, which under-noises elements "
+            "of partial models; use a full-model strategy (fedavg, fedprox, fedadam, fedyogi)"
         )
     if cfg.privacy.sampling not in ("fixed", "poisson"):
         raise PrivacyConfigError(

@@ -11,7 +11,7 @@ honest-but-curious server attacks what that defense lets it see, at the final gl
 - **label (one window)**: the iDLG label of that update;
 - **label counts**: LLG counts of a 32-window FedSGD batch update (share of labels right);
 - **membership**: loss-threshold and LiRA (4 shadow models) AUC and TPR at 0.1% FPR of the
-  released model, training clients' train windows against held-out users' windows;
+  released model, the clients' train windows against their own later test windows;
 - **re-identification**: nearest-centroid user accuracy from the model's embeddings.
 
 What the server sees per defense: the update (``none``); the update through the codec (int8,
@@ -208,20 +208,19 @@ def attack(defense: Defense, cfg: DictConfig, run_dir: Path, seed: int) -> dict[
 def membership(
     cfg: DictConfig, federation: Federation, model: torch.nn.Module, seed: int
 ) -> dict[str, float]:
-    """Loss-threshold and LiRA on the released model: clients' train windows vs held-out."""
+    """Loss-threshold and LiRA on the released model: the clients' train windows (members)
+    against their own later test windows (never trained on)."""
     rng = np.random.default_rng(seed)
-    members = np.concatenate([federation.client(i).train.x for i in range(len(federation.clients))])
-    member_y = np.concatenate(
-        [federation.client(i).train.y for i in range(len(federation.clients))]
-    )
-    holdout = federation.holdout
-    size = min(300, len(members), len(holdout.y))
-    m, o = (
-        rng.choice(len(members), size, replace=False),
-        rng.choice(len(holdout.y), size, replace=False),
-    )
-    x = np.concatenate([members[m], holdout.x[o]])
-    y = np.concatenate([member_y[m], holdout.y[o]])
+    clients = [federation.client(i) for i in range(len(federation.clients))]
+    members = np.concatenate([c.train.x for c in clients])
+    member_y = np.concatenate([c.train.y for c in clients])
+    others = np.concatenate([c.test.x for c in clients])
+    other_y = np.concatenate([c.test.y for c in clients])
+    size = min(300, len(member_y), len(other_y))
+    m = rng.choice(len(member_y), size, replace=False)
+    o = rng.choice(len(other_y), size, replace=False)
+    x = np.concatenate([members[m], others[o]])
+    y = np.concatenate([member_y[m], other_y[o]])
     is_member = np.arange(2 * size) < size
     rounds, epochs = int(cfg.num_rounds), int(cfg.train.epochs)
     shadow_config = TrainConfig(

@@ -99,3 +99,11 @@ def test_privacy_settings_that_cannot_work_are_refused(overrides: list[str], mes
             RunInfo("r", 0, Path(".")),
             10,
         )
+
+
+def test_dp_on_partial_models_is_refused_with_the_reason() -> None:
+    from strategies.heterofl import HeteroFL
+
+    cfg = load_config(["privacy=client", "strategy=heterofl"])
+    with pytest.raises(PrivacyConfigError, match="under-noises elements of partial models"):
+        wrap_privacy(cfg, HeteroFL(), RunInfo("r", 0, Path(".")), 10)
