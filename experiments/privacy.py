@@ -13,8 +13,10 @@ Around the algorithm, inner to outer: `strategies.privacy.UniformWeights` (DP's 
 calibrated to the unweighted mean), the Flower wrapper, `PoissonSampling` when
 ``privacy.sampling=poisson``, and `PrivacyAccounting`, which logs epsilon every round and stops
 the run before ``privacy.epsilon_budget``. Client-side clipping composes with secure
-aggregation (the server then sees only the noised sum); server-side clipping needs single
-updates and is refused with ``secagg``.
+aggregation: the server sees only the sum of clipped updates and adds the noise itself, so the
+noise protects the released models, not the sum from the server. Server-side clipping needs
+single updates and is refused with ``secagg``; so are server optimizers (FedAdam, FedYogi),
+the fleet simulation (its drop-outs are not uniform sampling) and partial-model strategies.
 """
 
 from __future__ import annotations
@@ -85,7 +87,25 @@ def _check(cfg: DictConfig, mechanism: str, strategy: Strategy) -> None:
             "privacy.sampling=poisson samples every node with privacy.sample_rate itself; set "
             "strategy.algorithm.fraction_train=1.0"
         )
-    if hasattr(innermost(strategy), "coordinate_slices"):
+    core = innermost(strategy)
+    if type(core).__name__ in ("FedAdam", "FedYogi", "FedAdagrad", "FedAvgM"):
+        raise PrivacyConfigError(
+            f"privacy={mechanism} with strategy={cfg.strategy.name}: Flower's DP wrappers noise "
+            "the strategy's output, and a server optimizer's step is not the mean the noise is "
+            "calibrated to; use strategy=fedavg or fedprox"
+        )
+    fleet = cfg.get("fleet") or {}
+    if fleet.get("mix") or fleet.get("device_map"):
+        raise PrivacyConfigError(
+            "privacy needs fleet=none: the fleet's availability and deadlines drop clients in a "
+            "way the accountant's uniform sampling does not model"
+        )
+    if mechanism.endswith("adaptive") and cfg.privacy.sampling == "poisson":
+        raise PrivacyConfigError(
+            "adaptive clipping with privacy.sampling=poisson: Flower's clipped-count noise is "
+            "accounted for fixed-size cohorts only; use privacy.sampling=fixed"
+        )
+    if hasattr(core, "coordinate_slices"):
         raise PrivacyConfigError(
             f"privacy={mechanism} with strategy={cfg.strategy.name}: Flower's DP wrappers noise "
             "every element as if all sampled clients trained it, which under-noises elements "
@@ -100,8 +120,11 @@ def _check(cfg: DictConfig, mechanism: str, strategy: Strategy) -> None:
 def ledger(cfg: DictConfig, mechanism: str, strategy: Strategy, num_clients: int) -> ClientLevelDp:
     """What the accountant needs to know about this run's mechanism."""
     p = cfg.privacy
-    if mechanism == "local":
-        z = local_noise_multiplier(float(p.local_epsilon), float(p.local_delta))
+    if mechanism == "local":  # LocalDpMod's std over a clipped update's replace-one change 2C
+        std = float(p.local_sensitivity) * local_noise_multiplier(
+            float(p.local_epsilon), float(p.local_delta)
+        )
+        z = std / (2 * float(p.clipping_norm))
         return ClientLevelDp(z, "local", num_clients, delta=float(p.delta))
     if p.sampling == "poisson":
         return ClientLevelDp(
@@ -132,7 +155,7 @@ def wrap_privacy(cfg: DictConfig, strategy: Strategy, run: RunInfo, num_clients:
         expected = max(1, round(float(p.sample_rate) * num_clients))
     else:
         expected = cohort_size(strategy, num_clients)
-    wrapped: Strategy = UniformWeights(strategy)
+    wrapped: Strategy = UniformWeights(strategy, expected)
     if mechanism in _FIXED:
         wrapped = _FIXED[mechanism](
             wrapped, float(p.noise_multiplier), float(p.clipping_norm), expected

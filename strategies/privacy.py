@@ -26,7 +26,13 @@ from flwr.supercore import log
 
 from fedhar.privacy.accounting import ClientLevelDp
 from fedhar.seeding import derive_seed
-from fedhar.wire import METRICS_KEY
+from fedhar.wire import (
+    METRICS_KEY,
+    SECURE_SUM_KEY,
+    arrays_to_numpy,
+    metric_value,
+    numpy_to_arrays,
+)
 from strategies.run_info import RunInfo
 from strategies.wrapper import StrategyWrapper
 
@@ -44,27 +50,57 @@ class BudgetExhausted(Exception):
 
 
 class UniformWeights(StrategyWrapper):
-    """Aggregates every reply with weight 1: the mean DP's noise is calibrated to.
+    """The mean DP's noise is calibrated to: each update once, over a fixed denominator.
 
     Each reply's ``num-examples`` becomes 1 on its way to the algorithm, so FedAvg-style
-    strategies average updates (and train metrics) without weights.
+    strategies average updates (and train metrics) without weights. The algorithm divides by
+    the k updates that arrived; the noise assumes the expected cohort, so the averaged update
+    is rescaled by k / ``expected`` (a reply standing for several senders, secure
+    aggregation's sum, counts as its ``num-examples``).
     """
 
     prefix = "privacy"
+    counts_replies = False
+
+    def __init__(self, strategy: Strategy, expected: int) -> None:
+        super().__init__(strategy)
+        if expected < 1:
+            raise ValueError(f"the expected cohort must be at least 1, got {expected}")
+        self.expected = int(expected)
+        self._sent: dict[str, np.ndarray] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._sent = arrays_to_numpy(arrays)
+        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        uniform = []
+        uniform, updates = [], 0
         for reply in replies:
             if not reply.has_error() and METRICS_KEY in reply.content.metric_records:
                 content = RecordDict(dict(reply.content.items()))
-                metrics = MetricRecord(dict(content.metric_records[METRICS_KEY]))
-                metrics["num-examples"] = 1
-                content[METRICS_KEY] = metrics
+                weights = MetricRecord(dict(content.metric_records[METRICS_KEY]))
+                stands_for = SECURE_SUM_KEY in content.config_records
+                updates += int(metric_value(content, "num-examples")) if stands_for else 1
+                weights["num-examples"] = 1
+                content[METRICS_KEY] = weights
                 reply = Message(metadata=reply.metadata, content=content)  # type: ignore[call-overload]
             uniform.append(reply)
-        return self.strategy.aggregate_train(server_round, uniform)
+        arrays, metrics = self.strategy.aggregate_train(server_round, uniform)
+        if arrays is None or not updates:
+            return arrays, metrics
+        scale = updates / self.expected
+        self.count("updates", updates)
+        rescaled = {
+            name: (self._sent[name] + (value - self._sent[name]) * scale).astype(value.dtype)
+            if name in self._sent and np.issubdtype(value.dtype, np.floating)
+            else value
+            for name, value in arrays_to_numpy(arrays).items()
+        }
+        return numpy_to_arrays(rescaled), metrics
 
 
 class PoissonSampling(StrategyWrapper):

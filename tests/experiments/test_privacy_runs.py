@@ -11,7 +11,7 @@ from dp_accounting.rdp import RdpAccountant
 from flwr.app import Context, RecordDict
 
 from experiments import flower_app
-from experiments.compose import load_config
+from experiments.compose import build_strategy, load_config
 from experiments.privacy import PrivacyConfigError, wrap_privacy
 from experiments.sinks import read_metrics
 from fedhar.checkpoint import load_checkpoint
@@ -81,29 +81,25 @@ def test_local_dp_noises_updates_and_runs_through(tmp_path: Path, in_process_gri
     [
         (["privacy=central", "wrappers=[secagg]"], "use privacy=client"),
         (["privacy=client", "wrappers=[secagg]"], "max_weight=1"),
-        (
-            ["privacy=client", "privacy.sampling=poisson", "strategy.algorithm.fraction_train=0.5"],
-            "fraction_train=1.0",
-        ),
+        (["privacy=client", "fleet=none", "privacy.sampling=poisson",
+          "strategy.algorithm.fraction_train=0.5"], "fraction_train=1.0"),
         (["privacy=client", "privacy.mechanism=laplace"], "unknown privacy.mechanism"),
+        (["privacy=client", "fleet=mixed"], "privacy needs fleet=none"),
+        (["privacy=client", "fleet=none", "strategy=fedadam"], "use strategy=fedavg"),
+        (["privacy=client_adaptive", "fleet=none", "privacy.sampling=poisson"],
+         "adaptive clipping with privacy.sampling=poisson"),
     ],
-)
+)  # fmt: skip
 def test_privacy_settings_that_cannot_work_are_refused(overrides: list[str], message: str) -> None:
-    from flwr.serverapp.strategy import FedAvg
-
     cfg = load_config(overrides)
+    algorithm = build_strategy(cfg, 10, RunInfo("r", 0, Path(".")))
     with pytest.raises(PrivacyConfigError, match=message):
-        wrap_privacy(
-            cfg,
-            FedAvg(fraction_train=cfg.strategy.algorithm.fraction_train),
-            RunInfo("r", 0, Path(".")),
-            10,
-        )
+        wrap_privacy(cfg, algorithm, RunInfo("r", 0, Path(".")), 10)
 
 
 def test_dp_on_partial_models_is_refused_with_the_reason() -> None:
     from strategies.heterofl import HeteroFL
 
-    cfg = load_config(["privacy=client", "strategy=heterofl"])
+    cfg = load_config(["privacy=client", "strategy=heterofl", "fleet=none"])
     with pytest.raises(PrivacyConfigError, match="under-noises elements of partial models"):
         wrap_privacy(cfg, HeteroFL(), RunInfo("r", 0, Path(".")), 10)

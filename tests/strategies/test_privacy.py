@@ -7,7 +7,7 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedhar.privacy.accounting import ClientLevelDp
-from fedhar.wire import METRICS_KEY
+from fedhar.wire import METRICS_KEY, numpy_to_arrays
 from strategies.privacy import BudgetExhausted, PoissonSampling, PrivacyAccounting, UniformWeights
 from tests.helpers.fleet import global_arrays, run_with
 from tests.helpers.grids import FakeGrid
@@ -51,14 +51,19 @@ def test_poisson_sampling_is_seeded_per_node_and_keeps_about_the_rate() -> None:
     assert rounds[0] != rounds[1]
 
 
-def test_uniform_weights_average_every_update_once(reply) -> None:
+@pytest.mark.parametrize(("expected", "mean"), [(2, 1.5), (4, 0.75)])
+def test_uniform_weights_average_each_update_once_over_the_expected_cohort(
+    reply, expected: int, mean: float
+) -> None:
+    """Updates 1 and 2 from a zero model: their unweighted mean is 1.5, and 0.75 when four
+    clients were expected (the noise is calibrated to that fixed denominator)."""
     grid = FakeGrid([1, 2])
-    messages = list(_fedavg().configure_train(1, global_arrays(), ConfigRecord({}), grid))
-    replies = [
-        reply(trained_reply(m, lambda n, t, k=k: t * 0 + k, 10 * k**3), node_id=k)
-        for k, m in zip((1, 2), messages, strict=True)
-    ]
-    arrays, _ = UniformWeights(_fedavg()).aggregate_train(1, replies)
+    zero = numpy_to_arrays({n: a.numpy() * 0 for n, a in global_arrays().items()})
+    uniform = UniformWeights(_fedavg(), expected)
+    messages = list(uniform.configure_train(1, zero, ConfigRecord({}), grid))
+    replies = [reply(trained_reply(m, lambda n, t, k=k: t * 0 + k, 10 * k**3), node_id=k)
+               for k, m in zip((1, 2), messages, strict=True)]  # fmt: skip
+    arrays, _ = uniform.aggregate_train(1, replies)
     assert arrays is not None
-    assert float(arrays["head.bias"].numpy()[0]) == pytest.approx(1.5)  # not weighted 10 : 80
+    assert float(arrays["head.bias"].numpy()[0]) == pytest.approx(mean)  # not weighted 10 : 80
     assert all(r.content[METRICS_KEY]["num-examples"] != 1 for r in replies)  # inputs untouched

@@ -10,6 +10,8 @@ LLG; anchor: Bock et al. 2025 recover HAR labels well above 90%).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -39,15 +41,15 @@ def label_counts(
     rounded to integers that sum to ``batch_size``.
     """
     gradient = -update[head_bias].double().numpy() / lr
-    probe = model.train()
+    probe = copy.deepcopy(model).train()  # train mode as the client; BN statistics not ours
     with torch.no_grad():
         mean_p = torch.softmax(probe(auxiliary), dim=1).double().mean(0).numpy()
     estimate = batch_size * (mean_p - gradient)
     counts = np.clip(np.floor(estimate), 0, batch_size).astype(int)
     while counts.sum() > batch_size:  # noisy estimates: take from the least supported class
         counts[np.argmin(np.where(counts > 0, estimate - counts, np.inf))] -= 1
-    for k in np.argsort(-(estimate - counts))[: batch_size - int(counts.sum())]:
-        counts[k] += 1  # largest remainders first, to sum to the batch size
+    while counts.sum() < batch_size:  # largest remainders first, to sum to the batch size
+        counts[np.argmax(estimate - counts)] += 1
     return counts
 
 

@@ -79,29 +79,42 @@ def lira_scores(
     observed = np.stack([confidences(s.model, x, y) for s in shadows])  # shadows x windows
     inside = np.stack([s.trained_on for s in shadows])
     scores = confidences(target, x, y)
-    out = np.empty(len(y))
-    global_in = observed[inside].std() + 1e-6
-    global_out = observed[~inside].std() + 1e-6
-    for i in range(len(y)):
-        ins, outs = observed[inside[:, i], i], observed[~inside[:, i], i]
-        mu_in = ins.mean() if len(ins) else observed[:, i].mean()
-        mu_out = outs.mean() if len(outs) else observed[:, i].mean()
-        out[i] = stats.norm.logpdf(scores[i], mu_in, global_in) - stats.norm.logpdf(
-            scores[i], mu_out, global_out
-        )
-    return out
+    fallback = observed.mean(0)
+    mu_in = np.array(
+        [
+            observed[inside[:, i], i].mean() if inside[:, i].any() else fallback[i]
+            for i in range(len(y))
+        ]
+    )
+    mu_out = np.array(
+        [
+            observed[~inside[:, i], i].mean() if (~inside[:, i]).any() else fallback[i]
+            for i in range(len(y))
+        ]
+    )
+    # one variance per side, of the confidences around each window's own mean: few shadows
+    # cannot estimate a variance per window, and pooling raw values would add the spread
+    # between windows
+    sigma_in = (observed - mu_in)[inside].std() + 1e-6
+    sigma_out = (observed - mu_out)[~inside].std() + 1e-6
+    return stats.norm.logpdf(scores, mu_in, sigma_in) - stats.norm.logpdf(scores, mu_out, sigma_out)
 
 
 def roc_auc(scores: np.ndarray, is_member: np.ndarray) -> float:
     """Area under the ROC curve: the chance a member outscores a non-member (ties half)."""
     members, others = scores[is_member], scores[~is_member]
+    if not len(members) or not len(others):
+        raise ValueError("AUC needs both members and non-members")
     ranks = stats.rankdata(np.concatenate([members, others]))
-    return float((ranks[: len(members)].sum() - len(members) * (len(members) + 1) / 2)
-                 / (len(members) * len(others)))  # fmt: skip
+    return float(
+        (ranks[: len(members)].sum() - len(members) * (len(members) + 1) / 2)
+        / (len(members) * len(others))
+    )
 
 
 def tpr_at_fpr(scores: np.ndarray, is_member: np.ndarray, fpr: float = 0.001) -> float:
-    """Share of members caught at the threshold that flags ``fpr`` of the non-members."""
+    """Share of members caught at the threshold that flags at most ``fpr`` of the non-members
+    (with fewer than 1 / ``fpr`` non-members: at false-positive rate 0)."""
     others = np.sort(scores[~is_member])[::-1]
     allowed = int(np.floor(fpr * len(others)))
     threshold = others[allowed] if allowed < len(others) else -np.inf
