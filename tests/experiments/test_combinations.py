@@ -5,25 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, RecordDict
 
-from experiments import flower_app
-from experiments.sinks import read_metrics
-
-BASE = (
-    "num_rounds=2 dataset.options.num_users=5 dataset.options.seconds_per_user=60"
-    " tracking.progress=false tracking.plots=false"
-)
+from tests.helpers.app_runs import run_in_process
 
 
 def _run(tmp_path: Path, grid_type, overrides: str) -> list[dict]:
-    run_config = {"experiment": "", "overrides": f"{BASE} {overrides}", "run-dir": str(tmp_path)}
-    grid = grid_type(flower_app.client_app, num_nodes=4, run_config=run_config)
-    context = Context(
-        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
-    )
-    flower_app.main(grid, context)
-    return read_metrics(tmp_path)
+    return run_in_process(tmp_path, grid_type, f"num_rounds=2 {overrides}")
 
 
 @pytest.mark.parametrize(
