@@ -15,8 +15,10 @@ calibrated to the unweighted mean), the Flower wrapper, `PoissonSampling` when
 the run before ``privacy.epsilon_budget``. Client-side clipping composes with secure
 aggregation: the server sees only the sum of clipped updates and adds the noise itself, so the
 noise protects the released models, not the sum from the server. Server-side clipping needs
-single updates and is refused with ``secagg``; so are server optimizers (FedAdam, FedYogi),
-the fleet simulation (its drop-outs are not uniform sampling) and partial-model strategies.
+single updates and is refused with ``secagg``; so are server optimizers (FedAdam, FedYogi)
+and the fleet simulation (its drop-outs are not uniform sampling). Partial-model strategies
+take ``privacy=central`` only, through `strategies.privacy.PartialModelDp`, which clips and
+noises per element by the clients each element was sent to.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ from omegaconf import DictConfig
 
 from clients.privacy import train_only
 from fedhar.privacy.accounting import ClientLevelDp, local_noise_multiplier
-from strategies.privacy import PoissonSampling, PrivacyAccounting, UniformWeights
+from strategies.privacy import (
+    PartialModelDp,
+    PoissonSampling,
+    PrivacyAccounting,
+    UniformWeights,
+)
 from strategies.run_info import RunInfo
 from strategies.wrapper import innermost
 
@@ -105,11 +112,12 @@ def _check(cfg: DictConfig, mechanism: str, strategy: Strategy) -> None:
             "adaptive clipping with privacy.sampling=poisson: Flower's clipped-count noise is "
             "accounted for fixed-size cohorts only; use privacy.sampling=fixed"
         )
-    if hasattr(core, "coordinate_slices"):
+    if hasattr(core, "coordinate_slices") and mechanism != "central":
         raise PrivacyConfigError(
             f"privacy={mechanism} with strategy={cfg.strategy.name}: Flower's DP wrappers noise "
             "every element as if all sampled clients trained it, which under-noises elements "
-            "of partial models; use a full-model strategy (fedavg, fedprox, fedadam, fedyogi)"
+            "of partial models; use privacy=central (strategies.privacy.PartialModelDp: "
+            "clipping and noise per element)"
         )
     if cfg.privacy.sampling not in ("fixed", "poisson"):
         raise PrivacyConfigError(
@@ -156,7 +164,9 @@ def wrap_privacy(cfg: DictConfig, strategy: Strategy, run: RunInfo, num_clients:
     else:
         expected = cohort_size(strategy, num_clients)
     wrapped: Strategy = UniformWeights(strategy, expected)
-    if mechanism in _FIXED:
+    if hasattr(innermost(strategy), "coordinate_slices"):  # central, checked above
+        wrapped = PartialModelDp(strategy, run, float(p.noise_multiplier), float(p.clipping_norm))
+    elif mechanism in _FIXED:
         wrapped = _FIXED[mechanism](
             wrapped, float(p.noise_multiplier), float(p.clipping_norm), expected
         )

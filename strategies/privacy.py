@@ -7,6 +7,8 @@ them around the algorithm, from the ``privacy`` config. Around them sit:
 - `PoissonSampling`: each enrolled client takes part in a round with probability
   ``sample_rate``, independently and reproducibly (seeded by the run seed, round and
   partition), as the accountant's Poisson amplification assumes;
+- `PartialModelDp`: central DP for partial-model strategies, clipping and noising per
+  element by the clients each element was sent to;
 - `PrivacyAccounting`: before each round, epsilon after that round
   (`fedhar.privacy.accounting`) is logged as ``privacy/epsilon`` (with ``privacy/delta``);
   a round that would take epsilon over ``epsilon_budget`` is not started: `BudgetExhausted`
@@ -19,22 +21,30 @@ from collections.abc import Iterable
 from logging import INFO
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from fedhar.partial.spec import ParamSlice
 from fedhar.privacy.accounting import ClientLevelDp
 from fedhar.seeding import derive_seed
 from fedhar.wire import (
+    ARRAYS_KEY,
     METRICS_KEY,
     SECURE_SUM_KEY,
     arrays_to_numpy,
+    arrays_to_state,
     metric_value,
     numpy_to_arrays,
+    trained_names,
 )
 from strategies.run_info import RunInfo
-from strategies.wrapper import StrategyWrapper
+from strategies.summed import summed_reply
+from strategies.wrapper import StrategyWrapper, innermost
+
+BN_COUNTER = "num_batches_tracked"  # BatchNorm's step counter: not noised, not a weight
 
 
 class BudgetExhausted(Exception):
@@ -72,6 +82,7 @@ class UniformWeights(StrategyWrapper):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self.start_round()
         self._sent = arrays_to_numpy(arrays)
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
@@ -176,3 +187,120 @@ class PrivacyAccounting(StrategyWrapper):
         self.count("epsilon", epsilon)
         self.count("delta", self.mechanism.delta)
         return self.strategy.configure_train(server_round, arrays, config, grid)
+
+
+class PartialModelDp(StrategyWrapper):
+    """Central DP around masked partial-model aggregation: clip each update, noise each
+    element by the clients it was sent to.
+
+    Flower's DP wrappers assume every sampled client updates every element. Here each reply's
+    update (its trained entries, minus what its node was sent) is clipped to
+    ``clipping_norm`` in L2; per element, the clipped updates are summed, Gaussian noise of std
+    ``noise_multiplier * clipping_norm`` is added to the sum, and the sum is divided by the
+    number of sampled nodes the element was sent to (a fixed denominator, as in
+    `UniformWeights`). Elements sent to nobody are left as they were. The sum's sensitivity
+    is a single clipped update, as in FedAvg, so the run's accounting is FedAvg's. The inner
+    strategy, which must expose ``coordinate_slices`` (`strategies.masked.MaskedFedAvg`),
+    gets the result as one ``secure-sum`` reply. Noise is seeded from the run seed and round:
+    reproducible, for simulation.
+    """
+
+    prefix = "privacy"
+    counts_replies = False
+
+    def __init__(
+        self, strategy: Strategy, run: RunInfo, noise_multiplier: float, clipping_norm: float
+    ) -> None:
+        super().__init__(strategy)
+        core = innermost(strategy)
+        if not hasattr(core, "coordinate_slices"):
+            raise ValueError("PartialModelDp needs a partial-model strategy (coordinate_slices)")
+        if noise_multiplier < 0 or not clipping_norm > 0:
+            raise ValueError("noise_multiplier must be >= 0 and clipping_norm > 0")
+        core.secure_sums = True  # type: ignore[attr-defined]
+        self._slices = core.coordinate_slices
+        self.run, self.noise_multiplier, self.clipping_norm = run, noise_multiplier, clipping_norm
+        self._state: dict[str, torch.Tensor] = {}  # the global model sent this round
+        self._global: dict[str, torch.Tensor] = {}  # its float entries, the ones DP covers
+        self._sent: dict[int, dict[str, ParamSlice]] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.start_round()
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._state = arrays_to_state(arrays)
+        self._global = {
+            n: t
+            for n, t in self._state.items()
+            if t.is_floating_point() and not n.endswith(BN_COUNTER)
+        }
+        self._sent = {}
+        for message in messages:
+            slices = self._slices(message.metadata.dst_node_id)
+            if slices is not None:
+                self._sent[message.metadata.dst_node_id] = slices
+        return messages
+
+    def _clipped_update(self, reply: Message) -> dict[str, tuple[ParamSlice, torch.Tensor]]:
+        """The reply's clipped update per trained entry, with the entry's slice."""
+        slices = self._sent[reply.metadata.src_node_id]
+        state = arrays_to_state(reply.content.array_records[ARRAYS_KEY])
+        trained = trained_names(reply.content)
+        update = {}
+        for name, where in slices.items():
+            if (
+                name not in self._global
+                or name not in state
+                or (trained is not None and name not in trained)
+            ):
+                continue
+            if tuple(state[name].shape) != where.shape:
+                raise ValueError(f"{name} is {tuple(state[name].shape)}, sent {where.shape}")
+            sent = self._global[name].double()[where.index_grid()]
+            update[name] = (where, state[name].double() - sent)
+        norm = sum(float((d**2).sum()) for _, d in update.values()) ** 0.5
+        scale = min(1.0, self.clipping_norm / max(norm, 1e-12))
+        if scale < 1:
+            self.count("clipped")
+        return {name: (where, d * scale) for name, (where, d) in update.items()}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        totals = {n: torch.zeros(t.shape, dtype=torch.float64) for n, t in self._global.items()}
+        cohort = {n: torch.zeros(t.shape, dtype=torch.float64) for n, t in self._global.items()}
+        for slices in self._sent.values():
+            for name, where in slices.items():
+                if name in cohort:
+                    cohort[name][where.index_grid()] += 1
+        accepted: dict[int, Message] = {}
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error() or node not in self._sent:
+                continue
+            if ARRAYS_KEY not in reply.content.array_records:
+                continue  # a decline
+            try:
+                update = self._clipped_update(reply)
+            except ValueError as mismatch:
+                self.reject(node, "shapes", str(mismatch))
+                continue
+            for name, (where, delta) in update.items():
+                totals[name][where.index_grid()] += delta
+            accepted[node] = reply
+        if not accepted:
+            return self.strategy.aggregate_train(server_round, [])
+        noise = torch.Generator().manual_seed(derive_seed(self.run.seed, server_round, 11))
+        std = self.noise_multiplier * self.clipping_norm
+        new_state = dict(self._state)
+        for name, base in self._global.items():
+            sent = cohort[name]
+            noisy = totals[name] + std * torch.randn(
+                base.shape, generator=noise, dtype=torch.float64
+            )
+            mean = torch.where(sent > 0, noisy / sent.clamp(min=1), torch.zeros_like(noisy))
+            new_state[name] = (base.double() + mean).to(base.dtype)
+        self.count("updates", len(accepted))
+        reply = summed_reply(new_state, accepted, float(len(accepted)))
+        return self.strategy.aggregate_train(server_round, [reply])

@@ -46,7 +46,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from fedhar.seeding import derive_seed
@@ -71,22 +70,20 @@ from fedhar.transport.secagg import (
 )
 from fedhar.transport.shamir import is_share
 from fedhar.wire import (
-    ARRAYS_KEY,
     MASKED_KEY,
     METRICS_KEY,
     RUN_ID_KEY,
     SECAGG_KEY,
-    SECURE_SUM_KEY,
     arrays_to_state,
     config_blobs,
     config_bytes,
     config_ints,
     decline_reason,
     record_to_bytes,
-    state_to_arrays,
     trained_names,
 )
 from strategies.run_info import RunInfo
+from strategies.summed import summed_reply
 from strategies.wrapper import StrategyWrapper, innermost
 
 COUNTER = "num_batches_tracked"  # BatchNorm's step counter: not a weight (float after FedAvg)
@@ -476,7 +473,7 @@ class SecureAggregation(StrategyWrapper):
         new_state = self._average(state, total, weights, accepted)
         self.count("server-seconds", time.perf_counter() - started)
         return self.strategy.aggregate_train(
-            server_round, [self._summed_reply(new_state, accepted, weights)]
+            server_round, [summed_reply(new_state, accepted, sum(weights.values()))]
         )
 
     def _average(self, state: _Round, total: np.ndarray, weights: Mapping[int, int],
@@ -506,17 +503,3 @@ class SecureAggregation(StrategyWrapper):
         for layer, contributors in sorted(layers.items()):
             self.count(f"contributors/{layer}", contributors)
         return new_state
-
-    def _summed_reply(self, new_state: dict[str, torch.Tensor], accepted: Mapping[int, Message],
-                      weights: Mapping[int, int]) -> Message:  # fmt: skip
-        """One reply that stands for all senders: the averaged model and averaged metrics."""
-        contents = [RecordDict({METRICS_KEY: accepted[n].content[METRICS_KEY]})
-                    for n in sorted(accepted)]  # fmt: skip
-        metrics = aggregate_metricrecords(contents, "num-examples")
-        metrics["num-examples"] = sum(weights.values())
-        content = RecordDict({
-            ARRAYS_KEY: state_to_arrays(new_state), METRICS_KEY: metrics,
-            SECURE_SUM_KEY: ConfigRecord({"senders": sorted(accepted)}),
-        })  # fmt: skip
-        first = accepted[min(accepted)]
-        return Message(metadata=first.metadata, content=content)  # type: ignore[call-overload]

@@ -13,6 +13,7 @@ from experiments.compose import build_strategy, load_config
 from experiments.privacy import PrivacyConfigError, wrap_privacy
 from fedhar.checkpoint import load_checkpoint
 from strategies.run_info import RunInfo
+from strategies.wrapper import wrapper_chain
 from tests.helpers.app_runs import run_in_process
 
 
@@ -84,9 +85,22 @@ def test_privacy_settings_that_cannot_work_are_refused(overrides: list[str], mes
         wrap_privacy(cfg, algorithm, RunInfo("r", 0, Path(".")), 10)
 
 
-def test_dp_on_partial_models_is_refused_with_the_reason() -> None:
+def test_partial_models_take_central_dp_only() -> None:
     from strategies.heterofl import HeteroFL
+    from strategies.privacy import PartialModelDp
 
     cfg = load_config(["privacy=client", "strategy=heterofl", "fleet=none"])
-    with pytest.raises(PrivacyConfigError, match="under-noises elements of partial models"):
+    with pytest.raises(PrivacyConfigError, match="use privacy=central"):
         wrap_privacy(cfg, HeteroFL(), RunInfo("r", 0, Path(".")), 10)
+    cfg = load_config(["privacy=central", "strategy=heterofl", "fleet=none"])
+    stack = wrap_privacy(cfg, HeteroFL(), RunInfo("r", 0, Path(".")), 10)
+    assert any(isinstance(layer, PartialModelDp) for layer in wrapper_chain(stack))
+
+
+def test_a_partial_model_run_with_dp_noises_and_logs_epsilon(
+    tmp_path: Path, in_process_grid
+) -> None:
+    rows = _run(tmp_path, in_process_grid, "num_rounds=2 strategy=fjord privacy=central "
+                "privacy.noise_multiplier=0.5 privacy.clipping_norm=0.5")  # fmt: skip
+    assert all(r["num_failures"] == 0 for r in rows)
+    assert rows[-1]["extra"]["privacy/updates"] == 4 and rows[-1]["extra"]["privacy/epsilon"] > 0

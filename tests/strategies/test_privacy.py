@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedhar.privacy.accounting import ClientLevelDp
-from fedhar.wire import METRICS_KEY, numpy_to_arrays
-from strategies.privacy import BudgetExhausted, PoissonSampling, PrivacyAccounting, UniformWeights
+from fedhar.wire import METRICS_KEY, arrays_to_state, numpy_to_arrays
+from strategies.heterofl import HeteroFL
+from strategies.privacy import (
+    BudgetExhausted,
+    PartialModelDp,
+    PoissonSampling,
+    PrivacyAccounting,
+    UniformWeights,
+)
 from tests.helpers.fleet import global_arrays, run_with
 from tests.helpers.grids import FakeGrid
-from tests.helpers.replies import trained_reply
+from tests.helpers.replies import make_reply, trained_reply
 
 NODES = list(range(1, 201))
 
@@ -67,3 +75,39 @@ def test_uniform_weights_average_each_update_once_over_the_expected_cohort(
     assert arrays is not None
     assert float(arrays["head.bias"].numpy()[0]) == pytest.approx(mean)  # not weighted 10 : 80
     assert all(r.content[METRICS_KEY]["num-examples"] != 1 for r in replies)  # inputs untouched
+
+
+def _partial_round(noise: float, clip: float, updates: dict[int, float]):
+    """One HeteroFL round under PartialModelDp: node k adds ``updates[k]`` to everything."""
+
+    run = run_with({1: 1.0, 2: 0.5, 3: 0.25}, seed=4)
+    inner = HeteroFL(model="microbi_convlstm", run=run, min_train_nodes=3, min_available_nodes=3)
+    strategy = PartialModelDp(inner, run, noise_multiplier=noise, clipping_norm=clip)
+    zero = numpy_to_arrays({n: a.numpy() * 0 for n, a in global_arrays().items()})
+    grid = FakeGrid([1, 2, 3])
+    sent = strategy.configure_train(1, zero, ConfigRecord({}), grid)
+    messages = {m.metadata.dst_node_id: m for m in sent}
+    replies = [make_reply(trained_reply(messages[k], lambda n, t, v=v: t + v, 10 * k), node_id=k)
+               for k, v in updates.items()]  # fmt: skip
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    return arrays_to_state(arrays), strategy
+
+
+def test_partial_model_dp_without_noise_is_the_unweighted_mean_over_the_nodes_sent() -> None:
+    state, _ = _partial_round(0.0, 1e6, {1: 1.0, 2: 2.0, 3: 4.0})
+    conv = state["conv1.weight"]  # rows 0-3 sent to all three nodes, 4-7 to two, 8-15 to one
+    assert torch.allclose(conv[:4], torch.full_like(conv[:4], 7 / 3))
+    assert torch.allclose(conv[4:8], torch.full_like(conv[4:8], 1.5))
+    assert torch.allclose(conv[8:], torch.full_like(conv[8:], 1.0))
+
+
+def test_partial_model_dp_clips_each_update_and_noises_each_element_by_its_senders() -> None:
+    state, strategy = _partial_round(0.0, 0.01, {1: 1.0, 2: 2.0, 3: 4.0})
+    assert strategy.round_stats()["privacy/clipped"] == 3
+    assert state["conv1.weight"].abs().max() < 0.01  # every clipped update has norm 0.01
+    noisy, _ = _partial_round(2.0, 0.01, {1: 0.0, 2: 0.0, 3: 0.0})
+    conv = noisy["conv1.weight"]
+    # noise std 2.0 * 0.01 on the sum, divided by the nodes each row was sent to
+    assert float(conv[:4].std()) == pytest.approx(0.02 / 3, rel=0.25)
+    assert float(conv[8:].std()) == pytest.approx(0.02, rel=0.25)
