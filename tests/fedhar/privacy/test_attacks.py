@@ -66,6 +66,18 @@ def test_inversion_recovers_an_undefended_single_window_fedsgd_update() -> None:
     assert channel_correlation(x[0].numpy(), found.window) > 0.9
 
 
+def test_inversion_unrolls_a_multi_step_fedavg_update() -> None:
+    """Three local SGD steps: the attack simulates them (Inverting Gradients) and still
+    recovers the window and its label."""
+    torch.manual_seed(0)
+    model, (x, y) = WindowMLP(), _window()
+    update = client_update(model, x, y, local_steps=3, lr=0.1)
+    search = InversionConfig(iterations=200, restarts=1, distance="cosine", local_steps=3)
+    found = invert(model, update, (6, 128), label_of_window(update), search, seed=0)
+    assert label_of_window(update) == int(y)
+    assert channel_correlation(x[0].numpy(), found.window) > 0.9
+
+
 def test_strong_local_dp_noise_breaks_the_inversion() -> None:
     torch.manual_seed(0)
     model, (x, y) = WindowMLP(), _window()
