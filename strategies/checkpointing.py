@@ -5,7 +5,9 @@ starts Flower's loop again from round 1, so the wrapper shifts round numbers by 
 already done. Before each sampling step it reseeds Python's ``random`` (which Flower's
 ``sample_nodes`` uses) from the run seed and the round, and shows the strategy the nodes in
 partition order (node ids are the runtime's, partitions are the users), so which users train
-in round r depends neither on whether the run was interrupted nor on the runtime.
+in round r depends neither on whether the run was interrupted nor on the runtime. Before each
+aggregation it reseeds numpy's global generator, from which Flower's DP wrappers draw their
+noise, so a resumed DP run adds the same noise as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from strategies.wrapper import StrategyWrapper, innermost
 # Attributes of Flower's strategies that carry state from round to round (FedOpt family:
 # FedAdam, FedYogi, FedAdagrad keep the current arrays and their moment estimates).
 STATEFUL_ATTRIBUTES = ("current_arrays", "m_t", "v_t")
-_SAMPLE_TRAIN, _SAMPLE_EVALUATE = 1, 2
+_SAMPLE_TRAIN, _SAMPLE_EVALUATE, _AGGREGATE = 1, 2, 3
 
 
 def export_state(strategy: Strategy) -> dict[str, dict[str, np.ndarray]]:
@@ -142,7 +144,9 @@ class Checkpointing(StrategyWrapper):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.strategy.aggregate_train(server_round + self.rounds_done, replies)
+        absolute = server_round + self.rounds_done
+        np.random.seed(derive_seed(self.seed, absolute, _AGGREGATE))  # Flower's DP noise draws
+        return self.strategy.aggregate_train(absolute, replies)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
