@@ -10,7 +10,8 @@
 - ``local``: ``LocalDpMod`` on the devices.
 
 Around the algorithm, inner to outer: `strategies.privacy.UniformWeights` (DP's noise is
-calibrated to the unweighted mean), the Flower wrapper, `PoissonSampling` when
+calibrated to the unweighted mean), the Flower wrapper, `ValidStatistics` (BatchNorm
+variances clamped above zero after the noise), `PoissonSampling` when
 ``privacy.sampling=poisson``, and `PrivacyAccounting`, which logs epsilon every round and stops
 the run before ``privacy.epsilon_budget``. Client-side clipping composes with secure
 aggregation: the server sees only the sum of clipped updates and adds the noise itself, so the
@@ -41,6 +42,7 @@ from strategies.privacy import (
     PoissonSampling,
     PrivacyAccounting,
     UniformWeights,
+    ValidStatistics,
 )
 from strategies.run_info import RunInfo
 from strategies.wrapper import innermost
@@ -180,6 +182,7 @@ def wrap_privacy(cfg: DictConfig, strategy: Strategy, run: RunInfo, num_clients:
             clip_norm_lr=float(p.clip_norm_lr),
             clipped_count_stddev=p.get("clipped_count_stddev"),
         )
+    wrapped = ValidStatistics(wrapped)
     if p.sampling == "poisson":
         wrapped = PoissonSampling(wrapped, run, float(p.sample_rate))
     budget = p.get("epsilon_budget")

@@ -4,6 +4,8 @@ Flower's DP wrappers (`flwr.serverapp.strategy`) clip and noise; `experiments.co
 them around the algorithm, from the ``privacy`` config. Around them sit:
 
 - `UniformWeights`: every update counts once in the mean;
+- `ValidStatistics`: BatchNorm variances the noise pushed below zero are clamped (post-
+  processing of the released model);
 - `PoissonSampling`: each enrolled client takes part in a round with probability
   ``sample_rate``, independently and reproducibly (seeded by the run seed, round and
   partition), as the accountant's Poisson amplification assumes;
@@ -112,6 +114,35 @@ class UniformWeights(StrategyWrapper):
             for name, value in arrays_to_numpy(arrays).items()
         }
         return numpy_to_arrays(rescaled), metrics
+
+
+class ValidStatistics(StrategyWrapper):
+    """Clamps BatchNorm running variances that DP noise pushed below ``floor``.
+
+    Noise on a variance near zero can make it negative, and the model's evaluation NaN.
+    Clamping the released model is post-processing: it costs no privacy.
+    """
+
+    prefix = "privacy"
+    counts_replies = False
+
+    def __init__(self, strategy: Strategy, floor: float = 1e-5) -> None:
+        super().__init__(strategy)
+        self.floor = floor
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.start_round()
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays is None:
+            return arrays, metrics
+        state = arrays_to_numpy(arrays)
+        for name, value in state.items():
+            if name.endswith("running_var"):
+                self.count("clamped-variances", float((value < self.floor).sum()))
+                state[name] = np.maximum(value, self.floor).astype(value.dtype)
+        return numpy_to_arrays(state), metrics
 
 
 class PoissonSampling(StrategyWrapper):

@@ -111,3 +111,24 @@ def test_partial_model_dp_clips_each_update_and_noises_each_element_by_its_sende
     # noise std 2.0 * 0.01 on the sum, divided by the nodes each row was sent to
     assert float(conv[:4].std()) == pytest.approx(0.02 / 3, rel=0.25)
     assert float(conv[8:].std()) == pytest.approx(0.02, rel=0.25)
+
+
+def test_noised_batchnorm_variances_are_clamped_above_zero(reply) -> None:
+    class Negative(FedAvg):
+        def aggregate_train(self, server_round, replies):
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            state = {n: a.numpy() for n, a in arrays.items()}
+            state["bn1.running_var"] = state["bn1.running_var"] * 0 - 0.5  # as noise might
+            return numpy_to_arrays(state), metrics
+
+    from strategies.privacy import ValidStatistics
+
+    inner = Negative(fraction_train=1.0, min_available_nodes=2, min_train_nodes=2)
+    valid = ValidStatistics(inner)
+    messages = list(valid.configure_train(1, global_arrays(), ConfigRecord({}), FakeGrid([1, 2])))
+    replies = [reply(trained_reply(m, lambda n, t: t, 10), node_id=k)
+               for k, m in zip((1, 2), messages, strict=True)]  # fmt: skip
+    arrays, _ = valid.aggregate_train(1, replies)
+    assert arrays is not None
+    assert float(arrays["bn1.running_var"].numpy().min()) == pytest.approx(1e-5)
+    assert valid.round_stats()["privacy/clamped-variances"] == 16
