@@ -39,15 +39,12 @@ from fedhar.wire import (
     CONFIG_KEY,
     RESIDUAL_KEY,
     arrays_to_state,
+    message_kind,
     personal_names,
     state_to_arrays,
 )
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
-
-
-def _kind(msg: Message) -> str:
-    return str(msg.metadata.message_type).split(".")[0]
 
 
 def _node(context: Context) -> int:
@@ -130,7 +127,7 @@ def compression_mod(
     def mod(
         msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
-        if _kind(msg) != MessageType.TRAIN:
+        if message_kind(msg) != MessageType.TRAIN:
             return call_next(msg, context)
         if COMPRESSED_KEY in msg.content.config_records:
             msg.content = open_downlink(msg.content)

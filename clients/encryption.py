@@ -56,6 +56,8 @@ from fedhar.wire import (
     SERVER_PUBLIC_KEY_KEY,
     SERVER_SIGNING_KEY_KEY,
     TRANSPORT_KEY,
+    config_int,
+    message_kind,
     record_from_bytes,
     record_to_bytes,
 )
@@ -81,21 +83,10 @@ def _server_keys(config: ConfigRecord) -> tuple[bytes, bytes]:
     return public, signing
 
 
-def _int(config: ConfigRecord, key: str) -> int:
-    value = config[key]
-    if not isinstance(value, int | str):
-        raise ValueError(f"config {key!r} must be an int, got {type(value).__name__}")
-    return int(value)
-
-
 def _identity(seed: int, context: Context) -> DeviceIdentity:
     if "partition-id" not in context.node_config:
         raise ValueError("node_config lacks partition-id; the device identity is keyed by it")
     return DeviceIdentity.from_seed(seed, int(context.node_config["partition-id"]))
-
-
-def _kind(msg: Message) -> str:
-    return str(msg.metadata.message_type).split(".")[0]
 
 
 def _open_model(
@@ -106,9 +97,12 @@ def _open_model(
     _, signing = _server_keys(config)
     started = time.perf_counter()
     expected = EnvelopeContext(
-        str(config[RUN_ID_KEY]), _int(config, "server-round"), context.node_id, "global-model",
-        _int(config, PAYLOAD_FORMAT_KEY),
-    )  # fmt: skip
+        str(config[RUN_ID_KEY]),
+        config_int(config, "server-round"),
+        context.node_id,
+        "global-model",
+        config_int(config, PAYLOAD_FORMAT_KEY),
+    )
     blob = msg.content.config_records[SEALED_MODEL_KEY].get("envelope")
     if not isinstance(blob, bytes):
         raise ValueError(f"'{SEALED_MODEL_KEY}' record lacks its envelope bytes")
@@ -137,14 +131,14 @@ def _seal_reply(
     if not payload:  # a decline: nothing to protect
         return reply
     public, _ = _server_keys(config)
-    version = _int(config, PAYLOAD_FORMAT_KEY)
+    version = config_int(config, PAYLOAD_FORMAT_KEY)
     if version != PAYLOAD_FORMAT:
         raise ValueError(f"server asks for payload format {version}; this client writes "
                          f"{PAYLOAD_FORMAT}: update the client")  # fmt: skip
     started = time.perf_counter()
     envelope_context = EnvelopeContext(
         str(config[RUN_ID_KEY]),
-        _int(config, "server-round"),
+        config_int(config, "server-round"),
         context.node_id,
         "train-reply",
         version,
@@ -173,7 +167,7 @@ def encryption_mod(seed: int, aead: str = "aes-256-gcm", downlink: bool = False)
 
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
             ) -> Message:  # fmt: skip
-        kind = _kind(msg)
+        kind = message_kind(msg)
         if kind not in (MessageType.TRAIN, MessageType.EVALUATE) or msg.has_error():
             return call_next(msg, context)
         identity = _identity(seed, context)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from flwr.app import Context, Message, MessageType
 from flwr.clientapp.typing import Mod
 
+from fedhar.wire import message_kind
+
 
 def train_only(mod: Mod) -> Mod:
     """``mod`` on train messages; every other message goes straight to the next handler."""
@@ -19,7 +21,7 @@ def train_only(mod: Mod) -> Mod:
     def wrapped(
         msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
-        if str(msg.metadata.message_type).split(".")[0] != MessageType.TRAIN:
+        if message_kind(msg) != MessageType.TRAIN:
             return call_next(msg, context)
         return mod(msg, context, call_next)
 

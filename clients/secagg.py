@@ -47,15 +47,12 @@ from fedhar.wire import (
     config_float,
     config_int,
     config_ints,
+    message_kind,
     metric_value,
     trained_names,
 )
 
 Handler = Callable[[Message, Context], Message]
-
-
-def _kind(msg: Message) -> str:
-    return str(msg.metadata.message_type).split(".")[0]
 
 
 def _load(context: Context, stage: str, round_id: bytes) -> ClientRound:
@@ -220,7 +217,7 @@ def secagg_mod(seed: int, min_neighbours: int = 2) -> Mod:
     """
 
     def mod(msg: Message, context: Context, call_next: Handler) -> Message:
-        kind = _kind(msg)
+        kind = message_kind(msg)
         config = msg.content.config_records.get(SECAGG_KEY) if not msg.has_error() else None
         if kind == MessageType.QUERY and config is not None:
             stage = str(config.get("stage"))

@@ -16,7 +16,13 @@ from pathlib import Path
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import Mod
 
-from fedhar.wire import CONFIG_KEY, SECAGG_STATE_KEY, record_from_bytes, record_to_bytes
+from fedhar.wire import (
+    CONFIG_KEY,
+    SECAGG_STATE_KEY,
+    message_kind,
+    record_from_bytes,
+    record_to_bytes,
+)
 
 STATE_DIR = "client_state"
 VOLATILE_KEYS = (SECAGG_STATE_KEY,)  # a round's secrets: never written, a resumed round restarts
@@ -39,7 +45,7 @@ def persisted_state_mod(run_dir: str) -> Mod:
     def mod(
         msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
-        if str(msg.metadata.message_type).split(".")[0] != MessageType.TRAIN:
+        if message_kind(msg) != MessageType.TRAIN:
             return call_next(msg, context)
         server_round = int(str(msg.content.config_records[CONFIG_KEY]["server-round"]))
         folder = root / f"node{int(context.node_config['partition-id'])}"

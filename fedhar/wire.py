@@ -168,6 +168,11 @@ def eval_report_from_record(record: MetricRecord) -> EvalReport:
     return _from_record(EvalReport, record)
 
 
+def message_kind(message: Any) -> str:
+    """A message's type without its action suffix: "train", "evaluate", "query", ..."""
+    return str(message.metadata.message_type).split(".")[0]
+
+
 def record_to_bytes(content: RecordDict) -> bytes:
     """Serialize records with Flower's protobuf format (no pickle anywhere)."""
     return bytes(recorddict_to_proto(content).SerializeToString())

@@ -29,8 +29,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from fedhar.models import STEP_COUNTER
 from fedhar.partial.spec import ParamSlice
 from fedhar.privacy.accounting import ClientLevelDp
+from fedhar.privacy.observe import update_norm
 from fedhar.seeding import derive_seed
 from fedhar.wire import (
     ARRAYS_KEY,
@@ -45,8 +47,6 @@ from fedhar.wire import (
 from strategies.run_info import RunInfo
 from strategies.summed import summed_reply
 from strategies.wrapper import StrategyWrapper, innermost
-
-BN_COUNTER = "num_batches_tracked"  # BatchNorm's step counter: not noised, not a weight
 
 
 class BudgetExhausted(Exception):
@@ -264,7 +264,7 @@ class PartialModelDp(StrategyWrapper):
         self._global = {
             n: t
             for n, t in self._state.items()
-            if t.is_floating_point() and not n.endswith(BN_COUNTER)
+            if t.is_floating_point() and not n.endswith(STEP_COUNTER)
         }
         self._sent = {}
         for message in messages:
@@ -290,7 +290,7 @@ class PartialModelDp(StrategyWrapper):
                 raise ValueError(f"{name} is {tuple(state[name].shape)}, sent {where.shape}")
             sent = self._global[name].double()[where.index_grid()]
             update[name] = (where, state[name].double() - sent)
-        norm = sum(float((d**2).sum()) for _, d in update.values()) ** 0.5
+        norm = update_norm({name: d for name, (_, d) in update.items()})
         scale = min(1.0, self.clipping_norm / max(norm, 1e-12))
         if scale < 1:
             self.count("clipped")

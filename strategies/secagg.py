@@ -48,6 +48,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from fedhar.models import STEP_COUNTER
 from fedhar.seeding import derive_seed
 from fedhar.transport.masking import (
     CLIP_COUNTER,
@@ -85,8 +86,6 @@ from fedhar.wire import (
 from strategies.run_info import RunInfo
 from strategies.summed import summed_reply
 from strategies.wrapper import StrategyWrapper, innermost
-
-COUNTER = "num_batches_tracked"  # BatchNorm's step counter: not a weight (float after FedAvg)
 
 
 class RoundFailed(Exception):
@@ -351,7 +350,7 @@ class SecureAggregation(StrategyWrapper):
         started = time.perf_counter()
         global_state = arrays_to_state(arrays)
         entries = {n: tuple(t.shape) for n, t in global_state.items()
-                   if t.is_floating_point() and not n.endswith(COUNTER)}  # fmt: skip
+                   if t.is_floating_point() and not n.endswith(STEP_COUNTER)}  # fmt: skip
         space = CoordinateSpace.of({**entries, CLIP_COUNTER: (1,)})
         context = round_context(self.run.run_id, server_round)
         try:

@@ -6,7 +6,7 @@ fleet) gives the utility (held-out and per-user macro-F1) and epsilon; then an
 honest-but-curious server attacks what that defense lets it see, at the final global model:
 
 - **inversion**: one client's single-window FedSGD update, inverted (`attacks.inversion`);
-  mean per-channel correlation with the true window, and whether the clean final model
+  mean per-channel correlation with the true window, and whether the final model
   classifies the reconstruction as the true activity;
 - **label (one window)**: the iDLG label of that update;
 - **label counts**: LLG counts of a 32-window FedSGD batch update (share of labels right);
@@ -177,8 +177,7 @@ def attack(defense: Defense, cfg: DictConfig, run_dir: Path, seed: int) -> dict[
     search = InversionConfig(iterations=200, restarts=2)
     found = invert(model, view, shape, label, search, seed)
     true_x, true_y = windows[0][0][0].numpy(), int(windows[0][1])
-    clean = _model(cfg, federation, run_dir)
-    classified = int(predict(clean, found.window[None]).argmax(axis=1)[0]) == true_y
+    classified = int(predict(model, found.window[None]).argmax(axis=1)[0]) == true_y
     # label counts of a 32-window batch of the first client, with the other clients'
     # windows as the attacker's auxiliary data
     rng = np.random.default_rng(seed)
@@ -200,18 +199,17 @@ def attack(defense: Defense, cfg: DictConfig, run_dir: Path, seed: int) -> dict[
         "inversion_classified": classified,
         "window_label": label == true_y,
         "label_count_accuracy": count_accuracy(counts, true_counts),
-        **membership(cfg, federation, model, seed),
+        **membership(cfg, federation, clients, model, seed),
         **reidentification(model, clients),
     }
 
 
 def membership(
-    cfg: DictConfig, federation: Federation, model: torch.nn.Module, seed: int
+    cfg: DictConfig, federation: Federation, clients: list[Any], model: torch.nn.Module, seed: int
 ) -> dict[str, float]:
     """Loss-threshold and LiRA on the released model: the clients' train windows (members)
     against their own later test windows (never trained on)."""
     rng = np.random.default_rng(seed)
-    clients = [federation.client(i) for i in range(len(federation.clients))]
     members = np.concatenate([c.train.x for c in clients])
     member_y = np.concatenate([c.train.y for c in clients])
     others = np.concatenate([c.test.x for c in clients])

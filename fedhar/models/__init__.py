@@ -21,6 +21,8 @@ _MODELS: dict[str, type[nn.Module]] = {
     "deepconvlstm": DeepConvLSTM,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
+# BatchNorm's step counter: a state entry but not a weight (and a float after Flower's FedAvg)
+STEP_COUNTER = "num_batches_tracked"
 
 __all__ = ["MODEL_NAMES", "ModelShape", "build_model", "count_macs", "count_parameters"]
 
