@@ -66,6 +66,7 @@ def train_shadows(
     shadows = []
     for index in range(count):
         chosen = rng.random(len(y)) < 0.5
+        torch.manual_seed(seed + index)  # each shadow's initialization is its own
         model = build()
         train_local(model, x[chosen], y[chosen], config, seed + index)
         shadows.append(Shadow(model, chosen))
