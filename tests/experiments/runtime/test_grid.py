@@ -48,9 +48,8 @@ def test_a_slow_client_costs_only_itself_and_state_survives(local_ray, tmp_path)
     (tmp_path / "died").touch()  # nobody dies here
     grid = _grid(tmp_path, 8)
     started = time.monotonic()
-    # 12 s leaves a loaded 2-core machine time to serve the six quick nodes; node 2 sleeps 30 s
-    replies = grid.send_and_receive(_messages(grid, [2, 3, 4, 5, 6, 7, 8]), timeout=12)
-    assert time.monotonic() - started < 28  # the round did not wait for the sleeping node
+    replies = grid.send_and_receive(_messages(grid, [2, 3, 4, 5, 6, 7, 8]), timeout=5)
+    assert time.monotonic() - started < 25
     assert sorted(r.metadata.src_node_id for r in replies) == [3, 4, 5, 6, 7, 8], [
         (r.metadata.src_node_id, r.has_error() and r.error.reason) for r in replies
     ]
