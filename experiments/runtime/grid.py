@@ -36,6 +36,9 @@ WORKER_LOST = ErrorCode.CLIENT_APP_CRASHED  # Error.code of a reply whose worker
 WorkerFactory = Callable[[], Any]  # -> a ClientWorker actor handle
 
 
+STEAL_RETRY_S = 0.1  # an idle worker asks a busy batch again this often until it has begun
+
+
 @dataclass
 class _Call:
     """One batch in flight on one worker."""
@@ -166,6 +169,8 @@ class RayGrid(Grid):
                 call = _Call(worker, next(self._batch_ids), batch)
                 in_flight[worker.handle.remote(call.batch_id, work)] = call
             wait_s = None if math.isinf(remaining) else max(0.0, deadline - time.monotonic())
+            if idle and any(not c.exhausted and c.left >= 2 for c in in_flight.values()):
+                wait_s = STEAL_RETRY_S if wait_s is None else min(wait_s, STEAL_RETRY_S)
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
             for ref in done:
                 call = in_flight.pop(ref)
@@ -190,6 +195,8 @@ class RayGrid(Grid):
                 given = ray.get(call.worker.release.remote(call.batch_id), timeout=wait_s)
             except (ray.exceptions.RayError, TimeoutError):
                 call.exhausted = True  # whatever it hands back later is re-queued on return
+                continue
+            if given is None:  # the batch has not begun on its worker: ask again later
                 continue
             if not given:
                 call.exhausted = True

@@ -76,13 +76,14 @@ class ClientWorker:
         return self.ray_node, list(results), list(released)
 
     @ray.method(concurrency_group="control")
-    def release(self, batch_id: int) -> list[int]:
+    def release(self, batch_id: int) -> list[int] | None:
         """Hand back the later half of batch ``batch_id``'s messages that have not started,
-        for an idle worker to take; returns their positions."""
+        for an idle worker to take; returns their positions, or None while the batch is not
+        in progress (not begun yet, or over)."""
         current, todo, _, released = self._batch
         given: list[int] = []
         if current != batch_id:
-            return given
+            return None
         for _ in range((len(todo) + 1) // 2):
             try:
                 position, _, _ = todo.pop()
