@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
+from torch import nn
 
 from fedhar.device.local_update import (
     QuantSettings,
@@ -27,6 +28,8 @@ from fedhar.device.profiles import DeviceProfile, client_seed
 from fedhar.device.sensors import SensorVariability
 from fedhar.federation import ClientData, FederationSpec, federation_index, load_client
 from fedhar.models import ModelShape
+from fedhar.privacy.accounting import sample_level_epsilon
+from fedhar.privacy.dpsgd import DpSgd, planned_steps, train_dp_sgd
 from fedhar.seeding import derive_seed
 from fedhar.train import TrainConfig, evaluate
 from fedhar.transport.keys import DeviceIdentity
@@ -60,12 +63,14 @@ class ClientSettings:
     crash_partitions: tuple[int, ...] = ()  # simulated device crashes: these nodes always fail
     hang_partitions: tuple[int, ...] = ()  # simulated hung devices: train replies come late
     hang_seconds: float = 0.0  # how long a hung device stalls before it trains
+    dp_sgd: DpSgd | None = None  # sample-level DP-SGD in every local update; None: plain SGD
 
     def device_of(self, user: str) -> DeviceProfile | None:
         return dict(self.devices).get(user)
 
 
 SettingsProvider = Callable[[Context], ClientSettings]
+DP_LEDGER_KEY = "dp-sgd-ledger"  # context.state: the device's DP-SGD history (sample rates, steps)
 
 
 class SimulatedCrash(RuntimeError):
@@ -102,8 +107,11 @@ def _node_for(settings: ClientSettings, context: Context) -> _Node:
     return _node(settings, int(context.node_config["partition-id"]))
 
 
-def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDict:
-    """One local update of one user, within their device's SRAM plan."""
+def train_user(
+    settings: ClientSettings, node: _Node, msg: Message, state: RecordDict
+) -> RecordDict:
+    """One local update of one user, within their device's SRAM plan (``state``: the node's
+    ``context.state``, which keeps its DP-SGD ledger)."""
     instructions = instructions_from_config(msg.content.config_records[CONFIG_KEY])
     identity = ClientIdentity(user=node.data.user, device=node.data.device)
     model = node.shape.build(instructions.width)
@@ -115,6 +123,8 @@ def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDic
         proximal_mu=instructions.proximal_mu,
     )
     seed = derive_seed(settings.seed, instructions.server_round, node.partition_id)
+    if settings.dp_sgd is not None:
+        return train_user_private(settings.dp_sgd, node, model, config, seed, state, identity)
     try:
         result = run_local_update(
             model, node.device, node.shape, instructions.width, settings.quant, config,
@@ -130,6 +140,62 @@ def train_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDic
         sim_compute_s=result.sim_compute_s,
     )
     return train_reply(result.state, report, identity, list(result.changed))
+
+
+def dp_history(state: RecordDict) -> list[tuple[float, int]]:
+    """The device's DP-SGD ledger: (sample rate, steps) of every update it ran."""
+    record = state.config_records.get(DP_LEDGER_KEY)
+    if record is None:
+        return []
+    rates, steps = record["rates"], record["steps"]
+    if not isinstance(rates, list) or not isinstance(steps, list) or len(rates) != len(steps):
+        raise ValueError(f"node state {DP_LEDGER_KEY!r} is malformed: {record!r}")
+    return [(float(r), int(n)) for r, n in zip(rates, steps, strict=True)]  # type: ignore[arg-type, call-overload]
+
+
+def save_dp_history(state: RecordDict, history: list[tuple[float, int]]) -> None:
+    rates = [float(rate) for rate, _ in history]
+    steps = [int(count) for _, count in history]
+    state[DP_LEDGER_KEY] = ConfigRecord({"rates": rates, "steps": steps})
+
+
+def train_user_private(
+    dp: DpSgd,
+    node: _Node,
+    model: nn.Module,
+    config: TrainConfig,
+    seed: int,
+    state: RecordDict,
+    identity: ClientIdentity,
+) -> RecordDict:
+    """A DP-SGD local update; the device declines one that would take its epsilon past its
+    budget, and reports its epsilon after the update."""
+    history = dp_history(state)
+    planned = planned_steps(len(node.data.train), config)
+    epsilon = sample_level_epsilon(dp.noise_multiplier, [*history, planned], dp.delta)
+    if dp.epsilon_budget is not None and epsilon > dp.epsilon_budget:
+        spent = sample_level_epsilon(dp.noise_multiplier, history, dp.delta)
+        return decline_reply(
+            f"dp-budget: this update would take epsilon to {epsilon:.3f}, over the budget "
+            f"{dp.epsilon_budget:g} (spent: {spent:.3f})",
+            identity,
+        )
+    started = time.perf_counter()
+    result = train_dp_sgd(model, node.data.train.x, node.data.train.y, config, dp, seed)
+    save_dp_history(state, [*history, (result.sample_rate, result.steps)])
+    report = TrainReport(
+        num_examples=result.train.num_examples,
+        train_loss=result.train.mean_loss,
+        num_steps=result.train.num_steps,
+        compute_seconds=time.perf_counter() - started,
+        dp_epsilon=epsilon,
+        dp_epsilon_next=sample_level_epsilon(
+            dp.noise_multiplier, [*history, planned, planned], dp.delta
+        ),
+    )
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    buffers = [name for name in model.state_dict() if name not in dict(model.named_parameters())]
+    return train_reply(model.state_dict(), report, identity, [*trained, *buffers])
 
 
 def evaluate_user(node: _Node, msg: Message) -> RecordDict:
@@ -184,7 +250,7 @@ def make_client_app(settings_for: SettingsProvider, mods: Sequence[Mod] = ()) ->
             raise SimulatedCrash(f"simulated crash of node {node.partition_id} ({node.data.user})")
         if node.partition_id in settings.hang_partitions:
             time.sleep(settings.hang_seconds)
-        return Message(train_user(settings, node, msg), reply_to=msg)
+        return Message(train_user(settings, node, msg, context.state), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

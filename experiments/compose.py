@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clients.app import ClientSettings
 from clients.state_store import persisted_state_mod
-from experiments.privacy import privacy_mods, wrap_privacy
+from experiments.privacy import dp_sgd_settings, privacy_mods, wrap_privacy
 from fedhar.device.local_update import QuantSettings, max_width, storage_bits
 from fedhar.device.planner import smallest_budget
 from fedhar.device.profiles import (
@@ -102,15 +102,20 @@ def client_settings(cfg: DictConfig, federation: Federation) -> ClientSettings:
         crash_partitions=tuple(cfg.faults.crash_partitions),
         hang_partitions=tuple(cfg.faults.hang_partitions),
         hang_seconds=float(cfg.faults.hang_seconds),
+        dp_sgd=dp_sgd_settings(cfg, model_shape(cfg, federation)),
+    )
+
+
+def model_shape(cfg: DictConfig, federation: Federation) -> ModelShape:
+    return ModelShape(
+        cfg.model.name, federation.in_channels, federation.num_classes, federation.window_length
     )
 
 
 def check_model_fits(cfg: DictConfig, federation: Federation, profiles: set[DeviceProfile]) -> None:
     """Refuse a model that no device of the fleet can train, naming the SRAM it needs."""
     quant = QuantSettings(**_plain(cfg.quant))
-    shape = ModelShape(
-        cfg.model.name, federation.in_channels, federation.num_classes, federation.window_length
-    )
+    shape = model_shape(cfg, federation)
     if any(max_width(profile, shape, quant) > 0 for profile in profiles):
         return
     needed = min(smallest_budget(shape, bits=storage_bits(profile, quant)) for profile in profiles)

@@ -7,7 +7,10 @@
 - ``client``: ``DifferentialPrivacyClientSideFixedClipping`` and ``fixedclipping_mod``;
 - ``client_adaptive``: ``DifferentialPrivacyClientSideAdaptiveClipping`` and
   ``adaptiveclipping_mod``;
-- ``local``: ``LocalDpMod`` on the devices.
+- ``local``: ``LocalDpMod`` on the devices;
+- ``dp_sgd``: sample-level DP-SGD inside every local update (`fedhar.privacy.dpsgd`, Opacus),
+  each device accounting for its own windows; `strategies.privacy.SampleLevelAccounting`
+  logs the largest epsilon and stops the run once no device has budget left.
 
 Around the algorithm, inner to outer: `strategies.privacy.UniformWeights` (DP's noise is
 calibrated to the unweighted mean), the Flower wrapper, `ValidStatistics` (BatchNorm
@@ -36,18 +39,21 @@ from flwr.serverapp.strategy import (
 from omegaconf import DictConfig
 
 from clients.privacy import train_only
+from fedhar.models import ModelShape
 from fedhar.privacy.accounting import ClientLevelDp, local_noise_multiplier
+from fedhar.privacy.dpsgd import DpSgd, DpSgdUnsupported, check_supported
 from strategies.privacy import (
     PartialModelDp,
     PoissonSampling,
     PrivacyAccounting,
+    SampleLevelAccounting,
     UniformWeights,
     ValidStatistics,
 )
 from strategies.run_info import RunInfo
 from strategies.wrapper import innermost
 
-MECHANISMS = ("none", "central", "central_adaptive", "client", "client_adaptive", "local")
+MECHANISMS = ("none", "central", "central_adaptive", "client", "client_adaptive", "local", "dp_sgd")
 _FIXED = {
     "central": DifferentialPrivacyServerSideFixedClipping,
     "client": DifferentialPrivacyClientSideFixedClipping,
@@ -153,11 +159,46 @@ def ledger(cfg: DictConfig, mechanism: str, strategy: Strategy, num_clients: int
     )
 
 
+def dp_sgd_settings(cfg: DictConfig, shape: ModelShape) -> DpSgd | None:
+    """The devices' DP-SGD settings under ``privacy=dp_sgd``; None otherwise.
+
+    Raises
+    ------
+    PrivacyConfigError
+        When the model has BatchNorm, or the run simulates a fleet (DP-SGD trains the whole
+        model in fp32, not a device's SRAM plan).
+    """
+    if mechanism_of(cfg) != "dp_sgd":
+        return None
+    fleet = cfg.get("fleet") or {}
+    if fleet.get("mix") or fleet.get("device_map"):
+        raise PrivacyConfigError(
+            "privacy=dp_sgd trains the whole model in fp32, not a device's SRAM plan or QAT; "
+            "use fleet=none"
+        )
+    try:
+        check_supported(shape.build(1.0))
+    except DpSgdUnsupported as unsupported:
+        raise PrivacyConfigError(str(unsupported)) from None
+    p = cfg.privacy
+    budget = p.get("epsilon_budget")
+    return DpSgd(
+        float(p.noise_multiplier),
+        float(p.max_grad_norm),
+        float(p.delta),
+        None if budget is None else float(budget),
+    )
+
+
 def wrap_privacy(cfg: DictConfig, strategy: Strategy, run: RunInfo, num_clients: int) -> Strategy:
     """The algorithm inside the configured DP mechanism and the privacy ledger."""
     mechanism = mechanism_of(cfg)
     if mechanism == "none":
         return strategy
+    if mechanism == "dp_sgd":
+        budget = cfg.privacy.get("epsilon_budget")
+        delta = float(cfg.privacy.delta)
+        return SampleLevelAccounting(strategy, delta, None if budget is None else float(budget))
     _check(cfg, mechanism, strategy)
     p = cfg.privacy
     mechanism_ledger = ledger(cfg, mechanism, strategy, num_clients)

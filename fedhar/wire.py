@@ -103,6 +103,8 @@ class TrainReport:
     num_steps: int
     compute_seconds: float  # host wall time of the update
     sim_compute_s: float = 0.0  # simulated on-device compute time (0 without a device model)
+    dp_epsilon: float = 0.0  # the device's sample-level DP-SGD epsilon after it (0: no DP-SGD)
+    dp_epsilon_next: float = 0.0  # ... and after one more update like it
 
 
 @dataclass(frozen=True)

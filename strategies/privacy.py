@@ -36,6 +36,7 @@ from fedhar.privacy.observe import update_norm
 from fedhar.seeding import derive_seed
 from fedhar.wire import (
     ARRAYS_KEY,
+    CLIENT_KEY,
     METRICS_KEY,
     SECURE_SUM_KEY,
     arrays_to_numpy,
@@ -57,6 +58,18 @@ class BudgetExhausted(Exception):
             f"round {server_round} would take epsilon to {epsilon:.3f}, over the budget "
             f"{budget:g} (spent after round {server_round - 1}: {spent:.3f}); the run stops "
             "after its last completed round"
+        )
+        self.server_round = server_round
+
+
+class DeviceBudgetsExhausted(BudgetExhausted):
+    """Every device's next DP-SGD update would take it past its epsilon budget."""
+
+    def __init__(self, server_round: int, devices: int) -> None:
+        Exception.__init__(
+            self,
+            f"round {server_round}: each of the {devices} devices would pass its DP-SGD epsilon "
+            "budget with its next update; the run stops after its last completed round",
         )
         self.server_round = server_round
 
@@ -335,3 +348,53 @@ class PartialModelDp(StrategyWrapper):
         self.count("updates", len(accepted))
         reply = summed_reply(new_state, accepted, float(len(accepted)))
         return self.strategy.aggregate_train(server_round, [reply])
+
+
+class SampleLevelAccounting(StrategyWrapper):
+    """Logs the largest sample-level DP-SGD epsilon any device has reported, every round.
+
+    Devices keep their own ledgers (`clients.app.train_user_private`), decline a local update
+    that would take them past their budget, and report their epsilon after the update and
+    after one more like it. Once every node has reported and each one's next update would pass
+    the budget, the run stops before the next round (`DeviceBudgetsExhausted`).
+    """
+
+    prefix = "privacy"
+    counts_replies = False
+
+    def __init__(self, strategy: Strategy, delta: float, epsilon_budget: float | None) -> None:
+        super().__init__(strategy)
+        self.delta, self.epsilon_budget = delta, epsilon_budget
+        self._epsilon: dict[str, float] = {}  # user -> epsilon after their latest update
+        self._next: dict[str, float] = {}  # user -> epsilon after one more such update
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = len(list(grid.get_node_ids()))
+        budget = self.epsilon_budget
+        if (
+            budget is not None
+            and len(self._next) >= nodes > 0
+            and all(epsilon > budget for epsilon in self._next.values())
+        ):
+            raise DeviceBudgetsExhausted(server_round, len(self._next))
+        self.start_round()
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        for reply in replies:
+            content = reply.content if reply.has_content() else None
+            if content is None or CLIENT_KEY not in content.config_records:
+                continue
+            metrics = content.metric_records.get(METRICS_KEY)
+            if metrics is not None and "dp-epsilon" in metrics:
+                user = str(content.config_records[CLIENT_KEY]["user"])
+                self._epsilon[user] = metric_value(content, "dp-epsilon")
+                self._next[user] = metric_value(content, "dp-epsilon-next")
+        self.count("sample_epsilon_max", max(self._epsilon.values(), default=0.0))
+        self.count("delta", self.delta)
+        return self.strategy.aggregate_train(server_round, replies)

@@ -39,7 +39,7 @@ ROOMS: dict[str, Room] = {  # most specific path first
     "fedhar/partial": _room("numpy torch", "fedhar.partial", "fedhar.models", "fedhar"),
     "fedhar/transport": _room("cryptography numpy torch", "fedhar.transport"),
     "fedhar/privacy": _room(
-        "numpy torch scipy dp_accounting",
+        "numpy torch scipy dp_accounting opacus",
         "fedhar.privacy",
         "fedhar.models",
         "fedhar.transport",

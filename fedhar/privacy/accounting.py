@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dp_accounting
@@ -90,14 +91,18 @@ class ClientLevelDp:
         if rounds <= 0:
             return 0.0
         accountant = self.accountant()
-        absl = logging.getLogger("absl")  # orders whose series do not converge are skipped
-        level = absl.level
-        absl.setLevel(logging.ERROR)
-        try:
-            accountant.compose(self.event(), rounds)
-            return float(accountant.get_epsilon(self.delta))
-        finally:
-            absl.setLevel(level)
+        accountant.compose(self.event(), rounds)
+        return _epsilon(accountant, self.delta)
+
+
+def _epsilon(accountant: RdpAccountant, delta: float) -> float:
+    absl = logging.getLogger("absl")  # orders whose series do not converge are skipped
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return float(accountant.get_epsilon(delta))
+    finally:
+        absl.setLevel(level)
 
 
 def local_noise_multiplier(epsilon: float, delta: float) -> float:
@@ -105,3 +110,19 @@ def local_noise_multiplier(epsilon: float, delta: float) -> float:
     if not (epsilon > 0 and 0 < delta < 1):
         raise ValueError(f"local DP needs epsilon > 0 and delta in (0, 1); got {epsilon}, {delta}")
     return math.sqrt(2 * math.log(1.25 / delta)) / epsilon
+
+
+def sample_level_epsilon(
+    noise_multiplier: float, history: Sequence[tuple[float, int]], delta: float
+) -> float:
+    """Epsilon at ``delta`` of DP-SGD on one user's windows, add-or-remove-one window.
+
+    ``history`` lists each local update the user ran: (Poisson sample rate, noisy steps).
+    """
+    if not history:
+        return 0.0
+    accountant = RdpAccountant(neighboring_relation=NeighborRel.ADD_OR_REMOVE_ONE)
+    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+    for sample_rate, steps in history:
+        accountant.compose(dp_accounting.PoissonSampledDpEvent(sample_rate, gaussian), steps)
+    return _epsilon(accountant, delta)

@@ -104,3 +104,33 @@ def test_a_partial_model_run_with_dp_noises_and_logs_epsilon(
                 "privacy.noise_multiplier=0.5 privacy.clipping_norm=0.5")  # fmt: skip
     assert all(r["num_failures"] == 0 for r in rows)
     assert rows[-1]["extra"]["privacy/updates"] == 4 and rows[-1]["extra"]["privacy/epsilon"] > 0
+
+
+def test_dp_sgd_devices_report_epsilon_and_the_run_stops_at_their_budget(
+    tmp_path: Path, in_process_grid
+) -> None:
+    overrides = "model=deepconvlstm model.width=0.25 privacy=dp_sgd num_rounds=4"
+    unlimited = _run(tmp_path / "unlimited", in_process_grid, overrides)
+    assert [r["server_round"] for r in unlimited] == [1, 2, 3, 4]
+    epsilons = [r["extra"]["privacy/sample_epsilon_max"] for r in unlimited]
+    assert 0 < epsilons[0] < epsilons[1] < epsilons[2] < epsilons[3]
+    budget = (epsilons[1] + epsilons[2]) / 2
+    capped = _run(
+        tmp_path / "capped", in_process_grid, f"{overrides} privacy.epsilon_budget={budget}"
+    )
+    assert [r["server_round"] for r in capped] == [1, 2]
+    assert all(r["num_failures"] == 0 and r["declines"] == [] for r in capped)
+    assert capped[-1]["extra"]["privacy/sample_epsilon_max"] == pytest.approx(epsilons[1])
+
+
+def test_dp_sgd_refuses_batchnorm_models_and_fleets() -> None:
+    from experiments.compose import client_settings, federation_spec
+    from fedhar.federation import open_federation
+
+    for overrides, message in (
+        (["privacy=dp_sgd", "fleet=none", "model=dscnn"], "model=deepconvlstm"),
+        (["privacy=dp_sgd", "fleet=mixed", "model=deepconvlstm"], "use fleet=none"),
+    ):
+        cfg = load_config([*overrides, "dataset.options.num_users=3"])
+        with pytest.raises(PrivacyConfigError, match=message):
+            client_settings(cfg, open_federation(federation_spec(cfg)))
