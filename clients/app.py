@@ -19,12 +19,12 @@ from torch import nn
 
 from fedhar.device.local_update import (
     QuantSettings,
+    as_recorded,
     max_width,
-    record_with_device,
     run_local_update,
 )
 from fedhar.device.planner import PlanDeclined
-from fedhar.device.profiles import DeviceProfile, client_seed
+from fedhar.device.profiles import DeviceProfile
 from fedhar.device.sensors import SensorVariability
 from fedhar.federation import ClientData, FederationSpec, federation_index, load_client
 from fedhar.models import ModelShape
@@ -90,14 +90,7 @@ def _node(settings: ClientSettings, partition_id: int) -> _Node:
     data = load_client(settings.federation, partition_id)
     device = settings.device_of(data.user)
     if device is not None:
-        seed = client_seed(data.user, settings.seed)
-        variability = settings.variability
-        data = ClientData(
-            user=data.user,
-            device=device.name,
-            train=record_with_device(data.train, device, variability, seed, derive_seed(seed, 0)),
-            test=record_with_device(data.test, device, variability, seed, derive_seed(seed, 1)),
-        )
+        data = as_recorded(data, device, settings.variability, settings.seed)
     _, channels, length = data.train.x.shape
     shape = ModelShape(settings.model, channels, data.train.num_classes, length)
     return _Node(partition_id, data, device, shape)

@@ -67,6 +67,7 @@ def federation_spec(cfg: DictConfig) -> FederationSpec:
         holdout_fraction=cfg.federation.holdout_fraction,
         test_fraction=cfg.federation.test_fraction,
         gap_s=cfg.federation.gap_s,
+        split=str(cfg.federation.get("split", "chronological")),
         seed=cfg.seed,
     )
 

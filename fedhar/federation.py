@@ -14,8 +14,10 @@ from typing import Any
 
 from fedhar.data import open_users
 from fedhar.data.dataset import WindowDataset
-from fedhar.data.splits import draw_test_users, split_chronological
+from fedhar.data.splits import draw_test_users, split_bout_heads, split_chronological
 from fedhar.data.users import UserSource
+
+SPLITS = {"chronological": split_chronological, "bouts": split_bout_heads}
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,13 @@ class FederationSpec:
     test_fraction: float = 0.25  # share of each client's windows (latest in time) for testing
     gap_s: float = 0.0  # extra margin between a client's train and test windows
     seed: int = 0
+    split: str = "chronological"  # or "bouts": FedFitTech's first share of every bout as test
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(
+                f"unknown federation.split {self.split!r}; valid: {sorted(SPLITS)}"
+            )
 
     @staticmethod
     def options_from(mapping: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -99,7 +108,8 @@ class Federation:
             )
         user = users[partition_id]
         windows = self.source.windows_of(user)
-        train, test = split_chronological(windows, self.spec.test_fraction, self.spec.gap_s)
+        split = SPLITS[self.spec.split]
+        train, test = split(windows, self.spec.test_fraction, self.spec.gap_s)
         return ClientData(user=user, device=self.device_of(user), train=train, test=test)
 
 

@@ -62,6 +62,37 @@ def split_chronological(
     return ds.select(train), ds.select(test)
 
 
+def split_bout_heads(
+    ds: WindowDataset, test_fraction: float = 0.2, gap_s: float = 0.0
+) -> tuple[WindowDataset, WindowDataset]:
+    """FedFitTech's protocol: the first ``test_fraction`` of every activity bout is test.
+
+    A bout is a run of one user's windows on one device with the same label, each starting
+    at most one window after the previous. Its first ``round(test_fraction * n)`` windows go
+    to test; its later windows go to train once they start ``gap_s`` after the last test
+    window ends, so no train sample lies inside a test window.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if gap_s < 0:
+        raise ValueError(f"gap_s must be >= 0, got {gap_s}")
+    duration = window_duration_s(ds)
+    train = np.zeros(len(ds), dtype=bool)
+    test = np.zeros(len(ds), dtype=bool)
+    for stream in sorted(set(zip(ds.user.tolist(), ds.device.tolist(), strict=True))):
+        idx = np.flatnonzero((ds.user == stream[0]) & (ds.device == stream[1]))
+        idx = idx[np.argsort(ds.start_time_s[idx], kind="stable")]
+        starts, labels = ds.start_time_s[idx], ds.y[idx]
+        breaks = (np.diff(labels) != 0) | (np.diff(starts) > duration)
+        for bout in np.split(idx, np.flatnonzero(breaks) + 1):
+            n_test = round(test_fraction * len(bout))
+            test[bout[:n_test]] = True
+            end = ds.start_time_s[bout[n_test - 1]] + duration + gap_s if n_test else -np.inf
+            rest = bout[n_test:]
+            train[rest[ds.start_time_s[rest] >= end]] = True
+    return ds.select(train), ds.select(test)
+
+
 def split_users(
     ds: WindowDataset,
     test_users: Sequence[str] | None = None,

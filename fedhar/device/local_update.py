@@ -29,11 +29,13 @@ from fedhar.device.planner import (
     plan_training,
     trainable_names,
 )
-from fedhar.device.profiles import DeviceProfile, training_budget_bytes
+from fedhar.device.profiles import DeviceProfile, client_seed, training_budget_bytes
 from fedhar.device.sensors import SensorVariability, apply_sensor_model, draw_sensor_instance
+from fedhar.federation import ClientData
 from fedhar.models import ModelShape, count_macs
 from fedhar.partial.widths import WIDTH_LEVELS
 from fedhar.quant.qat import QuantConfig, calibrate, prepare_qat, scale_gradients
+from fedhar.seeding import derive_seed
 from fedhar.train import TrainConfig, TrainResult, train_head_first, train_local
 
 CALIBRATION_WINDOWS = 64  # windows the QAT observers see before the first step
@@ -118,6 +120,19 @@ def record_with_device(
     instance = draw_sensor_instance(profile, device_seed)
     x = apply_sensor_model(windows.x, windows.sampling_rate_hz, instance, variability, call_seed)
     return replace(windows, x=x)  # x: (N, C, T) float32
+
+
+def as_recorded(
+    data: ClientData, device: DeviceProfile, variability: SensorVariability, run_seed: int
+) -> ClientData:
+    """A client's train and test windows as their device instance recorded them."""
+    seed = client_seed(data.user, run_seed)
+    return ClientData(
+        user=data.user,
+        device=device.name,
+        train=record_with_device(data.train, device, variability, seed, derive_seed(seed, 0)),
+        test=record_with_device(data.test, device, variability, seed, derive_seed(seed, 1)),
+    )
 
 
 @dataclass(frozen=True)
