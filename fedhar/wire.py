@@ -349,3 +349,10 @@ def config_blobs(config: ConfigRecord, key: str, length: int) -> list[bytes]:
     ):
         raise ValueError(f"config {key!r} must be a list of {length} byte strings")
     return [bytes(v) for v in value]  # type: ignore[arg-type]
+
+
+def saved_personal_state(data: bytes) -> dict[str, torch.Tensor]:
+    """The personal entries (FedPer/FedRep heads, FedBN statistics) in a node's saved state
+    (``clients.state_store``); empty when the node keeps none."""
+    record = record_from_bytes(data).array_records.get(PERSONAL_STATE_KEY)
+    return {} if record is None else arrays_to_state(record)

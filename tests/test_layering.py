@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("fedhar.data", "fedhar.models", "fedhar.device", "fedhar.quant", "fedhar.partial",
-        "fedhar.transport", "fedhar.privacy", "fedhar")  # fmt: skip
+        "fedhar.transport", "fedhar.privacy", "fedhar.adapt", "fedhar")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,14 @@ ROOMS: dict[str, Room] = {  # most specific path first
         "fedhar.privacy",
         "fedhar.models",
         "fedhar.transport",
+        "fedhar",
+    ),
+    "fedhar/adapt": _room(
+        "numpy torch",
+        "fedhar.adapt",
+        "fedhar.device",
+        "fedhar.data",
+        "fedhar.models",
         "fedhar",
     ),
     "fedhar/device": _room(

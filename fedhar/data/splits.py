@@ -69,8 +69,8 @@ def split_bout_heads(
 
     A bout is a run of one user's windows on one device with the same label, each starting
     at most one window after the previous. Its first ``round(test_fraction * n)`` windows go
-    to test; its later windows go to train once they start ``gap_s`` after the last test
-    window ends, so no train sample lies inside a test window.
+    to test; every other window goes to train unless it comes within ``gap_s`` of a test
+    window (of its own bout or the next), so no train sample lies inside a test window.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -84,12 +84,15 @@ def split_bout_heads(
         idx = idx[np.argsort(ds.start_time_s[idx], kind="stable")]
         starts, labels = ds.start_time_s[idx], ds.y[idx]
         breaks = (np.diff(labels) != 0) | (np.diff(starts) > duration)
-        for bout in np.split(idx, np.flatnonzero(breaks) + 1):
-            n_test = round(test_fraction * len(bout))
-            test[bout[:n_test]] = True
-            end = ds.start_time_s[bout[n_test - 1]] + duration + gap_s if n_test else -np.inf
-            rest = bout[n_test:]
-            train[rest[ds.start_time_s[rest] >= end]] = True
+        heads = np.concatenate(
+            [b[: round(test_fraction * len(b))] for b in np.split(idx, np.flatnonzero(breaks) + 1)]
+        )
+        test[heads] = True
+        head_starts = np.sort(ds.start_time_s[heads])
+        for i in idx[~np.isin(idx, heads)]:  # kept unless within gap_s of a test window
+            start = ds.start_time_s[i]
+            near = np.searchsorted(head_starts, start - duration - gap_s, side="right")
+            train[i] = near == len(head_starts) or head_starts[near] >= start + duration + gap_s
     return ds.select(train), ds.select(test)
 
 
