@@ -43,3 +43,14 @@ def test_report_scores_clients_and_held_out_users_apart(tmp_path: Path, in_proce
         assert (tmp_path / "report" / plot).stat().st_size > 0
     again = adaptation.report(run_dir, tmp_path / "again", None, seed=0)  # reproducible
     assert again["summary"] == result["summary"]
+
+
+def test_personal_layers_of_a_fedper_run_are_scored(tmp_path: Path, in_process_grid) -> None:
+    run_dir = tmp_path / "run"
+    run_in_process(run_dir, in_process_grid, "num_rounds=2 strategy=fedper fleet=none")
+    heads = adaptation.personal_state(run_dir, 0)
+    assert heads and all(name.startswith("head.") for name in heads)
+    result = adaptation.report(run_dir, tmp_path / "report", None, seed=0)
+    assert "personal" in result["summary"]
+    rows = _rows(tmp_path / "report" / "per_user.csv")
+    assert any(r["personal"] != r["global"] for r in rows)
