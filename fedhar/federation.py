@@ -34,9 +34,7 @@ class FederationSpec:
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
-            raise ValueError(
-                f"unknown federation.split {self.split!r}; valid: {sorted(SPLITS)}"
-            )
+            raise ValueError(f"unknown federation.split {self.split!r}; valid: {sorted(SPLITS)}")
 
     @staticmethod
     def options_from(mapping: dict[str, Any]) -> tuple[tuple[str, Any], ...]:

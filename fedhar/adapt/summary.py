@@ -23,9 +23,7 @@ def worst_decile(scores: np.ndarray) -> float:
     return float(ordered[: max(1, int(np.ceil(0.1 * len(ordered))))].mean())
 
 
-def bootstrap(
-    statistic: Callable[[np.ndarray], float], columns: np.ndarray, seed: int
-) -> Interval:
+def bootstrap(statistic: Callable[[np.ndarray], float], columns: np.ndarray, seed: int) -> Interval:
     """``statistic`` of the (users, ...) ``columns`` and its 95% interval, resampling users."""
     rng = np.random.default_rng(seed)
     n = len(columns)
