@@ -103,8 +103,8 @@ class TrainReport:
     num_steps: int
     compute_seconds: float  # host wall time of the update
     sim_compute_s: float = 0.0  # simulated on-device compute time (0 without a device model)
-    dp_epsilon: float = 0.0  # the device's sample-level DP-SGD epsilon after it (0: no DP-SGD)
-    dp_epsilon_next: float = 0.0  # ... and after one more update like it
+    dp_epsilon: float | None = None  # the device's DP-SGD epsilon after it (None: no DP-SGD)
+    dp_epsilon_next: float | None = None  # ... and after one more update like it
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,9 @@ class EvalReport:
 
 
 def _record_items(obj: Any) -> dict[str, Any]:
-    return {to_wire_key(f.name): getattr(obj, f.name) for f in fields(obj)}
+    """Every field on the wire; an optional field left at None is left out."""
+    values = ((to_wire_key(f.name), getattr(obj, f.name)) for f in fields(obj))
+    return {key: value for key, value in values if value is not None}
 
 
 def _from_record(cls: type[T], record: ConfigRecord | MetricRecord) -> T:

@@ -79,10 +79,11 @@ def f1(model: torch.nn.Module, windows: WindowDataset, num_classes: int) -> floa
 class Scorer:
     """Scores the methods on one user; every model starts from a copy of the global one."""
 
-    def __init__(self, cfg: DictConfig, shape: ModelShape, model: torch.nn.Module) -> None:
-        self.cfg, self.shape, self.model = cfg, shape, model
+    def __init__(
+        self, cfg: DictConfig, shape: ModelShape, model: torch.nn.Module, tune: FineTune
+    ) -> None:
+        self.cfg, self.shape, self.model, self.tune = cfg, shape, model, tune
         self.quant = QuantSettings(**OmegaConf.to_container(cfg.quant))  # type: ignore[arg-type]
-        self.tune = FineTune(epochs=5, batch_size=int(cfg.train.batch_size))
         self.local_epochs = int(cfg.num_rounds) * int(cfg.train.epochs)
 
     def copy(self, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
@@ -235,7 +236,13 @@ def plot(per_user: dict[str, np.ndarray], new_users: list[dict[str, Any]], out: 
         plt.close(fig)
 
 
-def report(run_dir: Path, out: Path, adapt_devices: str | None, seed: int) -> dict[str, Any]:
+def report(
+    run_dir: Path,
+    out: Path,
+    adapt_devices: str | None,
+    seed: int,
+    tune: FineTune = FineTune(),  # noqa: B008 (frozen)
+) -> dict[str, Any]:
     cfg = OmegaConf.load(run_dir / "config.yaml")
     assert isinstance(cfg, DictConfig)
     spec = federation_spec(cfg)
@@ -249,7 +256,7 @@ def report(run_dir: Path, out: Path, adapt_devices: str | None, seed: int) -> di
         if adapt_on.clients != federation.clients:
             raise SystemExit(f"--adapt-devices {adapt_devices}: the users differ from the run's")
     shape = model_shape(cfg, federation)
-    scorer = Scorer(cfg, shape, global_model(run_dir, shape))
+    scorer = Scorer(cfg, shape, global_model(run_dir, shape), tune)
     clients = score_clients(scorer, federation, adapt_on, run_dir, seed)
     new_users = score_new_users(scorer, adapt_on.holdout, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapt-devices", choices=("sp", "sw"), default=None,
                         help="sp-sw-har: adapt and test on this device's windows")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tune-epochs", type=int, default=FineTune.epochs)
+    parser.add_argument("--tune-lr", type=float, default=FineTune.lr)
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides of the run, e.g. num_rounds=5"
     )
@@ -292,7 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     if run_dir is None:
         run_dir = args.out / "run"
         run_experiment(load_config(args.overrides), run_dir)
-    report(run_dir, args.out, args.adapt_devices, args.seed)
+    tune = FineTune(epochs=args.tune_epochs, lr=args.tune_lr)
+    report(run_dir, args.out, args.adapt_devices, args.seed, tune)
 
 
 if __name__ == "__main__":
