@@ -17,6 +17,13 @@ def window_duration_s(ds: WindowDataset) -> float:
     return ds.x.shape[-1] / ds.sampling_rate_hz
 
 
+def _check_split(test_fraction: float, gap_s: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if gap_s < 0:
+        raise ValueError(f"gap_s must be >= 0, got {gap_s}")
+
+
 def split_chronological(
     ds: WindowDataset, test_fraction: float, gap_s: float = 0.0
 ) -> tuple[WindowDataset, WindowDataset]:
@@ -37,10 +44,7 @@ def split_chronological(
     gap_s : float
         Extra margin between the last train sample and the first test sample.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if gap_s < 0:
-        raise ValueError(f"gap_s must be >= 0, got {gap_s}")
+    _check_split(test_fraction, gap_s)
     duration = window_duration_s(ds)
     train = np.zeros(len(ds), dtype=bool)
     test = np.zeros(len(ds), dtype=bool)
@@ -72,10 +76,7 @@ def split_bout_heads(
     to test; every other window goes to train unless it comes within ``gap_s`` of a test
     window (of its own bout or the next), so no train sample lies inside a test window.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if gap_s < 0:
-        raise ValueError(f"gap_s must be >= 0, got {gap_s}")
+    _check_split(test_fraction, gap_s)
     duration = window_duration_s(ds)
     train = np.zeros(len(ds), dtype=bool)
     test = np.zeros(len(ds), dtype=bool)
