@@ -250,9 +250,7 @@ def report(
     adapt_on = federation
     if adapt_devices is not None:
         options = dict(spec.options) | {"devices": adapt_devices}
-        adapt_on = open_federation(
-            FederationSpec(**{**asdict(spec), "options": FederationSpec.options_from(options)})
-        )
+        adapt_on = open_federation(replace(spec, options=FederationSpec.options_from(options)))
         if adapt_on.clients != federation.clients:
             raise SystemExit(f"--adapt-devices {adapt_devices}: the users differ from the run's")
     shape = model_shape(cfg, federation)
