@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from experiments.sinks import read_metrics
+from fedhar.checkpoint import load_checkpoint
+from fedhar.models import ModelShape
 
 
 def _f1(row: dict[str, Any], group: str, key: str) -> float | None:
@@ -35,6 +38,16 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
         "bytes_up": sum(r["bytes_up"] for r in rows),
         "bytes_down": sum(r["bytes_down"] for r in rows),
     }
+
+
+def global_model(run_dir: Path, shape: ModelShape) -> torch.nn.Module:
+    """The run's latest global model, at full width."""
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is None:
+        raise SystemExit(f"{run_dir} has no checkpoint; run the federation first")
+    model = shape.build(1.0)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.arrays.items()})
+    return model
 
 
 def _fmt(value: float | None) -> str:

@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("fedhar.data", "fedhar.models", "fedhar.device", "fedhar.quant", "fedhar.partial",
-        "fedhar.transport", "fedhar.privacy", "fedhar.adapt", "fedhar")  # fmt: skip
+        "fedhar.transport", "fedhar.privacy", "fedhar.adapt", "fedhar.deploy",
+        "fedhar")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ ROOMS: dict[str, Room] = {  # most specific path first
         "fedhar.device",
         "fedhar.data",
         "fedhar.models",
+        "fedhar",
+    ),
+    "fedhar/deploy": _room(
+        "numpy torch",
+        "fedhar.deploy",
+        "fedhar.device",
+        "fedhar.data",
+        "fedhar.models",
+        "fedhar.quant",
         "fedhar",
     ),
     "fedhar/device": _room(

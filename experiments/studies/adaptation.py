@@ -36,11 +36,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.compose import client_settings, federation_spec, load_config, model_shape
+from experiments.report import global_model
 from experiments.run import run_experiment
 from fedhar.adapt.finetune import FineTune, fine_tune
 from fedhar.adapt.shots import few_shot_split, shot_cut
 from fedhar.adapt.summary import summarize
-from fedhar.checkpoint import load_checkpoint
 from fedhar.data.dataset import WindowDataset
 from fedhar.device.local_update import QuantSettings, as_recorded
 from fedhar.device.planner import PlanDeclined
@@ -56,15 +56,6 @@ import matplotlib.pyplot as plt
 
 SCOPES = ("all", "head", "bias")
 SHOTS = (1, 5, 10)
-
-
-def global_model(run_dir: Path, shape: ModelShape) -> torch.nn.Module:
-    checkpoint = load_checkpoint(run_dir)
-    if checkpoint is None:
-        raise SystemExit(f"{run_dir} has no checkpoint; run the federation first")
-    model = shape.build(1.0)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.arrays.items()})
-    return model
 
 
 def personal_state(run_dir: Path, partition_id: int) -> dict[str, torch.Tensor]:

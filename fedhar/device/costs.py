@@ -8,8 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedhar.device.profiles import DeviceProfile
+from fedhar.models.ops import OpCounts
 
 BACKWARD_FACTOR = 3  # forward + backward costs about three forward passes (two for gradients)
+# Cycles per non-MAC operation on a microcontroller core. Assumed, not measured: a compare or an
+# add is one instruction; requantizing an int32 accumulator to int8 is a fixed-point multiply,
+# shift, add and clamp; sigmoid and tanh are table look-ups with interpolation, as int8 kernel
+# libraries (CMSIS-NN) compute them.
+CYCLES_PER_OP = {"compares": 1.0, "elementwise": 1.0, "nonlinear": 20.0, "requantize": 4.0}
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,14 @@ def simulate_client_cost(
     download_s = download_bytes * 8 / profile.radio_bandwidth_bps
     energy_j = profile.active_power_w * compute_s + profile.radio_power_w * (upload_s + download_s)
     return ClientCost(compute_s, upload_s, download_s, energy_j)
+
+
+def inference_seconds(profile: DeviceProfile, ops: OpCounts) -> float:
+    """Time of one forward pass on `profile`: MACs at its MAC rate plus the non-MAC operations
+    at `CYCLES_PER_OP`, over its clock."""
+    cycles = ops.macs / profile.macs_per_cycle
+    cycles += sum(getattr(ops, kind) * per_op for kind, per_op in CYCLES_PER_OP.items())
+    return cycles / profile.clock_hz
 
 
 def is_available(

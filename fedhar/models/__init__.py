@@ -14,6 +14,7 @@ from torch import nn
 from fedhar.models.deepconvlstm import DeepConvLSTM
 from fedhar.models.dscnn import DSCNN
 from fedhar.models.microbi_convlstm import MicroBiConvLSTM
+from fedhar.models.ops import layer_macs
 
 _MODELS: dict[str, type[nn.Module]] = {
     "microbi_convlstm": MicroBiConvLSTM,
@@ -63,27 +64,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> int:
-    """Multiply-accumulates of one leaf layer call (biases and activations not counted)."""
-    if isinstance(module, nn.Conv1d):
-        assert isinstance(output, torch.Tensor)
-        per_output = module.in_channels // module.groups * module.kernel_size[0]
-        return output.numel() * per_output
-    if isinstance(module, nn.Linear):
-        return inputs[0].numel() // module.in_features * module.in_features * module.out_features
-    if isinstance(module, nn.LSTM):
-        x = inputs[0]  # (B, T, C) with batch_first
-        steps = x.shape[0] * x.shape[1]
-        directions = 2 if module.bidirectional else 1
-        h = module.hidden_size
-        macs = 0
-        for layer in range(module.num_layers):
-            layer_in = module.input_size if layer == 0 else h * directions
-            macs += steps * directions * 4 * (layer_in * h + h * h)
-        return macs
-    return 0
-
-
 def count_macs(model: nn.Module, in_channels: int, window_length: int) -> int:
     """Multiply-accumulates for one window of shape ``(in_channels, window_length)``.
 
@@ -94,7 +74,7 @@ def count_macs(model: nn.Module, in_channels: int, window_length: int) -> int:
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
         nonlocal total
-        total += _layer_macs(module, inputs, output)
+        total += layer_macs(module, inputs, output)
 
     handles = [
         m.register_forward_hook(hook)

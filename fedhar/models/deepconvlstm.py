@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fedhar.models.scaling import scale_width
+from fedhar.models.stages import run_front_end
 
 CONV_FILTERS = 64
 CONV_LAYERS = 4
@@ -34,6 +35,8 @@ class DeepConvLSTM(nn.Module):
         Width multiplier; hidden sizes are ``ceil(base * width)``.
     """
 
+    FRONT_END = ("convs",)
+
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0) -> None:
         super().__init__()
         filters = scale_width(CONV_FILTERS, width)
@@ -49,8 +52,15 @@ class DeepConvLSTM(nn.Module):
         self.dropout = nn.Dropout(DROPOUT)
         self.head = nn.Linear(hidden, num_classes)
 
+    def frontend(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature frames ``(B, C, T)`` -> ``(B, F, T)``: the four convolutions."""
+        return run_front_end(self, x)
+
+    def temporal(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)`` from the stacked LSTM's last step."""
+        out, _ = self.lstm(features.transpose(1, 2))  # (B, T, H)
+        return self.head(self.dropout(out[:, -1]))  # (B, K)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of windows ``(B, C, T)`` -> ``(B, K)``."""
-        x = self.convs(x)  # (B, F, T)
-        out, _ = self.lstm(x.transpose(1, 2))  # (B, T, H)
-        return self.head(self.dropout(out[:, -1]))  # (B, K)
+        return self.temporal(self.frontend(x))

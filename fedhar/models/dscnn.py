@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
 from fedhar.models.scaling import scale_width
+from fedhar.models.stages import run_front_end
 
 STEM_CHANNELS = 32
 BLOCK_CHANNELS = (64, 64, 64)  # output channels of the three separable blocks
@@ -13,29 +16,33 @@ BLOCK_POOLS = (True, True, False)  # 4x temporal pooling in total keeps activati
 KERNEL_SIZE = 5
 
 
-class SeparableBlock(nn.Module):
-    """Depthwise Conv1d (groups = channels) then pointwise Conv1d, each with BatchNorm + ReLU.
+class SeparableBlock(nn.Sequential):
+    """Depthwise Conv1d (groups = channels) then pointwise Conv1d, each with BatchNorm + ReLU,
+    then an optional 2x max-pool: ``(B, C_in, T)`` -> ``(B, C_out, T')``.
 
     The depthwise conv keeps its input channel count, so width slicing stays consistent.
     """
 
     def __init__(self, in_channels: int, out_channels: int, pool: bool) -> None:
-        super().__init__()
         pad = KERNEL_SIZE // 2
-        self.depthwise = nn.Conv1d(
-            in_channels, in_channels, KERNEL_SIZE, padding=pad, groups=in_channels, bias=False
+        super().__init__(
+            OrderedDict(
+                depthwise=nn.Conv1d(
+                    in_channels,
+                    in_channels,
+                    KERNEL_SIZE,
+                    padding=pad,
+                    groups=in_channels,
+                    bias=False,
+                ),
+                bn_dw=nn.BatchNorm1d(in_channels),
+                relu_dw=nn.ReLU(),
+                pointwise=nn.Conv1d(in_channels, out_channels, 1, bias=False),
+                bn_pw=nn.BatchNorm1d(out_channels),
+                relu_pw=nn.ReLU(),
+                pool=nn.MaxPool1d(2) if pool else nn.Identity(),
+            )
         )
-        self.bn_dw = nn.BatchNorm1d(in_channels)
-        self.relu_dw = nn.ReLU()
-        self.pointwise = nn.Conv1d(in_channels, out_channels, 1, bias=False)
-        self.bn_pw = nn.BatchNorm1d(out_channels)
-        self.relu_pw = nn.ReLU()
-        self.pool = nn.MaxPool1d(2) if pool else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, T)`` -> ``(B, C_out, T')``."""
-        x = self.relu_dw(self.bn_dw(self.depthwise(x)))  # (B, C_in, T)
-        return self.pool(self.relu_pw(self.bn_pw(self.pointwise(x))))  # (B, C_out, T')
 
 
 class DSCNN(nn.Module):
@@ -56,6 +63,8 @@ class DSCNN(nn.Module):
         Width multiplier; hidden sizes are ``ceil(base * width)``.
     """
 
+    FRONT_END = ("stem", "bn_stem", "relu_stem", "blocks")
+
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0) -> None:
         super().__init__()
         stem = scale_width(STEM_CHANNELS, width)
@@ -71,8 +80,14 @@ class DSCNN(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(channels, num_classes)
 
+    def frontend(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature frames ``(B, C, T)`` -> ``(B, C_last, T/4)``: the stem and the blocks."""
+        return run_front_end(self, x)
+
+    def temporal(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)``: global average pooling over time, then the head."""
+        return self.head(features.mean(dim=-1))  # (B, K)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of windows ``(B, C, T)`` -> ``(B, K)``; T must be at least 4."""
-        x = self.relu_stem(self.bn_stem(self.stem(x)))  # (B, C_stem, T)
-        x = self.blocks(x)  # (B, C_last, T/4)
-        return self.head(x.mean(dim=-1))  # (B, K)
+        return self.temporal(self.frontend(x))

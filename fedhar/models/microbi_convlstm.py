@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fedhar.models.scaling import scale_width
+from fedhar.models.stages import run_front_end
 
 CONV1_CHANNELS = 16  # base widths chosen to land near the ~11.4K parameters the paper reports
 CONV2_CHANNELS = 24
@@ -32,6 +33,8 @@ class MicroBiConvLSTM(nn.Module):
         Width multiplier; hidden sizes are ``ceil(base * width)``.
     """
 
+    FRONT_END = ("conv1", "bn1", "relu1", "pool1", "conv2", "bn2", "relu2", "pool2")
+
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0) -> None:
         super().__init__()
         c1 = scale_width(CONV1_CHANNELS, width)
@@ -49,9 +52,15 @@ class MicroBiConvLSTM(nn.Module):
         self.lstm = nn.LSTM(c2, hidden, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * hidden, num_classes)
 
+    def frontend(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature frames ``(B, C, T)`` -> ``(B, c2, T/4)``: two conv-BN-ReLU-pool stages."""
+        return run_front_end(self, x)
+
+    def temporal(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)`` from feature frames ``(B, c2, T')`` through the BiLSTM."""
+        _, (h_n, _) = self.lstm(features.transpose(1, 2))  # h_n: (2, B, H)
+        return self.head(torch.cat([h_n[0], h_n[1]], dim=1))  # (B, K)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of windows ``(B, C, T)`` -> ``(B, K)``; T must be at least 4."""
-        x = self.pool1(self.relu1(self.bn1(self.conv1(x))))  # (B, c1, T/2)
-        x = self.pool2(self.relu2(self.bn2(self.conv2(x))))  # (B, c2, T/4)
-        _, (h_n, _) = self.lstm(x.transpose(1, 2))  # h_n: (2, B, H)
-        return self.head(torch.cat([h_n[0], h_n[1]], dim=1))  # (B, K)
+        return self.temporal(self.frontend(x))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedhar.models import MODEL_NAMES, build_model, count_macs, count_parameters
+from fedhar.models.ops import OpCounts, counting, leaf_layers
 
 PARAM_RANGES = {
     "microbi_convlstm": (10_000, 12_500),
@@ -114,3 +115,28 @@ def test_macs_of_stacked_lstm_use_hidden_as_next_input() -> None:
 def test_macs_grow_with_window_length(name: str) -> None:
     model = build_model(name, 9, 6)
     assert count_macs(model, 9, 128) > count_macs(model, 9, 64) > 0
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_counted_operations_agree_with_count_macs_and_layer_outputs(name: str) -> None:
+    model = build_model(name, 9, 6).eval()
+    counts = OpCounts()
+    relu_outputs = 0
+
+    def relu_size(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal relu_outputs
+        relu_outputs += output.numel()
+
+    handles = [
+        m.register_forward_hook(relu_size) for m in model.modules() if isinstance(m, nn.ReLU)
+    ]
+    with counting(leaf_layers(model), counts), torch.no_grad():
+        model(torch.zeros(1, 9, 64))
+    for handle in handles:
+        handle.remove()
+    assert counts.macs == count_macs(model, 9, 64)
+    pools = counts.compares - relu_outputs  # what the max-pools compared
+    assert pools >= 0 and (pools > 0) == any(isinstance(m, nn.MaxPool1d) for m in model.modules())
+    assert (counts.nonlinear > 0) == any(isinstance(m, nn.LSTM) for m in model.modules())
+    assert counts.requantize == 0  # a float model requantizes nothing
+

@@ -8,12 +8,14 @@ import pytest
 
 from fedhar.device.costs import (
     ClientCost,
+    inference_seconds,
     is_available,
     simulate_client_cost,
     straggles,
     summarize_round,
 )
 from fedhar.device.profiles import DeviceProfile, SensorSpec
+from fedhar.models.ops import OpCounts
 
 SENSOR = SensorSpec(imu="BMI270", accel_range_g=4.0, gyro_range_dps=2000.0, adc_bits=16, rate_hz=50)
 BOARD = DeviceProfile(
@@ -92,3 +94,16 @@ def test_stragglers_and_round_summary():
     assert (cut.completed, cut.stragglers) == (1, 1)
 
     assert summarize_round([], deadline_s=5.0).wall_clock_s == 0.0
+
+
+def test_inference_time_adds_non_mac_cycles_and_scales_with_the_clock():
+    macs_only = OpCounts(macs=1_000_000)
+    with_lstm = OpCounts(macs=1_000_000, nonlinear=10_000, requantize=5_000)
+    base = inference_seconds(BOARD, macs_only)
+    assert base == pytest.approx(1_000_000 / 0.5 / 64e6)
+    extra = inference_seconds(BOARD, with_lstm) - base
+    assert extra == pytest.approx((10_000 * 20 + 5_000 * 4) / 64e6)
+    faster = dataclasses.replace(BOARD, clock_hz=128e6)
+    assert inference_seconds(faster, with_lstm) == pytest.approx(
+        inference_seconds(BOARD, with_lstm) / 2
+    )

@@ -1,0 +1,1 @@
+"""Deployment evaluation: the int8 model on a device, streaming, smoothing, offload, consensus."""
