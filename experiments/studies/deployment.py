@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +77,7 @@ import matplotlib.pyplot as plt
 DEFAULT_DEVICES = ("nrf52840", "esp32s3", "apollo4_plus", "wearos_watch", "android_phone")
 THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.0, 1.0, 21), 2))
 SEGMENTS = (1, 2, 3, 5)  # snippets per bout; bouts shorter than the largest are left out
-VOTE_HISTORY = 5  # windows a majority vote looks back over
+VOTE_HISTORIES = (3, 5)  # windows a majority vote looks back over; 3 outvotes a one-window blip
 ANCHOR_FLASH_BYTES = 23 * 1024  # MicroBi-ConvLSTM's int8 model, as its paper reports it
 MAX_INT8_DROP_POINTS = 0.5  # int8 macro-F1 may trail float by at most this many points
 
@@ -86,7 +88,8 @@ class DeviceRun:
 
     profile: DeviceProfile
     device: list[np.ndarray] = field(default_factory=list)  # int8 softmax per stream (W, K)
-    cloud: list[np.ndarray] = field(default_factory=list)  # float softmax per stream
+    reference: list[np.ndarray] = field(default_factory=list)  # the same model in float
+    cloud: list[np.ndarray] = field(default_factory=list)  # the cloud model's softmax
     labels: list[np.ndarray] = field(default_factory=list)  # (W,) per stream
     seconds: float = 0.0  # recorded time over all streams
     streaming: OpCounts = field(default_factory=OpCounts)
@@ -108,7 +111,7 @@ def deployment_hop(stride: int, model: DeployedModel) -> int:
 
 
 def run_device(
-    profile: DeviceProfile, streams: list[Stream], device: DeployedModel, cloud: DeployedModel,
+    profile: DeviceProfile, streams: list[Stream], models: dict[str, DeployedModel],
     variability: SensorVariability, seed: int, window_length: int, hop: int,
 ) -> DeviceRun:  # fmt: skip
     """Every stream recorded by `profile`'s sensor model and classified on and off the device."""
@@ -120,11 +123,12 @@ def run_device(
         x, labels = cut_windows(recorded, window_length, hop)
         if len(x) == 0:
             continue
-        logits = stream_logits(device, recorded.x, window_length, hop, run.streaming)
-        reference = batch_logits(device, recorded.x, window_length, hop, run.batch)
+        logits = stream_logits(models["device"], recorded.x, window_length, hop, run.streaming)
+        reference = batch_logits(models["device"], recorded.x, window_length, hop, run.batch)
         run.stream_gap = max(run.stream_gap, float(np.abs(logits - reference).max()))
         run.device.append(softmax(logits))
-        run.cloud.append(softmax(cloud.logits(x)))
+        run.reference.append(softmax(models["float"].logits(x)))
+        run.cloud.append(softmax(models["cloud"].logits(x)))
         run.labels.append(labels)
         run.seconds += recorded.seconds
     return run
@@ -135,13 +139,16 @@ def _scores(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tu
     return macro_f1(confusion), accuracy(confusion)
 
 
+def _vote(probabilities: np.ndarray, history: int) -> np.ndarray:
+    return majority_vote(probabilities.argmax(axis=1), history)
+
+
 def smoothing_row(run: DeviceRun, transition: np.ndarray, num_classes: int) -> dict[str, float]:
     """Macro-F1 and spurious transitions per minute, raw and with each smoother."""
-    methods = {
-        "raw": lambda p: p.argmax(axis=1),
-        "vote": lambda p: majority_vote(p.argmax(axis=1), VOTE_HISTORY),
-        "hmm": lambda p: forward_filter(p, transition).argmax(axis=1),
-    }
+    methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {"raw": lambda p: p.argmax(axis=1)}
+    for n in VOTE_HISTORIES:
+        methods[f"vote{n}"] = partial(_vote, history=n)
+    methods["hmm"] = lambda p: forward_filter(p, transition).argmax(axis=1)
     minutes = run.seconds / 60
     row: dict[str, float] = {}
     for name, smooth in methods.items():
@@ -182,9 +189,10 @@ def device_row(
 ) -> dict[str, Any]:  # fmt: skip
     """Accuracy, calibration and cost of the int8 model on one device class."""
     profile, labels = run.profile, run.pooled("labels")
-    device_probs, cloud_probs = run.pooled("device"), run.pooled("cloud")
+    device_probs, float_probs = run.pooled("device"), run.pooled("reference")
     int8_f1, int8_acc = _scores(labels, device_probs.argmax(axis=1), num_classes)
-    float_f1, _ = _scores(labels, cloud_probs.argmax(axis=1), num_classes)
+    float_f1, _ = _scores(labels, float_probs.argmax(axis=1), num_classes)
+    cloud_f1, _ = _scores(labels, run.pooled("cloud").argmax(axis=1), num_classes)
     streaming, batch = (counts.scaled(1 / run.windows) for counts in (run.streaming, run.batch))
     latency = inference_seconds(profile, streaming)
     memory = inference_memory(device, channels, window_length)
@@ -194,7 +202,8 @@ def device_row(
         "int8_accuracy": int8_acc, "int8_drop_points": 100 * (float_f1 - int8_f1),
         "int8_within_0.5": 100 * (float_f1 - int8_f1) <= MAX_INT8_DROP_POINTS,
         "int8_ece": expected_calibration_error(device_probs, labels),
-        "float_ece": expected_calibration_error(cloud_probs, labels),
+        "float_ece": expected_calibration_error(float_probs, labels),
+        "cloud_macro_f1": cloud_f1,
         "stream_max_logit_gap": run.stream_gap,
         "macs_batch": batch.macs, "macs_streaming": streaming.macs,
         "non_mac_ops_streaming": streaming.compares + streaming.elementwise
@@ -245,11 +254,11 @@ def plot(devices: list[DeviceRun], offload: list[dict[str, Any]], consensus: lis
             rows = [r for r in consensus if r["device"] == run.profile.name]
             snippets = [r for r in rows if r["segments"] != "dense"]
             line = ax.plot([r["segments"] for r in snippets],
-                           [r["bout_macro_f1"] for r in snippets], marker="o",
+                           [r["bout_accuracy"] for r in snippets], marker="o",
                            label=run.profile.name)  # fmt: skip
-            dense = [r["bout_macro_f1"] for r in rows if r["segments"] == "dense"]
+            dense = [r["bout_accuracy"] for r in rows if r["segments"] == "dense"]
             ax.axhline(dense[0], color=line[0].get_color(), linestyle=":")
-        ax.set(xlabel="snippets per bout (K); dotted: every window", ylabel="bout macro-F1")
+        ax.set(xlabel="snippets per bout (K); dotted: every window", ylabel="bout accuracy")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "consensus.png", dpi=120)
@@ -258,10 +267,10 @@ def plot(devices: list[DeviceRun], offload: list[dict[str, Any]], consensus: lis
 
 def markdown(rows: list[dict[str, Any]], offload: list[dict[str, Any]],
              consensus: list[dict[str, Any]]) -> str:  # fmt: skip
-    columns = ("device", "kind", "float_macro_f1", "int8_macro_f1", "int8_ece",
+    columns = ("device", "kind", "float_macro_f1", "int8_macro_f1", "cloud_macro_f1", "int8_ece",
                "latency_ms_streaming", "ram_peak_bytes", "flash_bytes",
-               "compute_energy_j_per_hour", "raw_spurious_per_min", "hmm_macro_f1",
-               "hmm_spurious_per_min")  # fmt: skip
+               "compute_energy_j_per_hour", "raw_spurious_per_min", "vote3_macro_f1",
+               "vote3_spurious_per_min", "hmm_macro_f1", "hmm_spurious_per_min")  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for row in rows:
         cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
@@ -276,7 +285,8 @@ def markdown(rows: list[dict[str, Any]], offload: list[dict[str, Any]],
     if consensus:
         first = consensus[0]["device"]
         lines += ["", f"segment consensus on {consensus[0]['bouts']} bouts ({first}): " + ", ".join(
-            f"K={r['segments']} {r['bout_macro_f1']:.3f} ({r['snippet_bytes']:.0f} B)"
+            f"K={r['segments']} accuracy {r['bout_accuracy']:.3f}, macro-F1 "
+            f"{r['bout_macro_f1']:.3f} ({r['snippet_bytes']:.0f} B)"
             for r in consensus if r["device"] == first)]  # fmt: skip
     return "\n".join(lines)
 
@@ -327,7 +337,8 @@ def report(
     if len(held_out) == 0:
         raise SystemExit("the run holds out no users to calibrate int8 ranges on; rerun with "
                          "federation.holdout_fraction > 0")  # fmt: skip
-    device, cloud = deploy_int8(model, held_out.x), deploy_float(cloud_float)
+    device = deploy_int8(model, held_out.x)
+    models = {"device": device, "float": deploy_float(model), "cloud": deploy_float(cloud_float)}
     clients = [federation.client(pid).test for pid in range(len(federation.clients))]
     stride = infer_stride(held_out)
     hop = deployment_hop(stride, device)
@@ -344,7 +355,7 @@ def report(
     per_window_bytes = window_bytes(channels, t)
     runs, rows, offload, consensus = [], [], [], []
     for profile in devices_of(cfg, device_names):
-        run = run_device(profile, streams, device, cloud, variability, seed, t, hop)
+        run = run_device(profile, streams, models, variability, seed, t, hop)
         runs.append(run)
         row = device_row(run, device, export.flash_bytes, k, channels, t, windows_per_hour)
         rows.append(row | smoothing_row(run, transition, k))

@@ -43,7 +43,8 @@ def test_report_shows_each_device_class_streaming_offload_and_consensus(
         assert curve[0]["threshold"] == 0.0 and curve[0]["offload_rate"] == 0.0
         assert curve[-1]["threshold"] == 1.0 and curve[-1]["offload_rate"] == 1.0
         assert curve[0]["macro_f1"] == pytest.approx(row["int8_macro_f1"])
-        assert curve[-1]["macro_f1"] == pytest.approx(row["float_macro_f1"])  # all in the cloud
+        assert curve[-1]["macro_f1"] == pytest.approx(row["cloud_macro_f1"])  # all in the cloud
+        assert row["cloud_macro_f1"] == row["float_macro_f1"]  # the cloud runs the float model
         ks = [r["segments"] for r in result["consensus"] if r["device"] == name]
         assert ks == [*deployment.SEGMENTS, "dense"]
     slow, fast = rows["nrf52840"], rows["android_phone"]
@@ -57,6 +58,8 @@ def test_report_shows_each_device_class_streaming_offload_and_consensus(
     assert len(_rows(out / "offload.csv")) == len(DEVICES) * len(deployment.THRESHOLDS)
     again = deployment.report(finished_run, tmp_path / "again", DEVICES, seed=0)
     assert again["devices"] == result["devices"]  # reproducible
+    cloud = deployment.report(finished_run, tmp_path / "cloud", DEVICES, 0, cloud_run=finished_run)
+    assert cloud["cloud_model"] == result["model"] and cloud["offload"] == result["offload"]
 
 
 def test_a_cloud_model_from_another_federation_is_refused(
