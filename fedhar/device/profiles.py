@@ -58,6 +58,9 @@ class DeviceProfile:
     sensor: SensorSpec
     sram_total_bytes: int | None = None  # all on-chip SRAM, when more than sram_bytes is usable
     psram_bytes: int = 0  # external PSRAM; too slow for training buffers, so never budgeted
+    # the largest contiguous heap block once the runtime is up, where the heap is split into
+    # regions (ESP32); None: the usable SRAM is one block. A training arena is one block.
+    largest_block_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in DEVICE_KINDS:
@@ -80,13 +83,23 @@ class DeviceProfile:
                 f"device {self.name!r}: sram_total_bytes {self.sram_total_bytes} is below the "
                 f"usable sram_bytes {self.sram_bytes}; set it to all on-chip SRAM, or leave it out"
             )
+        if self.largest_block_bytes is not None and not (
+            0 < self.largest_block_bytes <= self.sram_bytes
+        ):
+            raise ValueError(
+                f"device {self.name!r}: largest_block_bytes {self.largest_block_bytes} must be in "
+                f"(0, sram_bytes={self.sram_bytes}]; leave it out when the SRAM is one block"
+            )
         if self.psram_bytes < 0:
             raise ValueError(f"device {self.name!r}: psram_bytes {self.psram_bytes} must be >= 0")
 
 
 def training_budget_bytes(profile: DeviceProfile) -> int:
-    """SRAM left for training once the runtime has taken its reserve."""
-    return profile.sram_bytes - profile.runtime_reserve_bytes
+    """SRAM left for training once the runtime has taken its reserve, in one contiguous block."""
+    budget = profile.sram_bytes - profile.runtime_reserve_bytes
+    if profile.largest_block_bytes is not None:
+        budget = min(budget, profile.largest_block_bytes)
+    return budget
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
