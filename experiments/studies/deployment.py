@@ -58,7 +58,7 @@ from fedhar.deploy.smoothing import (
 )
 from fedhar.deploy.streaming import batch_logits, front_end_geometry, stream_logits
 from fedhar.deploy.streams import Stream, cut_windows, infer_stride, record_stream, streams_of
-from fedhar.device.costs import inference_seconds
+from fedhar.device.costs import compute_seconds
 from fedhar.device.profiles import (
     DeviceProfile,
     client_seed,
@@ -194,7 +194,7 @@ def device_row(
     float_f1, _ = _scores(labels, float_probs.argmax(axis=1), num_classes)
     cloud_f1, _ = _scores(labels, run.pooled("cloud").argmax(axis=1), num_classes)
     streaming, batch = (counts.scaled(1 / run.windows) for counts in (run.streaming, run.batch))
-    latency = inference_seconds(profile, streaming)
+    latency = compute_seconds(profile, streaming)
     memory = inference_memory(device, channels, window_length)
     return {
         "device": profile.name, "kind": profile.kind, "windows": run.windows,
@@ -208,7 +208,7 @@ def device_row(
         "macs_batch": batch.macs, "macs_streaming": streaming.macs,
         "non_mac_ops_streaming": streaming.compares + streaming.elementwise
         + streaming.nonlinear + streaming.requantize,
-        "latency_ms_batch": 1e3 * inference_seconds(profile, batch),
+        "latency_ms_batch": 1e3 * compute_seconds(profile, batch),
         "latency_ms_streaming": 1e3 * latency,
         "compute_energy_j_per_hour": latency * profile.active_power_w * windows_per_hour,
         "ram_peak_bytes": memory.peak_bytes, "ram_budget_bytes": training_budget_bytes(profile),

@@ -26,13 +26,13 @@ from experiments.compose import client_settings, federation_spec, load_config
 from experiments.run import run_experiment
 from experiments.sinks import PER_USER_FILE, read_metrics
 from experiments.studies.fleet_plots import plot_fleet_study
-from fedhar.device.costs import simulate_client_cost
+from fedhar.device.costs import simulate_client_cost, training_ops
 from fedhar.device.local_update import QuantSettings, plan_on_device
-from fedhar.device.planner import PlanDeclined
+from fedhar.device.planner import PlanDeclined, trainable_names
 from fedhar.device.profiles import DeviceProfile, training_budget_bytes
 from fedhar.device.sensors import SensorVariability
 from fedhar.federation import load_federation
-from fedhar.models import ModelShape, build_model, count_macs
+from fedhar.models import ModelShape, build_model
 
 SWITCHES = tuple(f.name for f in dataclasses.fields(SensorVariability) if f.type in (bool, "bool"))
 DECLINE_PREFIX = "no-plan:"  # how clients/app.py prefixes a decline for lack of SRAM
@@ -109,11 +109,7 @@ def device_plans(cfg: DictConfig) -> list[dict[str, Any]]:
     shape = ModelShape(
         cfg.model.name, federation.in_channels, federation.num_classes, federation.window_length
     )
-    macs = count_macs(
-        build_model(shape.name, shape.in_channels, shape.num_classes, cfg.model.width),
-        shape.in_channels,
-        shape.window_length,
-    )
+    model = build_model(shape.name, shape.in_channels, shape.num_classes, cfg.model.width)
     windows = {u: len(federation.client(i).train) for i, u in enumerate(federation.clients)}
     users: dict[str, list[str]] = {}
     profiles: dict[str, DeviceProfile] = {}
@@ -124,15 +120,17 @@ def device_plans(cfg: DictConfig) -> list[dict[str, Any]]:
     rows = []
     for name, profile in sorted(profiles.items()):
         slowest = max(windows[u] for u in users[name])
-        compute_s: float | None = simulate_client_cost(
-            profile, macs, slowest, cfg.train.epochs, 0, 0
-        ).compute_s
+        compute_s: float | None = None  # a declining device never trains
         try:
             plan = plan_on_device(profile, shape, float(cfg.model.width), quant)
             what = f"{plan.mode}{plan.last_k or ''} b{plan.batch_size}"
+            ops = training_ops(model, shape.in_channels, shape.window_length,
+                               trainable_names(model, plan))  # fmt: skip
+            compute_s = simulate_client_cost(
+                profile, ops, slowest, cfg.train.epochs, 0, 0
+            ).compute_s
         except PlanDeclined as declined:
             what = f"declines ({math.ceil(declined.smallest_bytes / 1024)} KiB needed)"
-            compute_s = None  # a declining device never trains
         rows.append(
             {
                 "device": name,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+from torch import nn
 
 from fedhar.device.profiles import DeviceProfile
-from fedhar.models.ops import OpCounts
+from fedhar.models.ops import OpCounts, layer_ops, leaf_layers
 
-BACKWARD_FACTOR = 3  # forward + backward costs about three forward passes (two for gradients)
 # Cycles per non-MAC operation on a microcontroller core. Assumed, not measured: a compare or an
 # add is one instruction; requantizing an int32 accumulator to int8 is a fixed-point multiply,
 # shift, add and clamp; sigmoid and tanh are table look-ups with interpolation, as int8 kernel
@@ -32,9 +33,61 @@ class ClientCost:
         object.__setattr__(self, "total_s", self.download_s + self.compute_s + self.upload_s)
 
 
+def _lstm_recurrent_macs(module: nn.LSTM, x: torch.Tensor) -> int:
+    """MACs of the hidden-to-hidden products of one LSTM call, which BPTT repeats."""
+    directions = 2 if module.bidirectional else 1
+    h = module.hidden_size
+    return x.shape[0] * x.shape[1] * directions * module.num_layers * 4 * h * h
+
+
+def training_ops(
+    model: nn.Module, in_channels: int, window_length: int, trainable: Collection[str] | None
+) -> OpCounts:
+    """Operations of one training step on one window: the forward pass, and the backward pass
+    that the trained parameters (``None``: all) need.
+
+    Walking the layers input to output, a layer back-propagates to its input (its MACs again,
+    and its element-wise work) only when a layer before it trains; it computes its weight
+    gradient (its MACs again) only when its weight trains. A trained LSTM also back-propagates
+    through time (its hidden-to-hidden MACs), with or without gradient for its input. Bias
+    gradients cost no MACs.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    calls: list[tuple[nn.Module, OpCounts, int]] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
+        recurrent = _lstm_recurrent_macs(module, inputs[0]) if isinstance(module, nn.LSTM) else 0
+        calls.append((module, layer_ops(module, inputs, output), recurrent))
+
+    handles = [m.register_forward_hook(hook) for m in leaf_layers(model)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, window_length))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    total, upstream = OpCounts(), False
+    for module, ops, recurrent in calls:
+        total.add(ops)
+        own = [f"{names[module]}.{n}" for n, _ in module.named_parameters(recurse=False)]
+        trained = [n for n in own if trainable is None or n in trainable]
+        weight = any(n.rsplit(".", 1)[-1].startswith("weight") for n in trained)
+        if upstream:  # the input gradient, and the element-wise backward on the way
+            total.add(OpCounts(ops.macs, ops.compares, ops.elementwise, ops.nonlinear))
+        elif trained and recurrent:
+            total.macs += recurrent
+        if weight:
+            total.macs += ops.macs
+        upstream = upstream or bool(trained)
+    return total
+
+
 def simulate_client_cost(
     profile: DeviceProfile,
-    macs_per_window: int,
+    ops_per_window: OpCounts,
     num_windows: int,
     epochs: int,
     upload_bytes: int,
@@ -42,24 +95,23 @@ def simulate_client_cost(
 ) -> ClientCost:
     """Time and energy of local training plus model transfer on `profile`.
 
-    compute_s = 3 * forward MACs * windows * epochs / (clock_hz * macs_per_cycle);
-    transfer seconds are exact bytes * 8 / radio bandwidth;
+    compute_s = `compute_seconds` of one window's training step (`training_ops`) * windows *
+    epochs; transfer seconds are exact bytes * 8 / radio bandwidth;
     energy = active_power_w * compute_s + radio_power_w * transfer seconds
     (the radio and the CPU are not busy at the same time).
     """
-    if min(macs_per_window, num_windows, epochs, upload_bytes, download_bytes) < 0:
-        raise ValueError("MACs, windows, epochs and byte counts must be non-negative")
-    macs = BACKWARD_FACTOR * macs_per_window * num_windows * epochs
-    compute_s = macs / (profile.clock_hz * profile.macs_per_cycle)
+    if min(num_windows, epochs, upload_bytes, download_bytes) < 0:
+        raise ValueError("windows, epochs and byte counts must be non-negative")
+    compute_s = compute_seconds(profile, ops_per_window) * num_windows * epochs
     upload_s = upload_bytes * 8 / profile.radio_bandwidth_bps
     download_s = download_bytes * 8 / profile.radio_bandwidth_bps
     energy_j = profile.active_power_w * compute_s + profile.radio_power_w * (upload_s + download_s)
     return ClientCost(compute_s, upload_s, download_s, energy_j)
 
 
-def inference_seconds(profile: DeviceProfile, ops: OpCounts) -> float:
-    """Time of one forward pass on `profile`: MACs at its MAC rate plus the non-MAC operations
-    at `CYCLES_PER_OP`, over its clock."""
+def compute_seconds(profile: DeviceProfile, ops: OpCounts) -> float:
+    """Time of `ops` on `profile`: MACs at its MAC rate plus the non-MAC operations at
+    `CYCLES_PER_OP`, over its clock."""
     cycles = ops.macs / profile.macs_per_cycle
     cycles += sum(getattr(ops, kind) * per_op for kind, per_op in CYCLES_PER_OP.items())
     return cycles / profile.clock_hz

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fedhar.data.dataset import WindowDataset
-from fedhar.device.costs import simulate_client_cost
+from fedhar.device.costs import simulate_client_cost, training_ops
 from fedhar.device.memory import BitWidths
 from fedhar.device.planner import (
     PlanDeclined,
@@ -32,7 +32,7 @@ from fedhar.device.planner import (
 from fedhar.device.profiles import DeviceProfile, client_seed, training_budget_bytes
 from fedhar.device.sensors import SensorVariability, apply_sensor_model, draw_sensor_instance
 from fedhar.federation import ClientData
-from fedhar.models import ModelShape, count_macs
+from fedhar.models import ModelShape
 from fedhar.partial.widths import WIDTH_LEVELS
 from fedhar.quant.qat import QuantConfig, calibrate, prepare_qat, scale_gradients
 from fedhar.seeding import derive_seed
@@ -176,9 +176,9 @@ def prepare_local_update(
     # Linear scaling rule: a device that can only afford smaller batches takes smaller
     # steps, so that its many steps do not outweigh the clients training at full batch.
     lr = config.lr * batch_size / config.batch_size
-    macs = count_macs(model, shape.in_channels, shape.window_length)
-    compute_s = simulate_client_cost(device, macs, len(train_x), config.epochs, 0, 0).compute_s
     trainable = tuple(trainable_names(model, plan))
+    ops = training_ops(model, shape.in_channels, shape.window_length, trainable)
+    compute_s = simulate_client_cost(device, ops, len(train_x), config.epochs, 0, 0).compute_s
     planned = replace(config, batch_size=batch_size, lr=lr)
     return LocalUpdate(model, planned, trainable, step_hook, compute_s)
 

@@ -5,16 +5,22 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from fedhar.device.costs import (
     ClientCost,
-    inference_seconds,
+    compute_seconds,
     is_available,
     simulate_client_cost,
     straggles,
     summarize_round,
+    training_ops,
 )
+from fedhar.device.planner import TrainingPlan, trainable_names
 from fedhar.device.profiles import DeviceProfile, SensorSpec
+from fedhar.models import build_model
 from fedhar.models.ops import OpCounts
 
 SENSOR = SensorSpec(imu="BMI270", accel_range_g=4.0, gyro_range_dps=2000.0, adc_bits=16, rate_hz=50)
@@ -37,26 +43,112 @@ BOARD = DeviceProfile(
 )
 
 
-def test_cost_formulas_on_hand_computed_numbers():
-    cost = simulate_client_cost(
-        BOARD,
-        macs_per_window=200_000,
-        num_windows=100,
-        epochs=2,
-        upload_bytes=25_000,
-        download_bytes=50_000,
+def _measured_macs(model: nn.Module, trainable: list[str], length: int = 64) -> int:
+    """MACs of one real training step, counted by torch's FLOP counter (2 FLOPs per MAC)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 6, length)).sum().backward()
+    return counter.get_total_flops() // 2
+
+
+def _conv_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv1d(6, 8, 5, padding=2), nn.BatchNorm1d(8), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(8, 8, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(256, 5),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "trainable",
+    [
+        ["0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "7.weight", "7.bias"],  # full
+        ["7.weight", "7.bias"],  # the head alone: no gradient flows into the body
+        ["4.weight", "7.weight", "7.bias"],  # the last two layers
+        ["0.bias", "1.bias", "7.weight", "7.bias"],  # biases: gradient flows, no conv dW
+    ],
+)
+def test_training_macs_per_plan_equal_torchs_flop_count(trainable) -> None:
+    model = _conv_net()
+    assert training_ops(model, 6, 64, trainable).macs == _measured_macs(model, trainable)
+
+
+@pytest.mark.parametrize("plan", [("last_k", 1), ("last_k", 2), ("bias_only", 0)])
+def test_training_macs_of_dscnn_plans_equal_torchs_flop_count(plan) -> None:
+    # (the FLOP counter counts a depthwise conv's weight gradient as a dense conv's, so the
+    # full plan, which trains depthwise weights, is checked on the plain conv net above)
+    model = build_model("dscnn", 6, 7).train()
+    trainable = trainable_names(model, TrainingPlan(plan[0], plan[1], 1, 1.0, 0))
+    assert training_ops(model, 6, 64, trainable).macs == _measured_macs(model, trainable)
+
+
+class UnrolledLSTM(nn.Module):
+    """A one-layer LSTM written as matrix products, which the FLOP counter sees."""
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        super().__init__()
+        self.lstm = lstm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F) -> (B, H)
+        w_ih, w_hh = self.lstm.weight_ih_l0, self.lstm.weight_hh_l0
+        h = c = x.new_zeros(x.shape[0], self.lstm.hidden_size)
+        for t in range(x.shape[1]):
+            i, f, g, o = (x[:, t] @ w_ih.T + h @ w_hh.T).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return h
+
+
+@pytest.mark.parametrize("input_needs_grad", [False, True])
+def test_lstm_backward_through_time_matches_an_unrolled_reference(input_needs_grad) -> None:
+    lstm = nn.LSTM(6, 8, batch_first=True, bias=False)
+    model = _TimeMajor(nn.Sequential(nn.Linear(6, 6), lstm) if input_needs_grad else lstm)
+    trainable = [n for n, _ in model.named_parameters()]
+    reference = UnrolledLSTM(lstm)
+    x = torch.randn(1, 20, 6, requires_grad=input_needs_grad)
+    with FlopCounterMode(display=False) as counter:
+        reference(x).sum().backward()
+    measured = counter.get_total_flops() // 2
+    counted = training_ops(model, 6, 20, trainable).macs
+    if input_needs_grad:  # the reference's input stands for a trained Linear in front
+        counted -= 2 * 6 * 6 * 20  # that Linear's forward and weight gradient
+    # the unrolled step at t = 0 needs no gradient for its zero initial state
+    assert measured <= counted <= measured + 4 * 8 * 8
+
+
+class _TimeMajor(nn.Module):
+    """Feeds ``(B, C, T)`` windows to a batch-first recurrent stack as ``(B, T, C)``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.transpose(1, 2))
+
+
+def test_round_cost_scales_with_windows_epochs_and_bandwidth():
+    ops = training_ops(build_model("microbi_convlstm", 6, 7), 6, 64, None)
+    base = simulate_client_cost(BOARD, ops, 100, 1, 10_000, 20_000)
+    assert simulate_client_cost(BOARD, ops, 200, 1, 0, 0).compute_s == pytest.approx(
+        2 * base.compute_s
     )
-    # 3 * 200k * 100 * 2 = 120e6 MACs at 64e6 * 0.5 = 32e6 MAC/s -> 3.75 s
-    assert cost.compute_s == pytest.approx(3.75)
-    assert cost.upload_s == pytest.approx(25_000 * 8 / 250_000)  # 0.8 s
-    assert cost.download_s == pytest.approx(1.6)
-    assert cost.total_s == pytest.approx(3.75 + 0.8 + 1.6)
-    assert cost.energy_j == pytest.approx(0.01 * 3.75 + 0.02 * 2.4)
+    assert simulate_client_cost(BOARD, ops, 100, 3, 0, 0).compute_s == pytest.approx(
+        3 * base.compute_s
+    )
+    fast = dataclasses.replace(BOARD, radio_bandwidth_bps=2 * BOARD.radio_bandwidth_bps)
+    assert simulate_client_cost(fast, ops, 100, 1, 10_000, 20_000).upload_s == pytest.approx(
+        base.upload_s / 2
+    )
+    assert base.total_s == pytest.approx(base.compute_s + base.upload_s + base.download_s)
+    # a head-only plan costs a fraction of training everything
+    head = training_ops(build_model("microbi_convlstm", 6, 7), 6, 64, ["head.weight", "head.bias"])
+    assert compute_seconds(BOARD, head) < 0.5 * compute_seconds(BOARD, ops)
 
 
 def test_negative_counts_are_rejected():
     with pytest.raises(ValueError, match="non-negative"):
-        simulate_client_cost(BOARD, -1, 1, 1, 0, 0)
+        simulate_client_cost(BOARD, OpCounts(), -1, 1, 0, 0)
 
 
 def test_availability_is_deterministic_and_follows_the_probability():
@@ -99,11 +191,11 @@ def test_stragglers_and_round_summary():
 def test_inference_time_adds_non_mac_cycles_and_scales_with_the_clock():
     macs_only = OpCounts(macs=1_000_000)
     with_lstm = OpCounts(macs=1_000_000, nonlinear=10_000, requantize=5_000)
-    base = inference_seconds(BOARD, macs_only)
+    base = compute_seconds(BOARD, macs_only)
     assert base == pytest.approx(1_000_000 / 0.5 / 64e6)
-    extra = inference_seconds(BOARD, with_lstm) - base
+    extra = compute_seconds(BOARD, with_lstm) - base
     assert extra == pytest.approx((10_000 * 20 + 5_000 * 4) / 64e6)
     faster = dataclasses.replace(BOARD, clock_hz=128e6)
-    assert inference_seconds(faster, with_lstm) == pytest.approx(
-        inference_seconds(BOARD, with_lstm) / 2
+    assert compute_seconds(faster, with_lstm) == pytest.approx(
+        compute_seconds(BOARD, with_lstm) / 2
     )
