@@ -1,18 +1,27 @@
-"""Memory benchmark: estimated vs measured training-step bytes per model, batch and plan.
+"""Memory benchmark: both memory models against their measurements, per model, plan and batch.
 
-Run: ``python -m experiments.bench.memory [--length 128]``. The comparable bytes are weights,
-gradients, optimizer state and tensors saved for backward (fp32, SGD momentum); the table also
-shows the estimate's full peak, which adds working buffers and the input batch.
+Run: ``python -m experiments.bench.memory [--length 128]``. Two tables:
+
+- ``device`` (what the planner budgets): activations saved for backward by the device model
+  (``fedhar.device.engine_memory``) against a reference step that really stores them at the
+  activation bits (``fedhar.device.reference_step``, counted with ``saved_tensors_hooks``), with
+  the relative error of the reference step's gradients against the float step;
+- ``torch-cpu``: the PyTorch-on-this-host estimate (``fedhar.device.memory``) against PyTorch's
+  own saved tensors of a real fp32 step (weights, gradients, optimizer state included).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
+from torch.nn import functional as F
 
-from fedhar.device.memory import estimate_training_memory, measure_training_memory
+from fedhar.device.engine_memory import estimate_device_memory
+from fedhar.device.memory import BitWidths, estimate_training_memory, measure_training_memory
 from fedhar.device.planner import TrainingPlan, trainable_names
+from fedhar.device.reference_step import measure_device_step
 from fedhar.models import MODEL_NAMES, build_model
 
 PLANS = {
@@ -20,6 +29,46 @@ PLANS = {
     "last-layer": TrainingPlan("last_k", 1, 1, 1.0, peak_bytes=0),
     "bias-only": TrainingPlan("bias_only", 0, 1, 1.0, peak_bytes=0),
 }
+
+
+def float_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    trainable: list[str]) -> dict[str, torch.Tensor]:  # fmt: skip
+    model = copy.deepcopy(model).train()
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    F.cross_entropy(model(x), y).backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def device_table(args: argparse.Namespace) -> None:
+    shape = (args.channels, args.length)
+    print("device model: saved activations, estimate vs reference step; gradient error vs fp32\n")
+    print("| model | plan | batch | bits | estimated KiB | reference KiB | rel. error | "
+          "grad error | est. peak KiB |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in MODEL_NAMES:
+        model = build_model(name, args.channels, args.classes)
+        for label, plan in PLANS.items():
+            trainable = trainable_names(model, plan)
+            for batch in args.batch_sizes:
+                gen = torch.Generator().manual_seed(0)
+                x = torch.randn(batch, *shape, generator=gen)
+                y = torch.randint(0, args.classes, (batch,), generator=gen)
+                torch.manual_seed(1)
+                reference = float_gradients(model, x, y, trainable)
+                for bits in (8, 4):
+                    torch.manual_seed(1)
+                    saved, grads = measure_device_step(model, x, y, trainable, bits)
+                    est = estimate_device_memory(model, batch, shape, trainable,
+                                                 BitWidths(bits, bits, bits, bits))  # fmt: skip
+                    diff = torch.cat([(grads[n] - reference[n]).flatten() for n in reference])
+                    scale = torch.cat([g.flatten() for g in reference.values()]).norm()
+                    print(
+                        f"| {name} | {label} | {batch} | {bits} | "
+                        f"{est.saved_activation_bytes / 1024:,.1f} | {saved / 1024:,.1f} | "
+                        f"{est.saved_activation_bytes / saved - 1:+.1%} | "
+                        f"{float(diff.norm() / scale):.2%} | {est.peak_bytes / 1024:,.1f} |"
+                    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,8 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    device_table(args)
     shape = (args.channels, args.length)
-    print(f"fp32, SGD momentum, windows of {args.channels}x{args.length}; KiB = 1024 bytes\n")
+    window = f"{args.channels}x{args.length}"
+    print(f"\ntorch-cpu model: fp32, SGD momentum, windows of {window}; KiB = 1024 bytes\n")
     print("| model | plan | batch | estimated KiB | measured KiB | rel. error | est. peak KiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name in MODEL_NAMES:

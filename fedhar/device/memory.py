@@ -174,7 +174,7 @@ def check_trainable(model: nn.Module, trainable: Collection[str]) -> None:
         )
 
 
-def _static_bytes(
+def static_bytes(
     model: nn.Module, trainable: Collection[str], bits: BitWidths, optimizer_states: int
 ) -> tuple[int, int, int]:
     """Weight (parameters and buffers), gradient and optimizer-state bytes."""
@@ -256,7 +256,7 @@ def estimate_training_memory(
         if isinstance(module, nn.LSTM):
             extra_bytes += _lstm_saved(module, B, call.in_shape, act)
     saved.pop(input_key, None)  # the input batch is its own term
-    weights, grads, states = _static_bytes(model, trainable, bits, optimizer_states)
+    weights, grads, states = static_bytes(model, trainable, bits, optimizer_states)
     working = max(math.prod(c.in_shape) + math.prod(c.out_shape) for c in calls) * B
     return MemoryEstimate(
         weight_bytes=weights,

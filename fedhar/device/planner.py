@@ -6,9 +6,9 @@ Candidate order, most capable first, and the first candidate that fits wins:
 2. then the training mode: ``full`` > ``last_k`` for k = n-1 down to 2 > ``bias_only`` >
    ``last_k`` with k = 1. A layer group is one parameterised layer with its BatchNorm;
    ``bias_only`` trains every bias plus the classifier head (TinyTL's bias update), so it is a
-   superset of head-only training (``last_k`` k = 1) and ranks just above it. With PyTorch's
-   saved tensors it also needs more memory than head-only training, which is why it is not
-   ranked last (it would then never be chosen);
+   superset of head-only training (``last_k`` k = 1) and ranks just above it. It also needs
+   more memory than head-only training (gradient flows through every layer), which is why it
+   is not ranked last (it would then never be chosen);
 3. then the largest batch size.
 
 The order is fixed, so a bigger budget never yields a less capable plan, and equal inputs give
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from fedhar.device.engine_memory import estimate_device_memory
 from fedhar.device.memory import (
     FP32,
     BitWidths,
@@ -35,6 +36,9 @@ from fedhar.partial.widths import WIDTH_LEVELS
 
 MODES = ("full", "last_k", "bias_only")
 BATCH_SIZES = (32, 16, 8, 4, 2, 1)
+# How the planner counts a step's SRAM: what an on-device training engine stores (the default,
+# validated by fedhar.device.reference_step), or what PyTorch on this host saves.
+MEMORY_MODELS = {"device": estimate_device_memory, "torch-cpu": estimate_training_memory}
 
 
 @dataclass(frozen=True)
@@ -117,15 +121,21 @@ def candidate_plans(
     widths: Sequence[float] = WIDTH_LEVELS,
     batch_sizes: Sequence[int] = BATCH_SIZES,
     optimizer_states: int = 1,
+    memory_model: str = "device",
 ) -> Iterator[TrainingPlan]:
     """Every plan with its estimated peak, most capable first (see the module docstring)."""
+    if memory_model not in MEMORY_MODELS:
+        raise ValueError(
+            f"unknown memory model {memory_model!r}; use one of {sorted(MEMORY_MODELS)}"
+        )
+    estimate_memory = MEMORY_MODELS[memory_model]
     for width in sorted(set(widths), reverse=True):
         model = shape.build(width)
         calls = trace_layers(model, (shape.in_channels, shape.window_length))
         for mode, k in _mode_order(len(layer_groups(model))):
             for batch in sorted(set(batch_sizes), reverse=True):
                 plan = TrainingPlan(mode, k, batch, width, peak_bytes=0)
-                estimate = estimate_training_memory(
+                estimate = estimate_memory(
                     model,
                     batch,
                     (shape.in_channels, shape.window_length),
@@ -143,9 +153,10 @@ def smallest_budget(
     widths: Sequence[float] = WIDTH_LEVELS,
     batch_sizes: Sequence[int] = BATCH_SIZES,
     optimizer_states: int = 1,
+    memory_model: str = "device",
 ) -> int:
     """The least SRAM (bytes) any plan needs; arguments as for ``plan_training``."""
-    plans = candidate_plans(shape, bits, widths, batch_sizes, optimizer_states)
+    plans = candidate_plans(shape, bits, widths, batch_sizes, optimizer_states, memory_model)
     return min(plan.peak_bytes for plan in plans)
 
 
@@ -157,6 +168,7 @@ def plan_training(
     batch_sizes: Sequence[int] = BATCH_SIZES,
     optimizer_states: int = 1,
     flash_budget_bytes: int | None = None,
+    memory_model: str = "device",
 ) -> TrainingPlan:
     """The most capable plan whose peak SRAM fits ``budget_bytes`` and weights fit the flash.
 
@@ -174,6 +186,9 @@ def plan_training(
         State tensors per parameter: 0 plain SGD, 1 SGD momentum, 2 Adam.
     flash_budget_bytes : int, optional
         Flash that holds the weights; None skips the flash check.
+    memory_model : str
+        ``"device"`` (what an on-device training engine stores, ``fedhar.device.engine_memory``)
+        or ``"torch-cpu"`` (what PyTorch on this host saves, ``fedhar.device.memory``).
 
     Raises
     ------
@@ -185,7 +200,8 @@ def plan_training(
         raise ValueError("widths and batch_sizes must each list at least one value")
 
     def plans_at(candidate_widths: Sequence[float]) -> Iterator[TrainingPlan]:
-        return candidate_plans(shape, bits, candidate_widths, batch_sizes, optimizer_states)
+        return candidate_plans(shape, bits, candidate_widths, batch_sizes, optimizer_states,
+                               memory_model)  # fmt: skip
 
     flash_need = {width: flash_bytes(shape.build(width), bits.weights) for width in widths}
     flash = flash_budget_bytes

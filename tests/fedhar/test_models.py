@@ -139,4 +139,3 @@ def test_counted_operations_agree_with_count_macs_and_layer_outputs(name: str) -
     assert pools >= 0 and (pools > 0) == any(isinstance(m, nn.MaxPool1d) for m in model.modules())
     assert (counts.nonlinear > 0) == any(isinstance(m, nn.LSTM) for m in model.modules())
     assert counts.requantize == 0  # a float model requantizes nothing
-

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from fedhar.device.memory import BitWidths, estimate_training_memory, flash_bytes
+from fedhar.device.memory import BitWidths, flash_bytes
 from fedhar.device.planner import (
     PlanDeclined,
     TrainingPlan,
@@ -15,6 +16,7 @@ from fedhar.device.planner import (
     smallest_budget,
     trainable_names,
 )
+from fedhar.device.reference_step import measure_device_step
 from fedhar.models import ModelShape, build_model
 
 ARGS = (ModelShape("microbi_convlstm", 6, 6, 64),)
@@ -43,14 +45,22 @@ def test_bigger_budget_never_gives_a_less_capable_plan() -> None:
     assert ranks[0] > ranks[-1]
 
 
-def test_chosen_plan_fits_and_matches_the_memory_model() -> None:
-    plan = plan_training(*ARGS, 300_000, **SMALL)
-    assert plan.peak_bytes <= 300_000
+@pytest.mark.parametrize("budget", [60_000, 120_000, 300_000])
+def test_chosen_plan_stores_what_it_budgeted_when_it_really_trains(budget: int) -> None:
+    int8 = BitWidths(weights=8, activations=8)
+    plan = plan_training(*ARGS, budget, int8, **SMALL)
+    assert plan.peak_bytes <= budget
     model = build_model("microbi_convlstm", 6, 6, plan.width)
-    estimate = estimate_training_memory(
-        model, plan.batch_size, (6, 64), trainable_names(model, plan)
-    )
-    assert estimate.peak_bytes == plan.peak_bytes
+    trainable = trainable_names(model, plan)
+    batch = torch.randn(plan.batch_size, 6, 64)
+    saved, grads = measure_device_step(model, batch, torch.zeros(plan.batch_size).long(),
+                                       trainable, activation_bits=8)  # fmt: skip
+    assert sorted(grads) == sorted(trainable)  # the plan's parameters, and only those, learn
+    others = plan.peak_bytes - saved  # weights, gradients, optimizer state, buffers, the input
+    weights = sum(p.numel() for p in model.parameters())  # int8, at least one byte each
+    assert weights <= others <= plan.peak_bytes
+    bigger = plan_training(*ARGS, 2 * budget, int8, **SMALL)
+    assert _rank(bigger) <= _rank(plan)
 
 
 def test_decline_names_the_smallest_sram() -> None:
