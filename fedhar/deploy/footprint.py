@@ -86,12 +86,16 @@ class InferenceMemory:
 
     input_bytes: int  # the current window of raw samples
     feature_bytes: int  # the window's feature frames, kept from hop to hop when streaming
-    working_bytes: int  # the largest layer's input, output and scratch on one window
+    front_working_bytes: int  # the largest front-end layer's input and output
+    temporal_working_bytes: int  # the largest temporal layer's input (the features), output
+    # and scratch
 
     @property
     def peak_bytes(self) -> int:
-        """All three at once."""
-        return self.input_bytes + self.feature_bytes + self.working_bytes
+        """The raw window, plus the front end at work beside the kept features, or the temporal
+        stage at work on them (whichever is larger)."""
+        front = self.feature_bytes + self.front_working_bytes
+        return self.input_bytes + max(front, self.temporal_working_bytes)
 
 
 def _layer_bytes(layer: nn.Module, x: torch.Tensor, y: object, element: int) -> int:
@@ -109,11 +113,12 @@ def _layer_bytes(layer: nn.Module, x: torch.Tensor, y: object, element: int) -> 
 def inference_memory(model: DeployedModel, channels: int, window_length: int) -> InferenceMemory:
     """Buffers of streaming inference with `model` on windows of ``(channels, window_length)``."""
     element = 4 if model.bits >= FLOAT_BITS else max(1, model.bits // 8)
-    largest = 0
+    front_layers = {id(layer) for layer in model.layers()}
+    largest = {True: 0, False: 0}  # front end, temporal stage
 
     def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
-        nonlocal largest
-        largest = max(largest, _layer_bytes(layer, inputs[0], output, element))
+        front = id(layer) in front_layers
+        largest[front] = max(largest[front], _layer_bytes(layer, inputs[0], output, element))
 
     handles = [m.register_forward_hook(hook) for m in leaf_layers(model.module)]
     try:
@@ -125,5 +130,6 @@ def inference_memory(model: DeployedModel, channels: int, window_length: int) ->
     return InferenceMemory(
         input_bytes=channels * window_length * SAMPLE_BYTES,
         feature_bytes=features.numel() * element,
-        working_bytes=largest,
+        front_working_bytes=largest[True],
+        temporal_working_bytes=largest[False],
     )

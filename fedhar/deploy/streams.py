@@ -33,12 +33,20 @@ class Stream:
         return self.x.shape[1] / self.rate_hz
 
 
+# Samples the sensor model records at once (~5 s at 50 Hz). The sensor model is built for
+# windows: over a longer piece a slow clock (1% sd) samples past the piece's end by more than
+# its interpolation kernel reaches.
+RECORDING_CHUNK = 256
+
+
 def infer_stride(windows: WindowDataset) -> int:
-    """The most common gap, in samples, between consecutive window starts of a user."""
+    """The most common gap, in samples, between consecutive window starts of one user's device."""
     gaps = []
     for user in windows.users:
-        starts = np.sort(windows.start_time_s[windows.user == user])
-        gaps.append(np.round(np.diff(starts) * windows.sampling_rate_hz).astype(np.int64))
+        for device in sorted(set(windows.device[windows.user == user])):
+            mine = (windows.user == user) & (windows.device == device)
+            starts = np.sort(windows.start_time_s[mine])
+            gaps.append(np.round(np.diff(starts) * windows.sampling_rate_hz).astype(np.int64))
     positive = np.concatenate(gaps) if gaps else np.zeros(0, np.int64)
     positive = positive[positive > 0]
     if len(positive) == 0:
@@ -103,17 +111,22 @@ def record_stream(
     variability: SensorVariability,
     device_seed: int,
     call_seed: int,
-    chunk: int,
+    chunk: int = RECORDING_CHUNK,
 ) -> Stream:
     """The stream as `profile`'s sensor instance records it, in consecutive `chunk`-sample
-    pieces (the sensor model resamples each piece on its own; the device is the same one)."""
+    pieces: the device is the same one, but the sensor model restarts its clock, its jitter and
+    its resampling at each piece, so a window across a seam sees a small discontinuity."""
     instance = draw_sensor_instance(profile, device_seed)
-    length = stream.x.shape[1]
-    whole = length // chunk * chunk
-    pieces = stream.x[:, :whole].reshape(stream.x.shape[0], -1, chunk).transpose(1, 0, 2)
-    parts = [apply_sensor_model(pieces, stream.rate_hz, instance, variability, call_seed)]
-    if whole < length:
-        rest = stream.x[None, :, whole:]
-        parts.append(apply_sensor_model(rest, stream.rate_hz, instance, variability, call_seed + 1))
-    x = np.concatenate([p.transpose(1, 0, 2).reshape(stream.x.shape[0], -1) for p in parts], 1)
+    channels, length = stream.x.shape
+    full = max(length // chunk - 1, 0)  # pieces of `chunk`; the last piece takes the rest
+    pieces = stream.x[:, : full * chunk].reshape(channels, full, chunk).transpose(1, 0, 2)
+    parts = []
+    if full:
+        parts.append(apply_sensor_model(pieces, stream.rate_hz, instance, variability, call_seed))
+    rest = stream.x[None, :, full * chunk :]  # (1, C, chunk..2 chunk - 1), or the whole stream
+    parts.append(apply_sensor_model(rest, stream.rate_hz, instance, variability, call_seed + 1))
+    x = np.concatenate([p.transpose(1, 0, 2).reshape(channels, -1) for p in parts], axis=1)
+    if not np.isfinite(x).all():
+        raise ValueError(f"the sensor model of {profile.name} produced non-finite samples over "
+                         f"pieces of {chunk} samples; record in shorter pieces")  # fmt: skip
     return replace(stream, device=profile.name, x=x.astype(np.float32))

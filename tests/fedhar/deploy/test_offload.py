@@ -32,7 +32,7 @@ def test_threshold_zero_sends_nothing_and_one_sends_everything() -> None:
     assert curve[0].offload_rate == 0.0 and curve[0].uplink_bytes_per_hour == 0.0
     assert curve[-1].offload_rate == 1.0
     assert curve[-1].uplink_bytes_per_hour == pytest.approx(7200 * 1216)
-    assert curve[-1].radio_energy_j_per_hour == pytest.approx(7200 * 1216 * 8 / 2.5e5 * 0.02)
+    assert curve[-1].radio_energy_j_per_hour == pytest.approx(5.603328)  # 280.2 s at 20 mW
     k = device.shape[1]
     device_only = accuracy(confusion_matrix(labels, device.argmax(1), k))
     cloud_only = accuracy(confusion_matrix(labels, cloud.argmax(1), k))

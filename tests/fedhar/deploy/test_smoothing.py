@@ -75,3 +75,8 @@ def test_spurious_transitions_leave_out_real_changes() -> None:
     assert spurious_transitions(np.array([0, 1, 1, 1]), truth, tolerance=0) == 1
     blip = np.array([1, 0, 0, 0, 0, 0, 0, 0, 2, 0])
     assert spurious_transitions(blip, np.zeros(10, np.int64)) == 3
+    long_truth = np.array([0] * 8 + [1] * 8)
+    late = np.array([0] * 10 + [1] * 6)  # a 5-window vote: the change two windows late
+    assert spurious_transitions(late, long_truth) == 0
+    flicker = np.array([0] * 7 + [1, 0, 1] + [1] * 6)  # three flips around one real change
+    assert spurious_transitions(flicker, long_truth) == 2
