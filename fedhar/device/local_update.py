@@ -94,8 +94,8 @@ def plan_on_device(
 def max_width(profile: DeviceProfile, model: ModelShape, settings: QuantSettings) -> float:
     """The widest level at which the device can update every parameter of the sub-model.
 
-    Falls back to the widest level with any plan (last-k, bias-only), and 0.0 when not even
-    the narrowest model fits.
+    When no width trains fully, the level whose plan (last-k, bias-only) trains the most
+    parameters (the wider on a tie); 0.0 when not even the narrowest model fits.
     """
     fits: list[tuple[float, TrainingPlan]] = []
     for width in WIDTH_LEVELS:
@@ -104,7 +104,16 @@ def max_width(profile: DeviceProfile, model: ModelShape, settings: QuantSettings
         except PlanDeclined:
             continue
     full = [width for width, plan in fits if plan.mode == "full"]
-    return max(full or [width for width, _ in fits] or [0.0])
+    if full or not fits:
+        return max(full or [0.0])
+    return max(fits, key=lambda fit: (trained_parameters(model, fit[1]), fit[0]))[0]
+
+
+def trained_parameters(model: ModelShape, plan: TrainingPlan) -> int:
+    """How many parameters ``plan`` updates."""
+    sub = model.build(plan.width)
+    names = set(trainable_names(sub, plan))
+    return sum(p.numel() for n, p in sub.named_parameters() if n in names)
 
 
 def record_with_device(

@@ -12,6 +12,7 @@ from fedhar.device.local_update import (
     plan_on_device,
     quant_config,
     storage_bits,
+    trained_parameters,
 )
 from fedhar.device.memory import FP32, BitWidths, flash_bytes
 from fedhar.device.planner import PlanDeclined, TrainingPlan, candidate_plans, smallest_budget
@@ -119,3 +120,18 @@ def test_weights_that_do_not_fit_the_flash_decline(nrf) -> None:
     assert plan_on_device(small, SHAPE, 1.0, INT8).width == 1.0
     with pytest.raises(PlanDeclined, match=f"{need_fp32} bytes of flash .* at 32 bits"):
         plan_on_device(small, SHAPE, 1.0, FP32_TRAINING)
+
+
+def test_without_any_full_plan_the_width_that_trains_the_most_parameters_wins(nrf) -> None:
+    bits = storage_bits(nrf, INT8)
+    narrowest = [p for p in candidate_plans(*_args(), bits, widths=(0.25,)) if p.mode == "full"]
+    device = with_budget(nrf, min(p.peak_bytes for p in narrowest) - 1)  # no width trains fully
+    trained = {}
+    for width in (1.0, 0.75, 0.5, 0.25):
+        try:
+            trained[width] = trained_parameters(SHAPE, plan_on_device(device, SHAPE, width, INT8))
+        except PlanDeclined:
+            continue
+    assert len(trained) >= 2 and len(set(trained.values())) >= 2
+    best = max(trained.values())
+    assert max_width(device, SHAPE, INT8) == max(w for w, n in trained.items() if n == best)
