@@ -34,8 +34,8 @@ class Stream:
 
 
 # Samples the sensor model records at once (~5 s at 50 Hz). The sensor model is built for
-# windows: over a longer piece a slow clock (1% sd) samples past the piece's end by more than
-# its interpolation kernel reaches.
+# windows: over a longer piece a slow clock (1% sd) samples further past the piece's end,
+# where it can only hold the last sample.
 RECORDING_CHUNK = 256
 
 
@@ -118,13 +118,14 @@ def record_stream(
     its resampling at each piece, so a window across a seam sees a small discontinuity."""
     instance = draw_sensor_instance(profile, device_seed)
     channels, length = stream.x.shape
-    full = max(length // chunk - 1, 0)  # pieces of `chunk`; the last piece takes the rest
-    pieces = stream.x[:, : full * chunk].reshape(channels, full, chunk).transpose(1, 0, 2)
+    whole = length // chunk * chunk
+    pieces = stream.x[:, :whole].reshape(channels, -1, chunk).transpose(1, 0, 2)
     parts = []
-    if full:
+    if whole:
         parts.append(apply_sensor_model(pieces, stream.rate_hz, instance, variability, call_seed))
-    rest = stream.x[None, :, full * chunk :]  # (1, C, chunk..2 chunk - 1), or the whole stream
-    parts.append(apply_sensor_model(rest, stream.rate_hz, instance, variability, call_seed + 1))
+    if whole < length:
+        rest = stream.x[None, :, whole:]  # (1, C, L - whole)
+        parts.append(apply_sensor_model(rest, stream.rate_hz, instance, variability, call_seed + 1))
     x = np.concatenate([p.transpose(1, 0, 2).reshape(channels, -1) for p in parts], axis=1)
     if not np.isfinite(x).all():
         raise ValueError(f"the sensor model of {profile.name} produced non-finite samples over "

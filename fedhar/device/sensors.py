@@ -151,7 +151,8 @@ def sinc_matrix(src_s: np.ndarray, dst_s: np.ndarray, cutoff_hz: float) -> np.nd
     """(len(dst), len(src)) windowed-sinc low-pass interpolation between two time grids.
 
     Blackman-windowed sinc with ten zero crossings a side; rows sum to one so that a
-    constant (gravity) passes unchanged, also where the kernel is cut at the window edges.
+    constant (gravity) passes unchanged, also where the kernel is cut at the window edges. A
+    destination instant out of the kernel's reach of every source takes the nearest source.
     """
     half_width = 10 / (2 * cutoff_hz)
     dt = dst_s[:, None] - src_s[None, :]  # (D, S)
@@ -160,6 +161,10 @@ def sinc_matrix(src_s: np.ndarray, dst_s: np.ndarray, cutoff_hz: float) -> np.nd
         0.42 + 0.5 * np.cos(np.pi * dt / half_width) + 0.08 * np.cos(2 * np.pi * dt / half_width)
     )
     kernel = np.where(inside, np.sinc(2 * cutoff_hz * dt) * window, 0.0)
+    # an instant beyond the reach of every source sample (a slow clock sampling past the end of
+    # a long recording) holds the nearest sample
+    empty = np.abs(kernel.sum(axis=1)) < 1e-12
+    kernel[empty, np.abs(dt[empty]).argmin(axis=1)] = 1.0
     return kernel / kernel.sum(axis=1, keepdims=True)
 
 

@@ -9,7 +9,6 @@ from fedhar.device.memory import (
     BitWidths,
     estimate_training_memory,
     flash_bytes,
-    lstm_workspace,
     measure_training_memory,
 )
 from fedhar.models import MODEL_NAMES, build_model, count_parameters
@@ -113,13 +112,6 @@ def test_bad_optimizer_states_is_rejected() -> None:
     model = build_model("dscnn", 9, 6)
     with pytest.raises(ValueError, match="Adam"):
         estimate_training_memory(model, 1, WINDOW, [], optimizer_states=3)
-
-
-def test_lstm_workspace_pages_and_padding() -> None:
-    assert lstm_workspace(1, 1, 1, 1) == 7 * 4096  # seven page-aligned sections
-    # gates 4H=256 pad to 272 floats; states ld 64; every section rounded up to a page
-    expected = (213 + 50 + 3 * 102 + 2 * 102) * 4096
-    assert lstm_workspace(16, 50, 32, 64) == expected
 
 
 def test_flash_bytes_scales_with_weight_bits() -> None:

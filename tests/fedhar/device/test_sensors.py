@@ -13,6 +13,7 @@ from fedhar.device.sensors import (
     VariabilityPriors,
     apply_sensor_model,
     draw_sensor_instance,
+    sinc_matrix,
 )
 from tests.conftest import CATALOGUE_YAML
 
@@ -192,3 +193,14 @@ def test_rejects_unexpected_channels(instance):
         run(np.zeros((1, 4, 8), np.float32), instance, SensorVariability())
     with pytest.raises(ValueError, match="missing_fill"):
         SensorVariability(missing_fill="interpolate")
+
+
+def test_an_instant_beyond_every_source_sample_holds_the_nearest_one():
+    src = np.arange(100) / 50.0  # two seconds at 50 Hz
+    dst = np.array([0.5, 1.0, 2.5, 3.0])  # the last two are past the kernel's reach
+    weights = sinc_matrix(src, dst, cutoff_hz=20.0)
+    assert np.isfinite(weights).all()
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    assert weights[2, -1] == 1.0 and weights[3, -1] == 1.0
+    signal = np.sin(2 * np.pi * src)
+    np.testing.assert_allclose(weights[:2] @ signal, np.sin(2 * np.pi * dst[:2]), atol=1e-2)
