@@ -3,8 +3,11 @@
 Deployment takes the federated float model, folds every BatchNorm into the convolution before
 it, quantizes weights per output channel and activations per tensor (ranges calibrated on
 windows the server holds), and runs the convolutional front end in integer arithmetic
-(``fedhar.quant.qat.integer_forward``); the temporal stage runs fake-quantized. The integer
-front end is exact, so features computed once on a stream equal the features of each window.
+(``fedhar.quant.qat.integer_forward``); the temporal stage runs fake-quantized. As an int8
+engine does, a ReLU after a convolution is fused into its output (the output grid starts at
+zero), and each tensor has one grid: a layer reads its input on the grid its producer wrote
+(pools keep the grid). The integer front end is exact, so features computed once on a stream
+equal the features of each window.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ from torch import Tensor, nn
 
 from fedhar.models.ops import OpCounts, counting, layer_ops, leaf_layers
 from fedhar.models.stages import front_end_layers, run_front_end
-from fedhar.quant.qat import QConv1d, QuantConfig, calibrate, integer_forward, prepare_qat
+from fedhar.quant.qat import (
+    ActivationObserver,
+    QConv1d,
+    QuantConfig,
+    calibrate,
+    integer_forward,
+    prepare_qat,
+    quantized_layers,
+)
 
 FLOAT_BITS = 32
 
@@ -75,7 +86,8 @@ class DeployedModel:
         front = {id(layer) for layer in self.layers()}
         temporal = [m for m in leaf_layers(self.module) if id(m) not in front]
         with counting(temporal, counts if counts is not None else OpCounts()):
-            return self.module.temporal(features)  # type: ignore[operator, no-any-return]
+            # one memory layout, so that reductions over time sum in one order
+            return self.module.temporal(features.contiguous())  # type: ignore[operator, no-any-return]
 
     def logits(self, x: np.ndarray, counts: OpCounts | None = None) -> np.ndarray:
         """Logits ``(N, K)`` of windows ``(N, C, T)``, each window on its own."""
@@ -98,4 +110,29 @@ def deploy_int8(model: nn.Module, calibration_x: np.ndarray, bits: int = 8) -> D
     quantized = prepare_qat(fold_batchnorm(model), QuantConfig(bits, bits, qas=False))
     batches = np.array_split(np.ascontiguousarray(calibration_x, dtype=np.float32), 8)
     calibrate(quantized, [torch.from_numpy(batch) for batch in batches if len(batch)])
+    share_grids(quantized)
     return DeployedModel(quantized.eval(), bits)
+
+
+@torch.no_grad()
+def share_grids(quantized: nn.Module) -> None:
+    """Fuse each front-end ReLU into the convolution before it and give every quantized layer
+    its producer's output grid as its input grid (the front end's last grid feeds the temporal
+    stage)."""
+    produced: ActivationObserver | None = None  # the grid of the tensor flowing now
+    for layer in front_end_layers(quantized):
+        if isinstance(layer, QConv1d):
+            if produced is not None:
+                _copy_range(produced, layer.input_observer)
+            produced = layer.output_observer
+        elif isinstance(layer, nn.ReLU) and produced is not None:
+            produced.min_val.clamp_(min=0.0)  # negatives were going to be zeroed anyway
+    temporal = [m for _, m in quantized_layers(quantized) if not isinstance(m, QConv1d)]
+    if produced is not None and temporal:
+        _copy_range(produced, temporal[0].input_observer)
+
+
+def _copy_range(source: ActivationObserver, target: ActivationObserver) -> None:
+    target.min_val.copy_(source.min_val)
+    target.max_val.copy_(source.max_val)
+    target.seen.fill_(True)

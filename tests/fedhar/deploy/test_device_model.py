@@ -90,3 +90,18 @@ def test_int8_inference_needs_less_ram_than_float() -> None:
     assert int8.front_working_bytes >= stem_output
     assert int8.peak_bytes >= int8.input_bytes + int8.feature_bytes
     assert int8.input_bytes == CHANNELS * WINDOW * 2
+
+
+def test_each_tensor_has_one_grid_and_relus_are_fused() -> None:
+    model = warmed("microbi_convlstm")
+    device = deploy_int8(model, np.random.default_rng(0).normal(size=(32, CHANNELS, WINDOW)))
+    conv1, conv2, lstm = device.module.conv1, device.module.conv2, device.module.lstm
+    scale, zero = conv1.output_observer.qparams()
+    assert int(zero) == 0  # the ReLU after conv1 is its output clamp
+    assert torch.equal(conv2.input_observer.qparams()[0], scale)  # conv2 reads conv1's grid
+    assert torch.equal(lstm.input_observer.qparams()[0], conv2.output_observer.qparams()[0])
+    with torch.no_grad():  # the fused ReLU and the shared grids change no decision of note
+        x = torch.from_numpy(np.random.default_rng(1).normal(size=(64, CHANNELS, WINDOW)))
+        float_logits = deploy_float(model).logits(x.float().numpy())
+    agree = (device.logits(x.float().numpy()).argmax(1) == float_logits.argmax(1)).mean()
+    assert agree > 0.9
