@@ -2,7 +2,9 @@
 
 Run: ``python -m experiments.bench.memory [--length 128]``. Two tables:
 
-- ``device`` (what the planner budgets): activations saved for backward by the device model
+- ``device`` (what the planner budgets, with int8/int4 weights and activations and fp32
+  gradients and optimizer state, as MCU plans store them): activations saved for backward by
+  the device model
   (``fedhar.device.engine_memory``) against a reference step that really stores them at the
   activation bits (``fedhar.device.reference_step``, counted with ``saved_tensors_hooks``), with
   the relative error of the reference step's gradients against the float step;
@@ -60,7 +62,7 @@ def device_table(args: argparse.Namespace) -> None:
                     torch.manual_seed(1)
                     saved, grads = measure_device_step(model, x, y, trainable, bits)
                     est = estimate_device_memory(model, batch, shape, trainable,
-                                                 BitWidths(bits, bits, bits, bits))  # fmt: skip
+                                                 BitWidths(bits, bits))  # fmt: skip
                     diff = torch.cat([(grads[n] - reference[n]).flatten() for n in reference])
                     scale = torch.cat([g.flatten() for g in reference.values()]).norm()
                     print(

@@ -34,10 +34,13 @@ class ClientCost:
 
 
 def _lstm_recurrent_macs(module: nn.LSTM, x: torch.Tensor) -> int:
-    """MACs of the hidden-to-hidden products of one LSTM call, which BPTT repeats."""
+    """MACs that BPTT of one LSTM call needs even with no gradient for its input: the
+    hidden-to-hidden products, and the input gradients of every layer above the first."""
     directions = 2 if module.bidirectional else 1
-    h = module.hidden_size
-    return x.shape[0] * x.shape[1] * directions * module.num_layers * 4 * h * h
+    h, steps = module.hidden_size, x.shape[0] * x.shape[1]
+    recurrent = steps * directions * module.num_layers * 4 * h * h
+    between = steps * directions * (module.num_layers - 1) * 4 * h * h * directions
+    return recurrent + between
 
 
 def training_ops(

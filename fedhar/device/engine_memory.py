@@ -5,15 +5,16 @@ tiny-training engine keeps (Lin et al. 2022, "On-Device Training Under 256KB Mem
 
 - parameters at the weight bits; gradients and optimizer state for trained tensors only;
 - saved activations at the activation bits, and only what backward needs: a Conv1d or Linear
-  keeps its input when its weight trains; BatchNorm keeps its normalized input (and its
-  per-channel mean and inverse std in fp32) when gradient reaches it; ReLU and Dropout keep a
-  1-bit mask and a max-pool the argmax of each output (ceil(log2(kernel)) bits) when gradient
-  must pass them; an LSTM keeps, per step and direction, its four gate activations and its cell
-  state, plus its hidden states and its input when its weights train (the minimal
-  backpropagation-through-time store);
-- the largest working buffers: a layer's input and output in the forward pass, or its output
-  and input gradients in the backward pass;
-- the input batch at the activation bits.
+  keeps its input when its weight trains; BatchNorm keeps its normalized input when its weight
+  trains or gradient flows past it, and its fp32 inverse std for the latter; ReLU and Dropout
+  keep a 1-bit mask and a max-pool the argmax of each output (ceil(log2(kernel)) bits) when
+  gradient must pass them; an LSTM keeps, per step and direction, its four gate activations and
+  its cell state, plus its hidden states and its input when its weights train;
+- the largest working buffers, an upper bound: a layer's input and output in the forward pass,
+  or its output gradient and (when gradient flows on) input gradient in the backward pass,
+  element-wise layers in place;
+- the input batch at the activation bits, once (a first layer that keeps its input keeps the
+  batch buffer).
 
 ``fedhar.device.reference_step`` runs a training step that really stores exactly these tensors,
 and its gradients match the float step; ``experiments.bench.memory`` compares the two.
@@ -44,36 +45,57 @@ def _bits_per_index(kernel: int) -> int:
     return max(1, math.ceil(math.log2(kernel)))
 
 
-def _lstm_store(module: nn.LSTM, call: LayerCall, trains: bool) -> int:
-    """Elements (per window) of the minimal BPTT store of one LSTM call."""
+def _bytes(numel: int, bits: int) -> int:
+    return math.ceil(numel * bits / 8)
+
+
+def _lstm_store(module: nn.LSTM, call: LayerCall, batch: int, trains: bool, act: int) -> int:
+    """Bytes of the BPTT store of one LSTM call: per layer and direction the gates and the cell
+    states; with trained weights also the hidden states (deeper layers' inputs, and dW_hh;
+    they could be recomputed as o * tanh(c)) and the first layer's input (dW_ih)."""
     _, steps, features = call.in_shape  # (1, T, F), batch first
     directions, h = 1 + int(module.bidirectional), module.hidden_size
-    store = module.num_layers * directions * steps * 5 * h  # gates i, f, g, o and the cell
+    per_direction = _bytes(batch * steps * 4 * h, act) + _bytes(batch * steps * h, act)
     if trains:
-        store += module.num_layers * directions * steps * h  # hidden states, for dW_hh
-        store += steps * features  # the input, for dW_ih (deeper layers read stored states)
-    return store
+        per_direction += _bytes(batch * steps * h, act)
+    store = module.num_layers * directions * per_direction
+    return store + (_bytes(batch * steps * features, act) if trains else 0)
 
 
-def _saved_bits(call: LayerCall, weight_trains: bool, gradient_out: bool, gradient_in: bool,
-                bits: BitWidths) -> tuple[int, int]:  # fmt: skip
-    """Bits a call keeps for backward: per window of the batch, and once per batch."""
+def _saved_bytes(call: LayerCall, batch: int, weight_trains: bool, gradient_out: bool,
+                 gradient_in: bool, bits: BitWidths) -> int:  # fmt: skip
+    """Bytes a call keeps for backward, tensor by tensor."""
     module, act = call.module, bits.activations
     if isinstance(module, nn.Conv1d | nn.Linear):
-        return (call.in_numel * act if weight_trains else 0), 0
-    if isinstance(module, nn.BatchNorm1d):  # the normalized input; the batch mean and inv std
-        if not gradient_out:
-            return 0, 0
-        return call.in_numel * act, 2 * module.num_features * STATISTIC_BITS
-    if isinstance(module, nn.ReLU | nn.Dropout):
-        return (call.out_numel if gradient_in else 0), 0
+        return _bytes(call.in_numel * batch, act) if weight_trains else 0
+    if isinstance(module, nn.BatchNorm1d):
+        # dbeta is the sum of the output gradient; dgamma needs the normalized input, and the
+        # input gradient needs it and the inverse std
+        normalized = _bytes(call.in_numel * batch, act) if weight_trains or gradient_in else 0
+        return normalized + (module.num_features * STATISTIC_BITS // 8 if gradient_in else 0)
+    if isinstance(module, nn.ReLU) or (isinstance(module, nn.Dropout) and module.p > 0):
+        return _bytes(call.out_numel * batch, 1) if gradient_in else 0
     if isinstance(module, nn.MaxPool1d):
         size = module.kernel_size
         kernel = size if isinstance(size, int) else size[0]
-        return (call.out_numel * _bits_per_index(kernel) if gradient_in else 0), 0
+        return _bytes(call.out_numel * batch, _bits_per_index(kernel)) if gradient_in else 0
     if isinstance(module, nn.LSTM):
-        return (_lstm_store(module, call, weight_trains) * act if gradient_out else 0), 0
-    return 0, 0
+        return _lstm_store(module, call, batch, weight_trains, act) if gradient_out else 0
+    return 0
+
+
+IN_PLACE = (nn.ReLU, nn.Dropout, nn.Identity, nn.BatchNorm1d)  # element-wise: output over input
+
+
+def _working_bits(call: LayerCall, gradient_out: bool, gradient_in: bool, bits: BitWidths) -> int:
+    """Bits (per window) of a call's live buffers: its input and output in the forward pass;
+    its output gradient and, when gradient flows on, its input gradient in the backward pass."""
+    in_place = isinstance(call.module, IN_PLACE)
+    forward = (0 if in_place else call.in_numel) + call.out_numel
+    backward = 0
+    if gradient_out:
+        backward = call.out_numel + (call.in_numel if gradient_in and not in_place else 0)
+    return max(forward * bits.activations, backward * bits.gradients)
 
 
 def estimate_device_memory(
@@ -95,24 +117,29 @@ def estimate_device_memory(
             f"optimizer_states must be 0 (SGD), 1 (momentum) or 2 (Adam), got {optimizer_states}"
         )
     calls = trace_layers(model, input_shape) if calls is None else calls
-    saved_bits, upstream, working = 0, False, 0  # saved: per batch of `batch_size`
+    batch, input_key = batch_size, calls[0].in_key
+    saved, upstream, working, input_saved = 0, False, 0, False
     for call in calls:
         own = {f"{call.name}.{n}" for n, _ in call.module.named_parameters(recurse=False)}
         trained = own & set(trainable)
         weight = any(n.rsplit(".", 1)[-1].startswith("weight") for n in trained)
         gradient_out = upstream or bool(trained)
-        per_window, per_batch = _saved_bits(call, weight, gradient_out, upstream, bits)
-        saved_bits += per_window * batch_size + per_batch
-        working = max(working, (call.in_numel + call.out_numel) * bits.activations)
-        if gradient_out:
-            working = max(working, (call.in_numel + call.out_numel) * bits.gradients)
+        layer = _saved_bytes(call, batch, weight, gradient_out, upstream, bits)
+        saved += layer
+        input_saved |= (
+            layer > 0
+            and call.in_key == input_key
+            and isinstance(call.module, nn.Conv1d | nn.Linear)
+        )
+        working = max(working, _working_bits(call, gradient_out, upstream, bits))
         upstream = gradient_out
     weights, grads, states = static_bytes(model, trainable, bits, optimizer_states)
+    batch_bytes = _bytes(batch * math.prod(input_shape), bits.activations)
     return MemoryEstimate(
         weight_bytes=weights,
         gradient_bytes=grads,
         optimizer_bytes=states,
-        saved_activation_bytes=math.ceil(saved_bits / 8),
-        working_bytes=math.ceil(working * batch_size / 8),
-        input_bytes=math.ceil(batch_size * math.prod(input_shape) * bits.activations / 8),
+        saved_activation_bytes=saved,
+        working_bytes=math.ceil(working * batch / 8),
+        input_bytes=0 if input_saved else batch_bytes,  # a kept first input is the batch buffer
     )

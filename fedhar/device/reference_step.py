@@ -152,7 +152,8 @@ class _MaxPool2(torch.autograd.Function):
 
 
 class _BatchNorm(torch.autograd.Function):
-    """Training-mode BatchNorm1d on batch statistics; keeps the normalized input at ``bits``."""
+    """Training-mode BatchNorm1d on batch statistics. Keeps the normalized input at ``bits``
+    when its weight or its input needs a gradient, and the inverse std for the latter."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, eps: float,
@@ -160,23 +161,30 @@ class _BatchNorm(torch.autograd.Function):
         mean = x.mean(dim=(0, 2), keepdim=True)
         inv_std = torch.rsqrt(x.var(dim=(0, 2), unbiased=False, keepdim=True) + eps)
         normalized = (x - mean) * inv_std
-        stored = Stored(normalized, bits)
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        stored = Stored(normalized, bits) if needs[0] or needs[1] else None
         ctx.stored = stored  # type: ignore[attr-defined]
-        ctx.save_for_backward(weight, mean.flatten(), inv_std.flatten(), *stored.tensors())
+        kept = [inv_std.flatten()] if needs[0] else []
+        ctx.save_for_backward(weight, *kept, *(stored.tensors() if stored else ()))
         return normalized * weight[:, None] + bias[:, None]
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
-        weight, _, inv_std, codes = ctx.saved_tensors
-        normalized = ctx.stored.restore(codes)
-        dweight = (dy * normalized).sum(dim=(0, 2))
-        dbias = dy.sum(dim=(0, 2))
-        dn = dy * weight[:, None]
-        count = dy.shape[0] * dy.shape[2]
-        dx = inv_std[:, None] / count * (
-            count * dn - dn.sum(dim=(0, 2), keepdim=True)
-            - normalized * (dn * normalized).sum(dim=(0, 2), keepdim=True)
-        )  # fmt: skip
+        weight, *kept = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        dbias = dy.sum(dim=(0, 2)) if needs[2] else None
+        if ctx.stored is None:
+            return None, None, dbias, None, None
+        normalized = ctx.stored.restore(kept[-1])
+        dweight = (dy * normalized).sum(dim=(0, 2)) if needs[1] else None
+        dx = None
+        if needs[0]:
+            dn = dy * weight[:, None]
+            count = dy.shape[0] * dy.shape[2]
+            dx = kept[0][:, None] / count * (
+                count * dn - dn.sum(dim=(0, 2), keepdim=True)
+                - normalized * (dn * normalized).sum(dim=(0, 2), keepdim=True)
+            )  # fmt: skip
         return dx, dweight, dbias, None, None
 
 
@@ -358,18 +366,34 @@ _SWAPS: dict[type[nn.Module], type[nn.Module]] = {
 }  # fmt: skip
 
 
+def _check_supported(module: nn.Module) -> None:
+    """Raise for layer variants the reference functions do not implement."""
+    problem = None
+    if isinstance(module, nn.MaxPool1d) and (
+        (module.kernel_size, module.stride) not in ((2, 2), ((2,), (2,)))
+        or module.padding not in (0, (0,))
+        or module.ceil_mode
+        or module.dilation not in (1, (1,))
+    ):
+        problem = "pools pairs only (kernel 2, stride 2, no padding or ceil_mode)"
+    if isinstance(module, nn.LSTM) and (
+        not module.batch_first or not module.bias or module.dropout > 0 or module.proj_size
+    ):
+        problem = "runs batch-first LSTMs with biases, no dropout and no projection"
+    if isinstance(module, nn.Conv1d) and module.padding_mode != "zeros":
+        problem = "pads convolutions with zeros only"
+    if problem is not None:
+        raise ValueError(f"the reference step {problem}, not {module}")
+
+
 def reference_model(model: nn.Module, activation_bits: int) -> nn.Module:
     """A copy of `model` whose layers store activations at `activation_bits` for backward."""
     if activation_bits not in (4, 8, 32):
         raise ValueError(f"activation_bits must be 4, 8 or 32, got {activation_bits}")
     reference = copy.deepcopy(model)
     for module in reference.modules():
+        _check_supported(module)
         swap = _SWAPS.get(type(module))
-        if isinstance(module, nn.MaxPool1d) and (module.kernel_size, module.stride) not in (
-            (2, 2),
-            ((2,), (2,)),
-        ):
-            raise ValueError(f"the reference step pools pairs only, not {module}")
         if swap is not None:
             module.__class__ = swap
             module.bits = activation_bits  # type: ignore[assignment]

@@ -94,7 +94,8 @@ def test_device_that_fits_nothing_declines_with_the_sram_it_needs(in_process_gri
     assert records[0].succeeded == 0 and len(records[0].declines) == 4
     assert all(r.startswith("no-plan:") and "bytes of SRAM" in r for r in records[0].declines)
     # FedAvg asks for the full width; a narrower sub-model would still fit this device
-    assert {info.max_width for info in run.directory.nodes.values()} == {0.75}
+    (width,) = {info.max_width for info in run.directory.nodes.values()}
+    assert 0.0 < width < 1.0
     assert not result.train_metrics_clientapp  # nothing was aggregated
 
 

@@ -83,25 +83,31 @@ def test_training_macs_of_dscnn_plans_equal_torchs_flop_count(plan) -> None:
 
 
 class UnrolledLSTM(nn.Module):
-    """A one-layer LSTM written as matrix products, which the FLOP counter sees."""
+    """An LSTM stack written as matrix products, which the FLOP counter sees."""
 
     def __init__(self, lstm: nn.LSTM) -> None:
         super().__init__()
         self.lstm = lstm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F) -> (B, H)
-        w_ih, w_hh = self.lstm.weight_ih_l0, self.lstm.weight_hh_l0
-        h = c = x.new_zeros(x.shape[0], self.lstm.hidden_size)
-        for t in range(x.shape[1]):
-            i, f, g, o = (x[:, t] @ w_ih.T + h @ w_hh.T).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-        return h
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F) -> (B, T, H)
+        for layer in range(self.lstm.num_layers):
+            w_ih = getattr(self.lstm, f"weight_ih_l{layer}")
+            w_hh = getattr(self.lstm, f"weight_hh_l{layer}")
+            h = c = x.new_zeros(x.shape[0], self.lstm.hidden_size)
+            outputs = []
+            for t in range(x.shape[1]):
+                i, f, g, o = (x[:, t] @ w_ih.T + h @ w_hh.T).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                outputs.append(h)
+            x = torch.stack(outputs, dim=1)
+        return x
 
 
+@pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("input_needs_grad", [False, True])
-def test_lstm_backward_through_time_matches_an_unrolled_reference(input_needs_grad) -> None:
-    lstm = nn.LSTM(6, 8, batch_first=True, bias=False)
+def test_lstm_backward_through_time_matches_an_unrolled_reference(input_needs_grad, layers) -> None:
+    lstm = nn.LSTM(6, 8, num_layers=layers, batch_first=True, bias=False)
     model = _TimeMajor(nn.Sequential(nn.Linear(6, 6), lstm) if input_needs_grad else lstm)
     trainable = [n for n, _ in model.named_parameters()]
     reference = UnrolledLSTM(lstm)
@@ -112,8 +118,8 @@ def test_lstm_backward_through_time_matches_an_unrolled_reference(input_needs_gr
     counted = training_ops(model, 6, 20, trainable).macs
     if input_needs_grad:  # the reference's input stands for a trained Linear in front
         counted -= 2 * 6 * 6 * 20  # that Linear's forward and weight gradient
-    # the unrolled step at t = 0 needs no gradient for its zero initial state
-    assert measured <= counted <= measured + 4 * 8 * 8
+    # each layer's unrolled step at t = 0 needs no gradient for its zero initial state
+    assert measured <= counted <= measured + layers * 4 * 8 * 8
 
 
 class _TimeMajor(nn.Module):

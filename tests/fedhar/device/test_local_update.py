@@ -135,3 +135,4 @@ def test_without_any_full_plan_the_width_that_trains_the_most_parameters_wins(nr
     assert len(trained) >= 2 and len(set(trained.values())) >= 2
     best = max(trained.values())
     assert max_width(device, SHAPE, INT8) == max(w for w, n in trained.items() if n == best)
+    assert max_width(device, SHAPE, INT8) < max(trained)  # not simply the widest with a plan
