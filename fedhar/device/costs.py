@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fedhar.device.profiles import DeviceProfile
-from fedhar.models.ops import OpCounts, layer_ops, leaf_layers
+from fedhar.models.ops import OpCounts, dummy_forward, layer_ops, leaf_layers
 
 # Cycles per non-MAC operation on a microcontroller core. Assumed, not measured: a compare or an
 # add is one instruction; requantizing an int32 accumulator to int8 is a fixed-point multiply,
@@ -63,13 +63,9 @@ def training_ops(
         calls.append((module, layer_ops(module, inputs, output), recurrent))
 
     handles = [m.register_forward_hook(hook) for m in leaf_layers(model)]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, window_length))
+        dummy_forward(model, in_channels, window_length)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     total, upstream = OpCounts(), False

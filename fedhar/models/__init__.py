@@ -14,7 +14,7 @@ from torch import nn
 from fedhar.models.deepconvlstm import DeepConvLSTM
 from fedhar.models.dscnn import DSCNN
 from fedhar.models.microbi_convlstm import MicroBiConvLSTM
-from fedhar.models.ops import layer_macs
+from fedhar.models.ops import dummy_forward, layer_macs
 
 _MODELS: dict[str, type[nn.Module]] = {
     "microbi_convlstm": MicroBiConvLSTM,
@@ -81,13 +81,9 @@ def count_macs(model: nn.Module, in_channels: int, window_length: int) -> int:
         for m in model.modules()
         if isinstance(m, nn.Conv1d | nn.Linear | nn.LSTM)
     ]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, window_length))
+        dummy_forward(model, in_channels, window_length)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return total

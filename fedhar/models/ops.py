@@ -98,6 +98,18 @@ def counting(modules: Iterable[nn.Module], counts: OpCounts) -> Iterator[OpCount
             handle.remove()
 
 
+def dummy_forward(model: nn.Module, in_channels: int, window_length: int) -> None:
+    """One window of zeros through ``model`` in eval mode without gradients (for hooks that
+    trace shapes); the model's mode is restored."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, window_length))
+    finally:
+        model.train(was_training)
+
+
 def leaf_layers(model: nn.Module) -> list[nn.Module]:
     """Modules whose calls ``layer_ops`` counts: every module but containers and observers."""
     counted = (nn.Conv1d, nn.Linear, nn.LSTM, nn.ReLU, nn.MaxPool1d, nn.BatchNorm1d)
