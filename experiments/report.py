@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -38,6 +39,14 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
         "bytes_up": sum(r["bytes_up"] for r in rows),
         "bytes_down": sum(r["bytes_down"] for r in rows),
     }
+
+
+def run_config(run_dir: Path) -> DictConfig:
+    """The resolved config a run directory was started with."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{run_dir}/config.yaml is not a run config (a mapping)")
+    return cfg
 
 
 def global_model(run_dir: Path, shape: ModelShape) -> torch.nn.Module:

@@ -36,7 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.compose import client_settings, federation_spec, load_config, model_shape
-from experiments.report import global_model
+from experiments.report import global_model, run_config
 from experiments.run import run_experiment
 from fedhar.adapt.finetune import FineTune, fine_tune
 from fedhar.adapt.shots import few_shot_split, shot_cut
@@ -234,8 +234,7 @@ def report(
     seed: int,
     tune: FineTune = FineTune(),  # noqa: B008 (frozen)
 ) -> dict[str, Any]:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    assert isinstance(cfg, DictConfig)
+    cfg = run_config(run_dir)
     spec = federation_spec(cfg)
     federation = open_federation(spec)
     adapt_on = federation

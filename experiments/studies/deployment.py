@@ -35,10 +35,10 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from experiments.compose import CONFIG_DIR, federation_spec, fleet_config, load_config, model_shape
-from experiments.report import global_model
+from experiments.report import global_model, run_config
 from experiments.run import run_experiment
 from experiments.studies.adaptation import write_csv
 from fedhar.deploy.consensus import bouts, segment_consensus
@@ -327,12 +327,6 @@ def devices_of(cfg: DictConfig, names: list[str] | None) -> list[DeviceProfile]:
     return [catalogue[name] for name in names]
 
 
-def run_config(run_dir: Path) -> DictConfig:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    assert isinstance(cfg, DictConfig)
-    return cfg
-
-
 def cloud_model(cloud_run: Path, federation: Federation) -> tuple[str, torch.nn.Module]:
     """The global model of `cloud_run`, which must be a run on the same federation."""
     cfg = run_config(cloud_run)
@@ -365,14 +359,14 @@ def report(
                          "not on continuous recordings; deploy a chronological run")  # fmt: skip
     k, channels, t = shape.num_classes, shape.in_channels, shape.window_length
     stride = infer_stride(held_out)
-    hop = deployment_hop(stride, deploy_float(model))
+    models = {"float": deploy_float(model), "cloud": deploy_float(cloud_float)}
+    hop = deployment_hop(stride, models["float"])
     clients = [federation.client(pid).test for pid in range(len(federation.clients))]
     streams = [s for test in clients if len(test) for s in streams_of(test, stride)]
     calibration_streams = streams_of(held_out, stride)
     transition = transition_matrix([cut_windows(s, t, hop)[1] for s in calibration_streams], k)
     _, fleet = fleet_config(cfg)
     variability = fleet.sensor_variability if fleet else SensorVariability.none()
-    models = {"float": deploy_float(model), "cloud": deploy_float(cloud_float)}
     out.mkdir(parents=True, exist_ok=True)
     windows_per_hour = 3600 * held_out.sampling_rate_hz / hop
     snippet_bytes = channels * t * SAMPLE_BYTES

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from fedhar.deploy.device_model import FLOAT_BITS, DeployedModel
+from fedhar.deploy.offload import SAMPLE_BYTES
 from fedhar.models.ops import leaf_layers
 from fedhar.quant.qat import integer_scales, quantized_layers
 
-SAMPLE_BYTES = 2  # int16 IMU samples in the input buffer
 ACCUMULATOR_BYTES = 4  # int32 gate pre-activations of a quantized LSTM step
 CELL_STATE_BYTES = 2  # int16 cell state, as int8 LSTM kernels keep it
 IN_PLACE = (nn.ReLU, nn.Identity, nn.Dropout)  # write over their input
