@@ -28,6 +28,7 @@ from fedhar.device.profiles import DeviceProfile
 from fedhar.device.sensors import SensorVariability
 from fedhar.federation import ClientData, FederationSpec, federation_index, load_client
 from fedhar.models import ModelShape
+from fedhar.partial.static_bn import install_scaler, width_sums
 from fedhar.privacy.accounting import sample_level_epsilon
 from fedhar.privacy.dpsgd import DpSgd, planned_steps, train_dp_sgd
 from fedhar.seeding import derive_seed
@@ -35,12 +36,15 @@ from fedhar.train import TrainConfig, evaluate
 from fedhar.transport.keys import DeviceIdentity
 from fedhar.wire import (
     ARRAYS_KEY,
+    BN_STATS_ACTION,
     CONFIG_KEY,
     ClientIdentity,
     EvalReport,
     NodeInfo,
     TrainReport,
     arrays_to_state,
+    bn_stats_request_from_record,
+    bn_sums_reply,
     decline_reply,
     eval_instructions_from_config,
     eval_reply,
@@ -109,6 +113,8 @@ def train_user(
     identity = ClientIdentity(user=node.data.user, device=node.data.device)
     model = node.shape.build(instructions.width)
     model.load_state_dict(arrays_to_state(msg.content.array_records[ARRAYS_KEY]))
+    if instructions.scaler:
+        install_scaler(model, instructions.width)
     config = TrainConfig(
         epochs=instructions.epochs,
         batch_size=instructions.batch_size,
@@ -207,6 +213,13 @@ def evaluate_user(node: _Node, msg: Message) -> RecordDict:
     return eval_reply(report, identity)
 
 
+def batchnorm_sums_of_user(settings: ClientSettings, node: _Node, msg: Message) -> RecordDict:
+    """Static BatchNorm: sums of the global model's BatchNorm inputs over the user's recorded
+    training windows, at each width asked for (an inference pass, no training)."""
+    state, widths, batch_size = bn_stats_request_from_record(msg.content)
+    return bn_sums_reply(width_sums(settings.model, state, widths, node.data.train.x, batch_size))
+
+
 def describe_node(settings: ClientSettings, partition_id: int, context: Context) -> RecordDict:
     """Enrollment: who this node is, what it can train, and its device's public keys.
 
@@ -249,6 +262,12 @@ def make_client_app(settings_for: SettingsProvider, mods: Sequence[Mod] = ()) ->
     def evaluate(msg: Message, context: Context) -> Message:
         node = _node_for(settings_for(context), context)
         return Message(evaluate_user(node, msg), reply_to=msg)
+
+    @app.query(BN_STATS_ACTION)
+    def batchnorm_statistics(msg: Message, context: Context) -> Message:
+        settings = settings_for(context)
+        node = _node_for(settings, context)
+        return Message(batchnorm_sums_of_user(settings, node, msg), reply_to=msg)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -7,11 +7,12 @@ the server's strategy stack (`build_stack`) and into the client mods named in th
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from flwr.app import ArrayRecord
 from flwr.clientapp.typing import Mod
 from flwr.serverapp.strategy import Strategy
@@ -223,7 +224,8 @@ def build_stack(
     strategy = build_strategy(cfg, len(federation.clients), run)
     private = wrap_privacy(cfg, strategy, run, len(federation.clients))
     wrapped = wrap_strategy(cfg, private, run)
-    tracked = Tracking(wrapped, server_evaluator(cfg, federation), sinks)
+    statistics = getattr(strategy, "width_statistics", None)  # static BatchNorm, per width
+    tracked = Tracking(wrapped, server_evaluator(cfg, federation, statistics), sinks)
     return Checkpointing(tracked, run.run_dir, cfg.seed, rounds_done, run.directory)
 
 
@@ -247,12 +249,17 @@ def client_mods(cfg: DictConfig, run_dir: Path) -> list[Mod]:
     ]
 
 
-def server_evaluator(cfg: DictConfig, federation: Federation) -> ServerEvaluate:
+def server_evaluator(
+    cfg: DictConfig,
+    federation: Federation,
+    width_statistics: Mapping[float, Mapping[str, torch.Tensor]] | None = None,
+) -> ServerEvaluate:
     """Evaluate the global model on the held-out users (none held out: no server metrics).
 
     With ``strategy.evaluate_widths`` (partial-model strategies: ``true`` for the width grid,
     or a list of widths), every nested width is scored as well, as ``width_<w>/macro_f1`` and
-    friends.
+    friends, with the BatchNorm statistics of ``width_statistics`` where the strategy keeps
+    them (static BatchNorm; the mapping is read at each evaluation).
     """
     holdout = federation.holdout
     model = build_model(
@@ -270,8 +277,9 @@ def server_evaluator(cfg: DictConfig, federation: Federation) -> ServerEvaluate:
         scores = {"loss": result.loss, "accuracy": result.accuracy, "macro_f1": result.macro_f1}
         if widths:
             scores |= evaluate_widths(
-                cfg.model.name, state, widths, holdout.x, holdout.y, federation.num_classes
-            )
+                cfg.model.name, state, widths, holdout.x, holdout.y, federation.num_classes,
+                width_statistics,
+            )  # fmt: skip
         return scores
 
     return evaluate_holdout

@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
+from fedhar.partial.static_bn import LayerSums, MomentSums
 from fedhar.transport.keys import DevicePublicKeys
 
 ARRAYS_KEY = "arrays"
@@ -35,6 +36,11 @@ RESIDUAL_KEY = "compression-residual"  # context.state ArrayRecord: error-feedba
 PERSONAL_NAMES_KEY = "personal-names"  # config list of state entries the node keeps to itself
 PERSONAL_STATE_KEY = "personal-layers"  # context.state ArrayRecord holding them between rounds
 HEAD_EPOCHS_KEY = "head-epochs"  # config int: FedRep's head-only epochs before the body's
+
+# Static BatchNorm (strategies.masked, clients.app): statistics of the global model per width.
+BN_STATS_ACTION = "bn_stats"  # query action ("query.bn_stats") asking for BatchNorm sums
+BN_STATS_KEY = "bn-stats"  # ConfigRecord {"widths": [...], "batch-size": int}
+BN_SUMS_PREFIX = "bn-sums/"  # one ArrayRecord per width: "<layer>/count|total|squares"
 
 # Secure aggregation (strategies.secagg, clients.secagg).
 SECAGG_KEY = "secagg"  # ConfigRecord: a secure-aggregation stage's instructions or answer
@@ -76,6 +82,7 @@ class TrainInstructions:
     proximal_mu: float = 0.0
     width: float = 1.0  # width of the sub-model the arrays belong to
     head_epochs: int = 0  # FedRep: epochs on the head alone before the body's epochs
+    scaler: bool = False  # HeteroFL's scaler: hidden outputs divided by the width in training
 
 
 @dataclass(frozen=True)
@@ -358,3 +365,65 @@ def saved_personal_state(data: bytes) -> dict[str, torch.Tensor]:
     (``clients.state_store``); empty when the node keeps none."""
     record = record_from_bytes(data).array_records.get(PERSONAL_STATE_KEY)
     return {} if record is None else arrays_to_state(record)
+
+
+def bn_stats_request(
+    state: dict[str, torch.Tensor], widths: list[float], batch_size: int
+) -> RecordDict:
+    """A static-BatchNorm query: the global model, the widths to compute and the batch size."""
+    config = ConfigRecord({"widths": [float(w) for w in widths], "batch-size": int(batch_size)})
+    return RecordDict({ARRAYS_KEY: state_to_arrays(state), BN_STATS_KEY: config})
+
+
+def bn_stats_request_from_record(
+    content: RecordDict,
+) -> tuple[dict[str, torch.Tensor], list[float], int]:
+    """(global state, widths, batch size) of a static-BatchNorm query."""
+    config = content.config_records.get(BN_STATS_KEY)
+    if config is None or ARRAYS_KEY not in content.array_records:
+        raise ValueError(f"a {BN_STATS_ACTION} query needs {ARRAYS_KEY!r} and {BN_STATS_KEY!r}")
+    widths = config.get("widths")
+    if not isinstance(widths, list) or not widths:
+        raise ValueError(f"{BN_STATS_KEY!r} must list the widths, got {widths!r}")
+    state = arrays_to_state(content.array_records[ARRAYS_KEY])
+    return state, [float(w) for w in widths], config_int(config, "batch-size")  # type: ignore[arg-type]
+
+
+def bn_sums_reply(sums: dict[float, LayerSums]) -> RecordDict:
+    """A node's BatchNorm sums, one ArrayRecord per width."""
+    records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {}
+    for width, layers in sums.items():
+        arrays: dict[str, np.ndarray] = {}
+        for name, s in layers.items():
+            arrays[f"{name}/count"] = np.array([s.count], dtype=np.float64)
+            arrays[f"{name}/total"] = s.total.numpy()
+            arrays[f"{name}/squares"] = s.squares.numpy()
+        records[f"{BN_SUMS_PREFIX}{width:g}"] = numpy_to_arrays(arrays)
+    return RecordDict(records)
+
+
+def bn_sums_from_reply(content: RecordDict) -> dict[float, LayerSums]:
+    """The sums of a `bn_sums_reply`; ValueError naming the defect when malformed."""
+    out: dict[float, LayerSums] = {}
+    for key, record in content.array_records.items():
+        if not key.startswith(BN_SUMS_PREFIX):
+            continue
+        width = float(key.removeprefix(BN_SUMS_PREFIX))
+        arrays = arrays_to_numpy(record)
+        layers = {name.rpartition("/")[0] for name in arrays}
+        sums: LayerSums = {}
+        for layer in layers:
+            parts = [arrays.get(f"{layer}/{part}") for part in ("count", "total", "squares")]
+            if any(p is None for p in parts):
+                raise ValueError(f"{key}: layer {layer!r} lacks count, total or squares")
+            count, total, squares = (np.asarray(p, dtype=np.float64) for p in parts)
+            if count.shape != (1,) or total.shape != squares.shape or total.ndim != 1:
+                raise ValueError(f"{key}: layer {layer!r} has malformed shapes")
+            if not (np.isfinite(count).all() and np.isfinite(total).all()
+                    and np.isfinite(squares).all()):  # fmt: skip
+                raise ValueError(f"{key}: layer {layer!r} has non-finite sums")
+            sums[layer] = MomentSums(
+                float(count[0]), torch.from_numpy(total.copy()), torch.from_numpy(squares.copy())
+            )
+        out[width] = sums
+    return out

@@ -11,6 +11,14 @@ Under secure aggregation (`strategies.secagg`), `coordinate_slices` tells the wr
 global coordinates each node trains, and the wrapper hands this class one reply holding the
 averaged model (``secure-sum``), which it takes as the round's masked average.
 
+With ``static_bn`` (HeteroFL's sBN, `fedhar.partial.static_bn`), BatchNorm statistics in the
+replies are ignored: after aggregating, the server queries the round's contributors
+(``query.bn_stats``) for the sums of the new global model's BatchNorm inputs at every width of
+``levels``, writes the full width's statistics into the global model and keeps every width's in
+`width_statistics` for server-side evaluation. A contributor that fails the query is left
+out (``bn-stats/failed``); with no answers the statistics stay as they were. With ``scaler``,
+nodes divide hidden outputs by their width while training.
+
 Personal entries (FedPer, FedRep, FedBN: `strategies.personal`) stay on the nodes. The server
 sends them to a node only until that node has replied once (so a node always has a starting
 point, even after a resume, and downlink carries only shared entries afterwards), lists their
@@ -35,12 +43,22 @@ from torch import nn
 from fedhar.models import build_model
 from fedhar.partial.aggregate import Contribution, aggregate_masked
 from fedhar.partial.spec import ParamSlice, SubModelSpec, extract, scatter, slice_width
+from fedhar.partial.static_bn import (
+    LayerSums,
+    is_statistic,
+    merge_sums,
+    statistics_from_sums,
+)
 from fedhar.partial.widths import WIDTH_LEVELS, HeteroFLWidths, WidthAssignment, WidthPolicy
 from fedhar.wire import (
+    BN_STATS_ACTION,
     METRICS_KEY,
     PERSONAL_NAMES_KEY,
     SECURE_SUM_KEY,
     arrays_to_state,
+    bn_stats_request,
+    bn_sums_from_reply,
+    config_int,
     metric_value,
     state_to_arrays,
     trained_names,
@@ -99,6 +117,12 @@ class MaskedFedAvg(RoundReport, FedAvg):
     run : RunInfo | None
         The run; each node's largest width is ``run.directory[node].max_width``. None (unit
         tests, no fleet): every node can hold every width.
+    static_bn : bool
+        Static BatchNorm: statistics from a query after each round, not from the updates.
+    scaler : bool
+        Ask nodes to divide hidden outputs by their width in training (HeteroFL's scaler).
+    stats_timeout_s : float
+        How long the static-BatchNorm query waits for answers.
     **kwargs
         Passed to Flower's ``FedAvg`` (sampling fractions, minimum nodes, record keys).
     """
@@ -111,10 +135,18 @@ class MaskedFedAvg(RoundReport, FedAvg):
         model: str = "microbi_convlstm",
         levels: tuple[float, ...] = WIDTH_LEVELS,
         run: RunInfo | None = None,
+        static_bn: bool = False,
+        scaler: bool = False,
+        stats_timeout_s: float = 600.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not stats_timeout_s > 0:
+            raise ValueError(f"stats_timeout_s must be > 0 seconds, got {stats_timeout_s}")
         self.model = model
+        self.static_bn, self.scaler = bool(static_bn), bool(scaler)
+        self.stats_timeout_s = float(stats_timeout_s)
+        self.width_statistics: dict[float, dict[str, torch.Tensor]] = {}
         self.levels = tuple(float(w) for w in levels)
         self.run = run
         self.policy = self.width_policy()
@@ -125,6 +157,8 @@ class MaskedFedAvg(RoundReport, FedAvg):
         self._sent: dict[int, SentSpec] = {}
         self._global: dict[str, Any] = {}
         self._holds_personal: set[int] = set()
+        self._grid: Grid | None = None
+        self._batch_size = 1
 
     def width_policy(self) -> WidthPolicy:
         """The full model for every node that can hold it: masked FedAvg over training plans."""
@@ -135,7 +169,9 @@ class MaskedFedAvg(RoundReport, FedAvg):
         return ()
 
     def summary(self) -> None:
-        log(INFO, "\t├──> %s of %s at widths %s", type(self).__name__, self.model, self.levels)
+        log(INFO, "\t├──> %s of %s at widths %s%s%s", type(self).__name__, self.model,
+            self.levels, ", static BatchNorm" if self.static_bn else "",
+            ", scaler" if self.scaler else "")  # fmt: skip
         super().summary()
 
     def _max_width(self, node_id: int) -> float:
@@ -170,6 +206,8 @@ class MaskedFedAvg(RoundReport, FedAvg):
         chosen = restrict(spec, [n for n in spec.names if keep_personal or n not in self._personal])
         node_config = ConfigRecord(dict(config))
         node_config["width"] = spec.width
+        if self.scaler:
+            node_config["scaler"] = True
         if self._personal:
             node_config[PERSONAL_NAMES_KEY] = list(self._personal)
         sub_state = extract(self._global, chosen)
@@ -183,6 +221,9 @@ class MaskedFedAvg(RoundReport, FedAvg):
         """Sample as FedAvg does, then send each node the sub-model its width allows."""
         self._prepare(arrays)
         self.start_round()
+        self._grid = grid
+        if self.static_bn:  # the statistics pass batches as training does
+            self._batch_size = config_int(config, "batch-size")
         self._sent, self._specs = {}, {}
         messages = []
         for sampled in super().configure_train(server_round, arrays, config, grid):
@@ -253,6 +294,8 @@ class MaskedFedAvg(RoundReport, FedAvg):
         state = arrays_to_state(reply.content.array_records[self.arrayrecord_key])
         trained = trained_names(reply.content)
         names = [n for n in sent.expected if trained is None or n in trained]
+        if self.static_bn:
+            names = [n for n in names if not is_statistic(n)]
         if not names:
             return None
         values, mask = scatter(
@@ -266,11 +309,13 @@ class MaskedFedAvg(RoundReport, FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Masked average of the matching replies; mismatching ones are rejected and counted."""
         valid, _ = self._check_and_log_replies(list(replies), is_train=True, validate=False)
-        accepted, contributions = [], []
+        accepted, contributions, senders = [], [], []
         for reply in valid:
             if self.secure_sums and SECURE_SUM_KEY in reply.content.config_records:
                 self.accept()
                 accepted.append(reply)
+                summed = reply.content.config_records[SECURE_SUM_KEY]["senders"]
+                senders += [int(n) for n in summed]  # type: ignore[union-attr]
                 contributions.append(self._secure_sum(reply))
                 continue
             reason = self._reject_reason(reply)
@@ -280,6 +325,7 @@ class MaskedFedAvg(RoundReport, FedAvg):
                 continue
             self.accept()
             accepted.append(reply)
+            senders.append(reply.metadata.src_node_id)
             self._holds_personal.add(reply.metadata.src_node_id)
             contribution = self._contribution(reply)
             if contribution is not None:
@@ -297,9 +343,67 @@ class MaskedFedAvg(RoundReport, FedAvg):
             self.count(f"contributors/{layer}", contributors)
         if layers:
             log(INFO, "aggregate_train: contributors per layer %s", layers)
+        if self.static_bn:
+            new_state = self._with_static_statistics(new_state, senders)
         self._global = new_state
         metrics = self.train_metrics_aggr_fn([m.content for m in accepted], self.weighted_by_key)
         return state_to_arrays(new_state), metrics
+
+    def _with_static_statistics(
+        self, state: dict[str, torch.Tensor], nodes: list[int]
+    ) -> dict[str, torch.Tensor]:
+        """``state`` with full-width statistics from the nodes' BatchNorm sums (static BN);
+        every width's statistics go to `width_statistics`."""
+        assert self._grid is not None
+        if not any(n.endswith(".running_mean") for n in state):
+            return state  # no BatchNorm: nothing to compute
+        widths = sorted({*self.levels, 1.0})
+        messages = [
+            Message(
+                bn_stats_request(state, widths, self._batch_size),
+                node,
+                f"{MessageType.QUERY}.{BN_STATS_ACTION}",
+            )
+            for node in nodes
+        ]
+        answers: list[dict[float, LayerSums]] = []
+        for reply in self._grid.send_and_receive(messages, timeout=self.stats_timeout_s):
+            node = reply.metadata.src_node_id
+            try:
+                if reply.has_error():
+                    raise ValueError(f"the query failed: {reply.error.reason}")
+                answer = bn_sums_from_reply(reply.content)
+                self._check_sums(answer, widths)
+            except ValueError as failure:
+                self.count("bn-stats/failed")
+                log(WARNING, "static BatchNorm: node %d left out: %s", node, failure)
+                continue
+            answers.append(answer)
+        self.count("bn-stats/answers", len(answers))
+        if not answers:
+            log(WARNING, "static BatchNorm: no node answered; the statistics stay as they were")
+            return state
+        for width in widths:
+            self.width_statistics[width] = statistics_from_sums(
+                merge_sums(answer[width] for answer in answers)
+            )
+        full = self.width_statistics[1.0]
+        return state | {n: t for n, t in full.items() if n not in self._personal}
+
+    def _check_sums(self, answer: dict[float, LayerSums], widths: list[float]) -> None:
+        """ValueError unless ``answer`` holds sums of every BatchNorm at every width."""
+        if sorted(answer) != widths:
+            raise ValueError(f"sums for widths {sorted(answer)}, asked for {widths}")
+        for width, layers in answer.items():
+            spec = self._spec(WidthAssignment(width))
+            channels = {
+                n.removesuffix(".running_mean"): sl.shape[0]
+                for n, sl in spec.params
+                if n.endswith(".running_mean")
+            }
+            got = {name: int(s.total.shape[0]) for name, s in layers.items()}
+            if got != channels:
+                raise ValueError(f"width {width:g}: sums over {got}, the model has {channels}")
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

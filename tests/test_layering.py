@@ -33,7 +33,7 @@ def _room(third_party: str, *project: str) -> Room:
 
 
 ROOMS: dict[str, Room] = {  # most specific path first
-    "fedhar/wire.py": _room("flwr numpy torch", "fedhar", "fedhar.transport"),
+    "fedhar/wire.py": _room("flwr numpy torch", "fedhar", "fedhar.partial", "fedhar.transport"),
     "fedhar/data": _room("numpy torch", "fedhar.data"),
     "fedhar/models": _room("torch", "fedhar.models"),
     "fedhar/quant": _room("numpy torch", "fedhar.quant", "fedhar"),

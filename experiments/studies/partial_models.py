@@ -23,16 +23,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from experiments.compose import client_settings, federation_spec, load_config
 from experiments.run import run_experiment
-from fedhar.checkpoint import load_checkpoint
+from experiments.sinks import read_metrics
 from fedhar.device.local_update import QuantSettings, max_width
 from fedhar.federation import load_federation
 from fedhar.models import ModelShape
-from fedhar.partial.evaluate import evaluate_widths, width_key
+from fedhar.partial.evaluate import width_key
 from fedhar.partial.widths import WIDTH_LEVELS
 
 STRATEGIES = ("heterofl", "fedrolex", "fjord", "fedper")
@@ -57,27 +56,22 @@ def smallest_common_width(overrides: list[str]) -> float:
     return min(usable)
 
 
-def width_scores(
-    overrides: list[str], run_dir: Path, widths: tuple[float, ...]
-) -> dict[str, float]:
-    """Held-out scores of each width of the run's final global model; none for a strategy
-    whose config scores no widths (personal layers)."""
+def width_scores(overrides: list[str], run_dir: Path) -> dict[str, float]:
+    """Held-out scores of each width of the run's final global model, as its last round
+    logged them (with each width's own BatchNorm statistics under static BatchNorm); none for
+    a strategy whose config scores no widths (personal layers)."""
     cfg = load_config(overrides)
     if has_personal_head(cfg):
         return {}
-    federation = load_federation(federation_spec(cfg))
-    checkpoint = load_checkpoint(run_dir)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run_dir} has no checkpoint; the run did not finish a round")
-    state = {k: torch.from_numpy(v.copy()) for k, v in checkpoint.arrays.items()}
-    holdout = federation.holdout
     if float(cfg.model.width) < 1.0:  # the global model is itself the small model
         return {
             width_key(float(cfg.model.width), "macro_f1"): run_summary(run_dir)["heldout_macro_f1"]
         }
-    return evaluate_widths(
-        cfg.model.name, state, widths, holdout.x, holdout.y, federation.num_classes
-    )
+    rows = read_metrics(run_dir)
+    if not rows:
+        raise FileNotFoundError(f"{run_dir} has no metrics; the run did not finish a round")
+    server = rows[-1].get("server") or {}
+    return {k: float(v) for k, v in server.items() if k.startswith("width_")}
 
 
 def has_personal_head(cfg: DictConfig) -> bool:
@@ -150,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             "user_mean_f1": summary["user_mean_f1"],
             "bytes_down": summary["bytes_down"],
             "bytes_up": summary["bytes_up"],
-            "widths": width_scores(overrides, run_dir, WIDTH_LEVELS),
+            "widths": width_scores(overrides, run_dir),
         }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))

@@ -28,6 +28,7 @@ def evaluate_widths(
     x: np.ndarray,  # (N, C, T)
     y: np.ndarray,  # (N,)
     num_classes: int,
+    statistics: Mapping[float, Mapping[str, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """Loss, accuracy and macro-F1 of the leading-slice sub-model at each width.
 
@@ -43,6 +44,9 @@ def evaluate_widths(
         Windows ``(N, C, T)`` and labels ``(N,)`` to evaluate on.
     num_classes : int
         Number of classes K.
+    statistics : Mapping[float, Mapping[str, torch.Tensor]] | None
+        Per width, BatchNorm statistics that replace the slice's own (static BatchNorm,
+        `fedhar.partial.static_bn`); widths not listed keep the sliced statistics.
 
     Returns
     -------
@@ -60,7 +64,8 @@ def evaluate_widths(
     scores: dict[str, float] = {}
     for width in sorted(set(widths)):
         sub = build_model(model_name, in_channels, num_classes, width)
-        sub.load_state_dict(extract(global_state, slice_width(full, sub, width)))
+        sub_state = extract(global_state, slice_width(full, sub, width))
+        sub.load_state_dict(sub_state | dict((statistics or {}).get(width, {})))
         result = evaluate(sub, x, y, num_classes)
         scores[width_key(width, "loss")] = result.loss
         scores[width_key(width, "accuracy")] = result.accuracy

@@ -49,3 +49,15 @@ def test_heterofl_aggregates_every_width_without_rejections(tmp_path: Path) -> N
             assert 0.0 <= server[width_key(width, "accuracy")] <= 1.0, width
         assert server[width_key(1.0, "macro_f1")] == pytest.approx(server["macro_f1"])
     assert summary["user_mean_f1"] is not None
+
+
+def test_heterofl_static_batchnorm_queries_every_contributor(tmp_path: Path) -> None:
+    overrides = [o for o in OVERRIDES if not o.startswith(("model=", "num_rounds="))]
+    cfg = load_config([*overrides, "model=dscnn", "num_rounds=1"])
+    assert cfg.strategy.algorithm.static_bn and cfg.strategy.algorithm.scaler
+    run_experiment(cfg, tmp_path / "sbn")
+    (row,) = read_metrics(tmp_path / "sbn")
+    assert row["extra"]["partial/bn-stats/answers"] == row["succeeded"] >= 2
+    assert "partial/bn-stats/failed" not in row["extra"]
+    for width in WIDTH_LEVELS:  # every width is scored with its own statistics
+        assert row["server"][width_key(width, "macro_f1")] > 0.0, width
