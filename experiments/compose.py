@@ -42,6 +42,7 @@ from fedhar.wire import arrays_to_state
 from strategies.checkpointing import Checkpointing
 from strategies.fleet import FleetSimulation
 from strategies.run_info import RunInfo
+from strategies.sanitize import SanitizedUpdates
 from strategies.tracking import ServerEvaluate, Tracking
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -217,15 +218,23 @@ def build_stack(
 ) -> Strategy:
     """The server's whole strategy stack, inner to outer.
 
-    The configured algorithm, its differential privacy (`experiments.privacy`), the configured
-    wrappers (order-checked), the fleet simulation, tracking (round records to ``sinks``,
-    server-side evaluation) and checkpointing.
+    The configured algorithm behind update sanitation (`strategies.sanitize`), its
+    differential privacy (`experiments.privacy`), the configured wrappers (order-checked), the
+    fleet simulation, tracking (round records to ``sinks``, server-side evaluation) and
+    checkpointing.
     """
     strategy = build_strategy(cfg, len(federation.clients), run)
-    private = wrap_privacy(cfg, strategy, run, len(federation.clients))
+    sanitized = SanitizedUpdates(strategy, **_plain(cfg.sanitize))
+    private = wrap_privacy(cfg, sanitized, run, len(federation.clients))
     wrapped = wrap_strategy(cfg, private, run)
     statistics = getattr(strategy, "width_statistics", None)  # static BatchNorm, per width
-    tracked = Tracking(wrapped, server_evaluator(cfg, federation, statistics), sinks)
+    tracked = Tracking(
+        wrapped,
+        server_evaluator(cfg, federation, statistics),
+        sinks,
+        max_failed_rounds=int(cfg.runtime.max_failed_rounds),
+        min_updates=getattr(strategy, "min_train_nodes", 1),
+    )
     return Checkpointing(tracked, run.run_dir, cfg.seed, rounds_done, run.directory)
 
 

@@ -81,8 +81,9 @@ def mechanism_of(cfg: DictConfig) -> str:
 
 def cohort_size(strategy: Strategy, num_clients: int) -> int:
     """Clients a Flower FedAvg-style strategy samples per round (its own formula)."""
-    fraction = float(getattr(strategy, "fraction_train", 1.0))
-    return max(int(num_clients * fraction), int(getattr(strategy, "min_train_nodes", 1)))
+    core = innermost(strategy)
+    fraction = float(getattr(core, "fraction_train", 1.0))
+    return max(int(num_clients * fraction), int(getattr(core, "min_train_nodes", 1)))
 
 
 def _check(cfg: DictConfig, mechanism: str, strategy: Strategy) -> None:
@@ -97,7 +98,8 @@ def _check(cfg: DictConfig, mechanism: str, strategy: Strategy) -> None:
             "DP noise is calibrated to the unweighted mean but secure aggregation weights "
             "updates by example count; add wrappers.secagg.server.max_weight=1"
         )
-    if cfg.privacy.sampling == "poisson" and float(getattr(strategy, "fraction_train", 1.0)) != 1:
+    fraction = float(getattr(innermost(strategy), "fraction_train", 1.0))
+    if cfg.privacy.sampling == "poisson" and fraction != 1:
         raise PrivacyConfigError(
             "privacy.sampling=poisson samples every node with privacy.sample_rate itself; set "
             "strategy.algorithm.fraction_train=1.0"

@@ -7,6 +7,7 @@ Every config group can be overridden on the command line, e.g.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from clients.app import make_client_app
 from experiments.compose import CONFIG_DIR, ConfigError, client_mods
+from experiments.privacy import PrivacyConfigError
 from experiments.report import print_summary
 from experiments.runtime.launch import serve_on_ray
 from experiments.server import ServerRun, prepare_run
+from fedhar.data.download import DownloadError
+from strategies.tracking import NoProgress
 
 BACKENDS = ("ray-fast", "flower")  # runtime.backend
+USER_ERRORS = (ConfigError, PrivacyConfigError, DownloadError, NoProgress)  # one line, no traceback
+DEBUG_FLAG, DEBUG_ENV = "--debug", "FEDHAR_DEBUG"  # show the traceback of a user error
 
 
 def run_experiment(
@@ -40,7 +46,12 @@ def run_experiment(
         raise ConfigError(
             f"unknown runtime.backend {backend!r}; choose one of {', '.join(BACKENDS)}"
         )
-    run = prepare_run(cfg, run_dir)
+    try:
+        run = prepare_run(cfg, run_dir)
+    except (ValueError, FileNotFoundError) as error:  # the config, data or run dir cannot work
+        if isinstance(error, USER_ERRORS):
+            raise
+        raise ConfigError(str(error)) from error
     try:
         if run.rounds_done < cfg.num_rounds:
             mods = client_mods(cfg, run_dir)
@@ -92,10 +103,25 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     torch.set_num_threads(1)
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
-    summary = run_experiment(cfg, run_dir, overrides=list(hydra_config.overrides.task))
+    try:
+        summary = run_experiment(cfg, run_dir, overrides=list(hydra_config.overrides.task))
+    except USER_ERRORS as error:
+        if cfg.runtime.verbose or os.environ.get(DEBUG_ENV):
+            raise
+        print(f"fedhar: error: {error}", file=sys.stderr)
+        print(f"(run with {DEBUG_FLAG} or runtime.verbose=true for the traceback)", file=sys.stderr)
+        raise SystemExit(2 if isinstance(error, ConfigError | PrivacyConfigError) else 1) from None
     print_summary(summary, run_dir)
     return summary
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``fedhar [--debug] [overrides]``: `main`; ``--debug`` shows user errors' tracebacks."""
+    if DEBUG_FLAG in sys.argv[1:]:
+        sys.argv.remove(DEBUG_FLAG)
+        os.environ[DEBUG_ENV] = "1"
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -25,6 +25,7 @@ from experiments.compose import (
 )
 from experiments.report import summarize_run
 from experiments.sinks import RoundProgress, RunFiles, WandbTracking, truncate_outputs
+from experiments.validate import validate_config
 from fedhar.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from fedhar.federation import Federation, load_federation
 from fedhar.models import build_model
@@ -105,6 +106,7 @@ class ServerRun:
 
 def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
     """Compose the run in ``run_dir``: fresh, or resumed from its checkpoint."""
+    validate_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     _quiet_logs(cfg.runtime.verbose)
     if cfg.resume and (run_dir / CHECKPOINT_NAME).exists():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from logging import INFO
@@ -27,6 +29,26 @@ from strategies.wrapper import RoundReport, StrategyWrapper, wrapper_chain
 ServerEvaluate = Callable[[int, ArrayRecord], dict[str, float]]
 MAX_REASON_CHARS = 300  # keep a failing client's traceback summary readable in metrics
 NO_REPLY = "no reply within the round timeout; raise runtime.round_timeout_s for slow clients"
+
+
+class NoProgress(RuntimeError):
+    """Rounds in a row brought too few usable updates: the run cannot make progress."""
+
+
+def no_progress_message(stalled: Sequence[RoundRecord], min_updates: int) -> str:
+    """Which rounds stalled and their clients' most frequent reasons (reasons that differ only
+    in numbers, such as node ids, count as one, shown by their first instance)."""
+    reasons = [f.reason for r in stalled for f in r.failures]
+    reasons += [f"declined: {d}" for r in stalled for d in r.declines]
+    groups = Counter(re.sub(r"\d+", "#", reason) for reason in reasons)
+    example = {re.sub(r"\d+", "#", reason): reason for reason in reversed(reasons)}
+    top = "; ".join(f"{n}x {example[key]}" for key, n in groups.most_common(3)) or "no replies"
+    updates = ", ".join(str(r.succeeded) for r in stalled)
+    return (
+        f"rounds {stalled[0].server_round}-{stalled[-1].server_round} had fewer than "
+        f"{min_updates} usable update(s) each ({updates}); the run cannot make progress. "
+        f"Most frequent reasons: {top}. Fix the cause, or raise runtime.max_failed_rounds"
+    )
 
 
 def summarize_error(reason: str) -> str:
@@ -115,6 +137,9 @@ class Tracking(StrategyWrapper):
     clients whose reply carried an error, that did not reply before the grid's timeout, or
     whose update a wrapper rejected. A runtime that reports where clients ran sets
     ``runtime_stats``; its figures join the round's ``extra``.
+
+    With ``max_failed_rounds``, that many rounds in a row with fewer than ``min_updates``
+    usable updates raise `NoProgress` once their records have reached the sinks.
     """
 
     def __init__(
@@ -122,10 +147,16 @@ class Tracking(StrategyWrapper):
         strategy: Strategy,
         server_evaluate: ServerEvaluate | None = None,
         sinks: Sequence[RoundSink] = (),
+        max_failed_rounds: int | None = None,
+        min_updates: int = 1,
     ) -> None:
         super().__init__(strategy)
+        if max_failed_rounds is not None and max_failed_rounds < 1:
+            raise ValueError(f"max_failed_rounds must be >= 1, got {max_failed_rounds}")
         self.server_evaluate = server_evaluate
         self.sinks = list(sinks)
+        self.max_failed_rounds, self.min_updates = max_failed_rounds, max(1, int(min_updates))
+        self._stalled: list[RoundRecord] = []
         self.runtime_stats: Callable[[], dict[str, float]] | None = None  # set by the runtime
         self._round = _RoundInProgress()
 
@@ -205,4 +236,15 @@ class Tracking(StrategyWrapper):
         )
         for sink in self.sinks:
             sink.on_round(record)
+        self._check_progress(record)
         return metrics
+
+    def _check_progress(self, record: RoundRecord) -> None:
+        if self.max_failed_rounds is None:
+            return
+        if record.succeeded >= self.min_updates:
+            self._stalled = []
+            return
+        self._stalled.append(record)
+        if len(self._stalled) >= self.max_failed_rounds:
+            raise NoProgress(no_progress_message(self._stalled, self.min_updates))

@@ -103,6 +103,7 @@ ROOMS: dict[str, Room] = {  # most specific path first
         "strategies",
         "experiments.compose",
         "experiments.privacy",
+        "experiments.validate",
         "experiments.server",
         "experiments.run",
         "experiments.flower_app",

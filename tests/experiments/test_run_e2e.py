@@ -17,6 +17,7 @@ from experiments.compose import ConfigError, load_config
 from experiments.run import run_experiment
 from experiments.sinks import read_metrics
 from fedhar.checkpoint import load_checkpoint
+from strategies.tracking import NoProgress
 
 pytestmark = pytest.mark.e2e
 
@@ -113,6 +114,18 @@ def test_crashing_client_is_counted_and_round_goes_on(tmp_path: Path) -> None:
         assert all("simulated crash" in f["reason"] for f in row["failures"])
     assert summary["total_failures"] == 4
     assert summary["user_mean_f1"] > 2 * CHANCE
+
+
+def test_a_run_whose_every_client_fails_stops_with_the_reason(tmp_path: Path) -> None:
+    every = ",".join(str(p) for p in range(10))
+    with pytest.raises(
+        NoProgress, match=r"rounds 1-2 .*20x SimulatedCrash: simulated crash"
+    ) as stop:
+        _run(tmp_path, "stalled", [f"faults.crash_partitions=[{every}]",
+                                   "runtime.max_failed_rounds=2"])  # fmt: skip
+    assert "(0, 0)" in str(stop.value)
+    assert [r["server_round"] for r in read_metrics(tmp_path / "stalled")] == [1, 2]
+    assert not (tmp_path / "stalled" / "summary.json").exists()  # no summary of a failed run
 
 
 def test_a_hung_client_times_out_as_a_failure_and_the_round_goes_on(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from strategies.compression import CompressedUpdates
 from strategies.encryption import EncryptedTransport
 from strategies.fleet import FleetSimulation
 from strategies.run_info import RunInfo
+from strategies.sanitize import SanitizedUpdates
 from strategies.tracking import Tracking
 from strategies.wrapper import wrapper_chain
 
@@ -42,9 +43,10 @@ def test_the_stack_runs_outer_to_inner_from_checkpointing_to_the_algorithm(tmp_p
         FleetSimulation,
         EncryptedTransport,
         CompressedUpdates,
+        SanitizedUpdates,
         FedAvg,
     ]
-    assert _stack(["fleet=none"], tmp_path) == [Checkpointing, Tracking, FedAvg]
+    assert _stack(["fleet=none"], tmp_path) == [Checkpointing, Tracking, SanitizedUpdates, FedAvg]
 
 
 def test_a_wrapper_order_that_cannot_work_is_refused_with_the_order_that_does(tmp_path) -> None:

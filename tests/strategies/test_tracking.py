@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType
 from flwr.serverapp.strategy import FedAvg
@@ -17,7 +18,7 @@ from fedhar.wire import (
     train_reply,
 )
 from strategies.compression import CompressedUpdates
-from strategies.tracking import NO_REPLY, Tracking, summarize_error
+from strategies.tracking import NO_REPLY, NoProgress, Tracking, summarize_error
 from tests.helpers.grids import FakeGrid
 
 
@@ -133,3 +134,38 @@ def test_error_summary_keeps_the_last_line_of_a_wrapped_traceback() -> None:
     )
     assert summarize_error(reason) == "simulated crash of node 0 (u00)"
     assert summarize_error("") == "unknown error"
+
+
+def _round(tracking: Tracking, server_round: int, replies) -> None:
+    tracking.aggregate_train(server_round, replies)
+    tracking.aggregate_evaluate(server_round, [])
+
+
+def test_rounds_in_a_row_without_usable_updates_stop_the_run(reply) -> None:
+    sink = Collect()
+    tracking = Tracking(FedAvg(), sinks=[sink], max_failed_rounds=2)
+    crash = "Traceback ... ValueError: expected np.ndarray (got numpy.float32)"
+    _round(tracking, 1, [reply(error_reason=crash, node_id=1)])
+    _round(tracking, 2, [reply(_update(1.0, 10, "u1"), node_id=1)])  # progress resets the count
+    _round(tracking, 3, [reply(error_reason=crash, node_id=1), reply(error_reason=crash)])
+    with pytest.raises(NoProgress) as stop:
+        _round(tracking, 4, [reply(error_reason=crash, node_id=2)])
+    message = str(stop.value)
+    assert "rounds 3-4 had fewer than 1 usable update(s) each (0, 0)" in message
+    assert f"3x {crash}" in message
+    assert "runtime.max_failed_rounds" in message
+    assert [r.server_round for r in sink.records] == [1, 2, 3, 4]  # the last round is kept
+
+
+def test_a_round_below_the_strategy_minimum_counts_as_failed(reply) -> None:
+    tracking = Tracking(FedAvg(), sinks=[Collect()], max_failed_rounds=1, min_updates=2)
+    with pytest.raises(NoProgress, match=r"fewer than 2 usable update\(s\) each \(1\)"):
+        _round(tracking, 1, [reply(_update(1.0, 10, "u1"), node_id=1)])
+
+
+def test_without_a_limit_failed_rounds_go_on() -> None:
+    tracking = Tracking(FedAvg(), sinks=[Collect()])
+    for server_round in range(1, 6):
+        _round(tracking, server_round, [])
+    with pytest.raises(ValueError, match="max_failed_rounds"):
+        Tracking(FedAvg(), max_failed_rounds=0)
