@@ -3,7 +3,9 @@
 Client state that must survive rounds (error-feedback residuals, personal layers) lives in
 ``context.state``, which a killed run loses. With this mod outermost, a node that starts
 with an empty state in round r (a resumed run) reloads what it saved in its latest round
-before r, so a resumed run ends with the same numbers as an uninterrupted one. Secure
+before r when asked to train, and up to r when asked to evaluate (a node evaluated before
+it trains again scores its own personal layers), so a resumed run ends with the same numbers
+as an uninterrupted one. Secure
 aggregation's per-round secrets (``secagg-round``) are never written.
 """
 
@@ -45,15 +47,21 @@ def persisted_state_mod(run_dir: str) -> Mod:
     def mod(
         msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
-        if message_kind(msg) != MessageType.TRAIN:
+        kind = message_kind(msg)
+        config = msg.content.config_records.get(CONFIG_KEY)
+        if kind not in (MessageType.TRAIN, MessageType.EVALUATE) or config is None:
             return call_next(msg, context)
-        server_round = int(str(msg.content.config_records[CONFIG_KEY]["server-round"]))
+        server_round = int(str(config["server-round"]))
         folder = root / f"node{int(context.node_config['partition-id'])}"
         kept = RecordDict({k: v for k, v in context.state.items() if k not in VOLATILE_KEYS})
-        if not kept and (previous := latest_before(folder, server_round)) is not None:
+        # training in round r starts from the state before r; evaluating scores r's own
+        since = server_round if kind == MessageType.TRAIN else server_round + 1
+        if not kept and (previous := latest_before(folder, since)) is not None:
             for key, record in record_from_bytes(previous.read_bytes()).items():
                 context.state[key] = record
         reply = call_next(msg, context)
+        if kind != MessageType.TRAIN:
+            return reply
         kept = RecordDict({k: v for k, v in context.state.items() if k not in VOLATILE_KEYS})
         if len(kept):
             folder.mkdir(parents=True, exist_ok=True)

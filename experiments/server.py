@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from clients.app import ClientSettings
+from clients.state_store import STATE_DIR
 from experiments.compose import (
     ConfigError,
     build_stack,
@@ -24,9 +26,16 @@ from experiments.compose import (
     fleet_config,
 )
 from experiments.report import summarize_run
-from experiments.sinks import RoundProgress, RunFiles, WandbTracking, truncate_outputs
+from experiments.sinks import (
+    METRICS_FILE,
+    PER_USER_FILE,
+    RoundProgress,
+    RunFiles,
+    WandbTracking,
+    truncate_outputs,
+)
 from experiments.validate import validate_config
-from fedhar.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from fedhar.checkpoint import CHECKPOINT_NAME, check_checkpoint_matches, load_checkpoint
 from fedhar.federation import Federation, load_federation
 from fedhar.models import build_model
 from fedhar.records import RoundSink
@@ -149,7 +158,18 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
     )
 
 
-RESUME_MAY_CHANGE = ("num_rounds", "resume", "runtime", "tracking")  # no effect on the numbers
+RESUME_MAY_CHANGE = (  # keys whose change leaves the numbers as they are
+    "num_rounds",
+    "resume",
+    "tracking",
+    "runtime.backend",
+    "runtime.ray_address",
+    "runtime.messages_per_call",
+    "runtime.round_timeout_s",
+    "runtime.max_failed_rounds",
+    "runtime.verbose",
+    "runtime.ray_init_args",
+)  # not runtime.client_resources: a client's CPUs set its torch threads
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -213,18 +233,29 @@ def _quiet_logs(verbose: bool) -> None:
     logging.getLogger("ray").setLevel(level)
 
 
+RUN_STATE = (CHECKPOINT_NAME, METRICS_FILE, PER_USER_FILE, "summary.json")  # what resume reads
+
+
+def clear_run_state(run_dir: Path) -> None:
+    """Forget an earlier run in ``run_dir``: its checkpoint, records and clients' saved state."""
+    for name in RUN_STATE:
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)
+
+
 def _start_state(cfg: DictConfig, run_dir: Path, federation: Federation) -> tuple[int, Any]:
     """(rounds already done, initial arrays): from the checkpoint if resuming, else fresh."""
     if not cfg.resume:
-        for name in (CHECKPOINT_NAME, "metrics.jsonl", "per_user.csv"):
-            (run_dir / name).unlink(missing_ok=True)
+        clear_run_state(run_dir)
     checkpoint = load_checkpoint(run_dir)
-    if checkpoint is not None:
-        truncate_outputs(run_dir, checkpoint.server_round)
-        return checkpoint.server_round, checkpoint
     seed_everything(cfg.seed)
     model = build_model(
         cfg.model.name, federation.in_channels, federation.num_classes, cfg.model.width
     )
+    if checkpoint is not None:
+        shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        check_checkpoint_matches(run_dir, checkpoint, shapes)
+        truncate_outputs(run_dir, checkpoint.server_round)
+        return checkpoint.server_round, checkpoint
     truncate_outputs(run_dir, 0)
     return 0, state_to_arrays(model.state_dict())

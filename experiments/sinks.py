@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -18,14 +19,30 @@ from fedhar.records import RoundRecord
 METRICS_FILE = "metrics.jsonl"
 PER_USER_FILE = "per_user.csv"
 WandbMode = Literal["online", "offline", "disabled", "shared"]
+log = logging.getLogger("fedhar")
 PER_USER_FIELDS = ("server_round", "user", "device", "num_windows", "accuracy", "macro_f1")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's round records; a torn last line (a run killed mid-write) is dropped with a
+    warning, any other line that is not JSON is a ValueError naming the file and line."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if position == len(lines) - 1:
+                log.warning("%s, line %d is torn (%s); dropping it", path, number, error.msg)
+                break
+            raise ValueError(
+                f"{path}, line {number} is not JSON ({error.msg}); repair or delete the line, "
+                "or pass resume=false to start over"
+            ) from None
+    return rows
 
 
 def truncate_outputs(run_dir: Path, last_round: int) -> None:

@@ -58,8 +58,29 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
             arrays=_to_numpy(payload["arrays"]),
             strategy_state={k: _to_numpy(v) for k, v in payload["strategy_state"].items()},
         )
-    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as error:
+    except (
+        RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError, OSError,
+        EOFError, pickle.UnpicklingError,
+    ) as error:  # fmt: skip
+        detail = (str(error).splitlines() or [""])[0][:120]
         raise ValueError(
-            f"checkpoint {path} is unreadable ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:120]}); delete it to start the run afresh"
+            f"checkpoint {path} is unreadable ({type(error).__name__}: {detail}); delete it "
+            "or pass resume=false to start the run afresh"
         ) from error
+
+
+def check_checkpoint_matches(
+    run_dir: Path, checkpoint: Checkpoint, expected: dict[str, tuple[int, ...]]
+) -> None:
+    """ValueError naming the file unless the checkpoint's arrays have ``expected``'s names
+    and shapes (the model the config builds)."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    got = {name: tuple(array.shape) for name, array in checkpoint.arrays.items()}
+    missing, extra = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    wrong = sorted(n for n in expected.keys() & got.keys() if expected[n] != got[n])
+    if missing or extra or wrong:
+        raise ValueError(
+            f"checkpoint {path} does not hold this config's model (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, other shapes {wrong[:3]}); delete it or pass "
+            "resume=false to start the run afresh"
+        )

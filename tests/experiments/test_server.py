@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from clients.state_store import STATE_DIR
 from experiments.compose import ConfigError, load_config
-from experiments.server import check_resumable
+from experiments.server import RUN_STATE, check_resumable, clear_run_state
 
 
 def _saved(run_dir: Path, overrides: list[str]) -> None:
@@ -27,3 +28,20 @@ def test_a_changed_hyperparameter_is_refused_with_the_fix(tmp_path: Path) -> Non
     _saved(tmp_path, [])
     with pytest.raises(ConfigError, match=r"different config \(strategy\..*resume=false"):
         check_resumable(load_config(["strategy=fedprox"]), tmp_path)
+
+
+def test_a_clients_cpus_change_the_numbers_so_resume_refuses_them(tmp_path: Path) -> None:
+    _saved(tmp_path, [])
+    check_resumable(load_config(["runtime.round_timeout_s=30", "runtime.verbose=true"]), tmp_path)
+    with pytest.raises(ConfigError, match=r"runtime\.client_resources\.num_cpus"):
+        check_resumable(load_config(["runtime.client_resources.num_cpus=2"]), tmp_path)
+
+
+def test_starting_over_forgets_every_trace_of_the_earlier_run(tmp_path: Path) -> None:
+    for name in RUN_STATE:
+        (tmp_path / name).write_text("earlier run")
+    (tmp_path / STATE_DIR / "3").mkdir(parents=True)
+    (tmp_path / STATE_DIR / "3" / "state.bin").write_bytes(b"residuals")
+    (tmp_path / "config.yaml").write_text("kept: the new run writes its own")
+    clear_run_state(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

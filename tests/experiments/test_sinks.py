@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from experiments.sinks import (
+    METRICS_FILE,
     RoundProgress,
     RunFiles,
     WandbTracking,
@@ -102,3 +105,16 @@ def test_sweep_summary_collects_every_finished_job(tmp_path: Path) -> None:
     assert [r["job"] for r in collect_summaries(tmp_path)] == ["seed=0", "seed=1"]
     table = write_sweep_summary(tmp_path).read_text().splitlines()
     assert table == ["job,heldout_macro_f1", "seed=0,0.5", "seed=1,0.7"]
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_a_broken_middle_one_named(
+    tmp_path: Path, caplog
+) -> None:
+    good = [json.dumps({"server_round": r}) for r in (1, 2)]
+    (tmp_path / METRICS_FILE).write_text("\n".join([*good, '{"server_round": 3, "lo']))
+    with caplog.at_level(logging.WARNING, logger="fedhar"):
+        assert [r["server_round"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert "line 3 is torn" in caplog.text
+    (tmp_path / METRICS_FILE).write_text("\n".join([good[0], "{oops", good[1]]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2 is not JSON"):
+        read_metrics(tmp_path)
