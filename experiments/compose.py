@@ -234,6 +234,7 @@ def build_stack(
         sinks,
         max_failed_rounds=int(cfg.runtime.max_failed_rounds),
         min_updates=getattr(strategy, "min_train_nodes", 1),
+        directory=run.directory,
     )
     return Checkpointing(tracked, run.run_dir, cfg.seed, rounds_done, run.directory)
 

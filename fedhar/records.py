@@ -15,6 +15,8 @@ class ClientFailure:
 
     node_id: int
     reason: str
+    partition_id: int | None = None  # from enrollment; None for a node that never enrolled
+    user: str | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import INFO
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -24,6 +24,7 @@ from fedhar.wire import (
     eval_report_from_record,
     identity_from_record,
 )
+from strategies.run_info import FleetDirectory
 from strategies.wrapper import RoundReport, StrategyWrapper, wrapper_chain
 
 ServerEvaluate = Callable[[int, ArrayRecord], dict[str, float]]
@@ -139,7 +140,8 @@ class Tracking(StrategyWrapper):
     ``runtime_stats``; its figures join the round's ``extra``.
 
     With ``max_failed_rounds``, that many rounds in a row with fewer than ``min_updates``
-    usable updates raise `NoProgress` once their records have reached the sinks.
+    usable updates raise `NoProgress` once their records have reached the sinks. With the
+    run's enrollment ``directory``, every failure names its partition id and user.
     """
 
     def __init__(
@@ -149,8 +151,10 @@ class Tracking(StrategyWrapper):
         sinks: Sequence[RoundSink] = (),
         max_failed_rounds: int | None = None,
         min_updates: int = 1,
+        directory: FleetDirectory | None = None,
     ) -> None:
         super().__init__(strategy)
+        self.directory = directory
         if max_failed_rounds is not None and max_failed_rounds < 1:
             raise ValueError(f"max_failed_rounds must be >= 1, got {max_failed_rounds}")
         self.server_evaluate = server_evaluate
@@ -222,7 +226,7 @@ class Tracking(StrategyWrapper):
             wall_time_s=time.perf_counter() - progress.started,
             sampled=progress.sampled,
             succeeded=progress.succeeded - len(rejections),
-            failures=progress.failures + rejections,
+            failures=self._named(progress.failures + rejections),
             declines=progress.declines,
             bytes_down=progress.bytes_down,
             bytes_up=progress.bytes_up,
@@ -232,12 +236,23 @@ class Tracking(StrategyWrapper):
             per_user=scores,
             per_user_summary=summarize_users(list(scores)) if scores else None,
             extra=collect_round_stats(self.strategy) | runtime,
-            evaluate_failures=evaluate_failures,
+            evaluate_failures=self._named(evaluate_failures),
         )
         for sink in self.sinks:
             sink.on_round(record)
         self._check_progress(record)
         return metrics
+
+    def _named(self, failures: tuple[ClientFailure, ...]) -> tuple[ClientFailure, ...]:
+        """``failures`` with the partition id and user enrollment gave each node."""
+        if self.directory is None:
+            return failures
+        return tuple(
+            replace(f, partition_id=info.partition_id, user=info.user)
+            if (info := self.directory.nodes.get(f.node_id)) is not None
+            else f
+            for f in failures
+        )
 
     def _check_progress(self, record: RoundRecord) -> None:
         if self.max_failed_rounds is None:

@@ -240,12 +240,14 @@ def encode_update(
         if set(residual) != set(arrays):
             raise ValueError("residual names differ from the delta's; reset it to None")
         for name, r in residual.items():
-            arrays[name] = arrays[name] + r.detach().cpu().double().numpy()
+            arrays[name] = np.asarray(arrays[name] + r.detach().cpu().double().numpy())
     encoded = _encode("update", arrays, cfg.bits, cfg.topk_fraction, rng)
     if not cfg.error_feedback:
         return encoded, None
     new_residual = {
-        t.name: torch.from_numpy((arrays[t.name] - _decode_tensor(encoded, t)).astype(np.float32))
+        t.name: torch.from_numpy(
+            np.asarray(arrays[t.name] - _decode_tensor(encoded, t), dtype=np.float32)
+        )  # np.asarray: 0-d entries stay arrays, not numpy scalars
         for t in encoded.tensors
     }
     return encoded, new_residual

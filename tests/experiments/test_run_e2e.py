@@ -112,6 +112,8 @@ def test_crashing_client_is_counted_and_round_goes_on(tmp_path: Path) -> None:
     for row in rows:
         assert row["num_failures"] == 2 and row["succeeded"] == 8
         assert all("simulated crash" in f["reason"] for f in row["failures"])
+        assert sorted(f["partition_id"] for f in row["failures"]) == [0, 3]
+        assert all(f["user"] and f["user"] in f["reason"] for f in row["failures"])
     assert summary["total_failures"] == 4
     assert summary["user_mean_f1"] > 2 * CHANCE
 

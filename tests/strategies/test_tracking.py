@@ -12,12 +12,14 @@ from fedhar.records import RoundRecord
 from fedhar.wire import (
     ClientIdentity,
     EvalReport,
+    NodeInfo,
     TrainReport,
     decline_reply,
     eval_reply,
     train_reply,
 )
 from strategies.compression import CompressedUpdates
+from strategies.run_info import FleetDirectory
 from strategies.tracking import NO_REPLY, NoProgress, Tracking, summarize_error
 from tests.helpers.grids import FakeGrid
 
@@ -169,3 +171,13 @@ def test_without_a_limit_failed_rounds_go_on() -> None:
         _round(tracking, server_round, [])
     with pytest.raises(ValueError, match="max_failed_rounds"):
         Tracking(FedAvg(), max_failed_rounds=0)
+
+
+def test_failures_name_the_partition_and_user_that_enrolled(reply) -> None:
+    sink = Collect()
+    directory = FleetDirectory({3: NodeInfo(3, 7, "u08", "esp32", 0.5)})
+    tracking = Tracking(FedAvg(), sinks=[sink], directory=directory)
+    _round(tracking, 1, [reply(error_reason="boom", node_id=3), reply(error_reason="x", node_id=9)])
+    named, stranger = sink.records[0].failures
+    assert (named.node_id, named.partition_id, named.user) == (3, 7, "u08")
+    assert (stranger.node_id, stranger.partition_id, stranger.user) == (9, None, None)

@@ -152,6 +152,20 @@ def test_error_feedback_tracks_sum_of_deltas() -> None:
     assert none is None and no_ef.kind == "update"
 
 
+def test_error_feedback_keeps_scalar_entries_across_rounds() -> None:
+    """0-d entries (a QAT observer's range, a step counter) keep a 0-d residual."""
+    cfg, rng = CodecConfig(bits=8, error_feedback=True), np.random.default_rng(0)
+    residual = None
+    sent, true = 0.0, 0.0
+    for r in range(3):
+        delta = {"w": torch.randn(4, 3), "scale": torch.tensor(0.37 + r)}
+        enc, residual = encode_update(delta, cfg, rng, residual)
+        assert residual is not None and residual["scale"].shape == ()
+        sent += float(decode_update(enc, {"w": (4, 3), "scale": ()})["scale"])
+        true += float(delta["scale"])
+        assert sent + float(residual["scale"]) == pytest.approx(true, abs=1e-5)
+
+
 def test_state_downlink_is_deterministic_int8() -> None:
     state = make_delta(5)
     a, b = encode_state(state, 8), encode_state(state, 8)
