@@ -63,21 +63,15 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
-    """Per-round table, then where the outputs are."""
-    console = console or Console()
-    table = Table(title=f"fedhar run: {run_dir}")
-    for column in (
-        "round",
-        "loss",
-        "heldout F1",
-        "user F1",
-        "worst10 F1",
-        "fail",
-        "decl",
-        "MB up",
-        "wall s",
-    ):
+SUMMARY_COLUMNS = (
+    "round", "loss", "heldout F1", "user F1", "worst10 F1", "fail", "decl", "MB up", "wall s",
+)  # fmt: skip
+
+
+def summary_table(run_dir: Path, title_dir: Path | str | None = None) -> Table:
+    """The per-round table of a run; its title names ``title_dir`` (default ``run_dir``)."""
+    table = Table(title=f"fedhar run: {title_dir or run_dir}")
+    for column in SUMMARY_COLUMNS:
         table.add_column(column, justify="right")
     for row in read_metrics(run_dir):
         table.add_row(
@@ -91,7 +85,13 @@ def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | Non
             f"{row['bytes_up'] / 1e6:.2f}",
             f"{row['wall_time_s']:.1f}",
         )
-    console.print(table)
+    return table
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
+    """Per-round table, then where the outputs are."""
+    console = console or Console()
+    console.print(summary_table(run_dir))
     console.print(
         f"outputs: {run_dir}/metrics.jsonl, per_user.csv, metrics.png, per_user_f1.png, "
         "checkpoint.pt, summary.json"

@@ -111,8 +111,16 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         print(f"fedhar: error: {error}", file=sys.stderr)
         print(f"(run with {DEBUG_FLAG} or runtime.verbose=true for the traceback)", file=sys.stderr)
         raise SystemExit(2 if isinstance(error, ConfigError | PrivacyConfigError) else 1) from None
-    print_summary(summary, run_dir)
+    print_summary(summary, _relative(run_dir))
     return summary
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (as users typed it)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def cli() -> None:
