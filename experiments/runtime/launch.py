@@ -53,7 +53,9 @@ def serve_on_ray(run: ServerRun, mods: Sequence[Mod]) -> None:
     def new_worker() -> Any:
         return actor.remote(run.settings, mods, threads)
 
-    log.info("fast runtime: %d workers of %s CPU on %s", workers, cpus, ray.nodes())
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    log.info("fast runtime: %d workers of %s CPU on %d Ray node(s) with %g CPUs", workers, cpus,
+             len(alive), sum(n["Resources"].get("CPU", 0.0) for n in alive))  # fmt: skip
     grid: RayGrid | None = None
     try:
         grid = RayGrid(new_worker, workers, run.num_clients,
