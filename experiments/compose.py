@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from clients.app import ClientSettings
 from clients.state_store import persisted_state_mod
 from experiments.privacy import dp_sgd_settings, privacy_mods, wrap_privacy
+from experiments.run_dirs import register_resolver
 from fedhar.device.local_update import QuantSettings, max_width, storage_bits
 from fedhar.device.planner import smallest_budget
 from fedhar.device.profiles import (
@@ -46,6 +47,7 @@ from strategies.sanitize import SanitizedUpdates
 from strategies.tracking import ServerEvaluate, Tracking
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+register_resolver()  # ${config_hash:} in the run directory's name
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:

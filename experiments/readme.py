@@ -18,6 +18,7 @@ from rich.console import Console
 from experiments.compose import load_config
 from experiments.report import summary_table
 from experiments.run import run_experiment
+from experiments.run_dirs import config_hash
 from experiments.sinks import METRICS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,6 @@ README, DOCS = ROOT / "README.md", ROOT / "docs"
 KEPT_METRICS = "quickstart-metrics.jsonl"  # in docs/
 PLOTS = ("metrics.png", "per_user_f1.png")
 QUICKSTART = ("experiment=quickstart", "tracking.progress=false")
-SHOWN_DIR = "outputs/quickstart-seed0"  # where `make run` writes (the preset's hydra.run.dir)
 BEGIN, END = "<!-- quickstart output: make docs -->", "<!-- end of quickstart output -->"
 WIDTH = 80  # columns of the rendered table, as a terminal shows it
 
@@ -36,10 +36,15 @@ def run_quickstart(run_dir: Path, overrides: tuple[str, ...] = ()) -> Path:
     return run_dir
 
 
+def shown_dir() -> str:
+    """Where ``make run`` writes: the quickstart preset's ``hydra.run.dir``."""
+    return f"outputs/quickstart-seed0-{config_hash(load_config(list(QUICKSTART)))}"
+
+
 def rendered_table(metrics_dir: Path) -> str:
     """The table `fedhar` prints for the run whose ``metrics.jsonl`` is in ``metrics_dir``."""
     console = Console(record=True, width=WIDTH, file=io.StringIO())
-    console.print(summary_table(metrics_dir, SHOWN_DIR))
+    console.print(summary_table(metrics_dir, shown_dir()))
     return console.export_text()
 
 

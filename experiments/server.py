@@ -26,6 +26,7 @@ from experiments.compose import (
     fleet_config,
 )
 from experiments.report import summarize_run
+from experiments.run_dirs import numbers_config
 from experiments.sinks import (
     METRICS_FILE,
     PER_USER_FILE,
@@ -158,39 +159,15 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
     )
 
 
-RESUME_MAY_CHANGE = (  # keys whose change leaves the numbers as they are
-    "num_rounds",
-    "resume",
-    "tracking",
-    "runtime.backend",
-    "runtime.ray_address",
-    "runtime.messages_per_call",
-    "runtime.round_timeout_s",
-    "runtime.max_failed_rounds",
-    "runtime.verbose",
-    "runtime.ray_init_args",
-)  # not runtime.client_resources: a client's CPUs set its torch threads
-
-
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(_flat(value, f"{prefix}{key}."))
-    return flat
-
-
 def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse to resume a run directory under a config that would change its numbers."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         return
-    saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
-    current = OmegaConf.to_container(cfg, resolve=True)
-    kept = {k: v for k, v in _flat(saved).items() if not k.startswith(RESUME_MAY_CHANGE)}
-    now = {k: v for k, v in _flat(current).items() if not k.startswith(RESUME_MAY_CHANGE)}
-    changed = sorted(k.rstrip(".") for k in kept.keys() | now.keys() if kept.get(k) != now.get(k))
+    saved_cfg = OmegaConf.load(saved_path)
+    assert isinstance(saved_cfg, DictConfig)
+    kept, now = numbers_config(saved_cfg), numbers_config(cfg)
+    changed = sorted(k for k in kept.keys() | now.keys() if kept.get(k) != now.get(k))
     if changed:
         raise ConfigError(
             f"{run_dir} holds a run with a different config ({', '.join(changed[:5])}); "

@@ -104,6 +104,7 @@ ROOMS: dict[str, Room] = {  # most specific path first
         "experiments.compose",
         "experiments.privacy",
         "experiments.validate",
+        "experiments.run_dirs",
         "experiments.server",
         "experiments.run",
         "experiments.flower_app",
