@@ -11,6 +11,8 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedhar.models import build_model
+from fedhar.models.microbi_convlstm import CONV1_CHANNELS, CONV2_CHANNELS
+from fedhar.models.scaling import scale_width
 from fedhar.partial.spec import extract, scatter, slice_width
 from fedhar.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, arrays_to_state, state_to_arrays
 from strategies.heterofl import HeteroFL
@@ -230,3 +232,47 @@ def test_infer_dims_names_the_fix_for_a_state_of_another_model() -> None:
         assert "model.width=1.0" in str(err)
     else:
         raise AssertionError("a half-width state passed as the global model")
+
+
+def test_random_overlapping_updates_average_per_element_against_a_direct_loop(reply) -> None:
+    """Each element is the example-weighted mean over the nodes whose leading slice holds it,
+    computed here element by element from the nodes' own sub-models."""
+    widths, counts = {1: 1.0, 2: 0.5, 3: 0.25}, {1: 7, 2: 13, 3: 29}
+    strategy = HeteroFL(model=MODEL, run=run_with(widths), min_train_nodes=3,
+                        min_available_nodes=3)  # fmt: skip
+    arrays = global_arrays()
+    start = arrays_to_state(arrays)
+    messages = {
+        m.metadata.dst_node_id: m
+        for m in strategy.configure_train(1, arrays, _config(), FakeGrid([1, 2, 3]))
+    }
+    sent = {n: arrays_to_state(m.content[ARRAYS_KEY]) for n, m in messages.items()}
+    updated = {
+        n: {k: torch.randn(t.shape, generator=torch.Generator().manual_seed(n)) if
+            t.is_floating_point() else t for k, t in state.items()}
+        for n, state in sent.items()
+    }  # fmt: skip
+    replies = [
+        reply(trained_reply(messages[n], lambda k, t, n=n: updated[n][k], counts[n]), node_id=n)
+        for n in (1, 2, 3)
+    ]
+    new, _ = strategy.aggregate_train(1, replies)
+    assert new is not None
+    state = arrays_to_state(new)
+    for name, (rows, cols) in {
+        "conv1.weight": (CONV1_CHANNELS, None),
+        "conv2.weight": (CONV2_CHANNELS, CONV1_CHANNELS),
+    }.items():
+        full = start[name]
+        for out in range(full.shape[0]):
+            for inp in range(full.shape[1]):
+                holders = [
+                    n for n, w in widths.items()
+                    if out < scale_width(rows, w) and (cols is None or inp < scale_width(cols, w))
+                ]  # fmt: skip
+                if not holders:
+                    torch.testing.assert_close(state[name][out, inp], full[out, inp])
+                    continue
+                total = sum(counts[n] * updated[n][name][out, inp] for n in holders)
+                expected = total / sum(counts[n] for n in holders)
+                torch.testing.assert_close(state[name][out, inp], expected)
