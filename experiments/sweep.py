@@ -1,9 +1,15 @@
-"""Collects a Hydra multirun's ``summary.json`` files into one table."""
+"""Collects a Hydra multirun's ``summary.json`` files into one table, and one over seeds.
+
+``sweep_summary.csv`` has one row per finished job; ``sweep_over_seeds.csv`` one row per
+setting (a job's overrides without ``seed=``) with the number of seeds and the mean and
+sample standard deviation of every score over them.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 SUMMARY_FILE = "sweep_summary.csv"
+OVER_SEEDS_FILE = "sweep_over_seeds.csv"
+SCORES = ("heldout_macro_f1", "user_mean_f1", "user_worst10_f1")
 
 
 def collect_summaries(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -35,6 +43,38 @@ def write_sweep_summary(sweep_dir: Path) -> Path:
     return path
 
 
+def setting_of(overrides: str) -> str:
+    """A job's overrides without its seed: what the seeds of one setting share."""
+    return " ".join(t for t in overrides.split() if not t.startswith(("seed=", "+seed=")))
+
+
+def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per setting: how many seeds finished, and each score's mean and std over them."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(setting_of(str(row.get("overrides", ""))), []).append(row)
+    out = []
+    for setting, jobs in groups.items():
+        summary: dict[str, Any] = {"setting": setting, "seeds": len(jobs)}
+        for score in SCORES:
+            values = [float(j[score]) for j in jobs if isinstance(j.get(score), int | float)]
+            summary[f"{score}_mean"] = statistics.fmean(values) if values else None
+            summary[f"{score}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        out.append(summary)
+    return out
+
+
+def write_over_seeds(sweep_dir: Path) -> Path:
+    """``sweep_over_seeds.csv`` of the finished jobs under ``sweep_dir``."""
+    rows = over_seeds(collect_summaries(sweep_dir))
+    path = Path(sweep_dir) / OVER_SEEDS_FILE
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def print_sweep_summary(sweep_dir: Path, console: Console | None = None) -> None:
     rows = collect_summaries(sweep_dir)
     table = Table(title=f"sweep {sweep_dir}")
@@ -48,7 +88,21 @@ def print_sweep_summary(sweep_dir: Path, console: Console | None = None) -> None
         table.add_row(
             *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in map(row.get, columns))
         )
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    seeds = Table(title="mean ± std over seeds")
+    for column in ("setting", "seeds", *SCORES):
+        seeds.add_column(column)
+    for summary in over_seeds(rows):
+        cells = [_mean_std(summary[f"{s}_mean"], summary[f"{s}_std"]) for s in SCORES]
+        seeds.add_row(summary["setting"] or "(defaults)", str(summary["seeds"]), *cells)
+    console.print(seeds)
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 class SweepSummary(Callback):
@@ -58,4 +112,5 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if collect_summaries(sweep_dir):
             write_sweep_summary(sweep_dir)
+            write_over_seeds(sweep_dir)
             print_sweep_summary(sweep_dir)

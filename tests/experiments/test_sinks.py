@@ -17,7 +17,13 @@ from experiments.sinks import (
     read_metrics,
     truncate_outputs,
 )
-from experiments.sweep import collect_summaries, write_sweep_summary
+from experiments.sweep import (
+    collect_summaries,
+    over_seeds,
+    print_sweep_summary,
+    write_over_seeds,
+    write_sweep_summary,
+)
 from fedhar.metrics import UserScore, summarize_users
 from fedhar.records import ClientFailure, RoundRecord
 
@@ -118,3 +124,23 @@ def test_a_torn_last_metrics_line_is_dropped_and_a_broken_middle_one_named(
     (tmp_path / METRICS_FILE).write_text("\n".join([good[0], "{oops", good[1]]) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2 is not JSON"):
         read_metrics(tmp_path)
+
+
+def test_sweep_scores_are_averaged_over_the_seeds_of_each_setting(tmp_path: Path) -> None:
+    jobs = {"job0": ("seed=0 strategy=fedavg", 0.5), "job1": ("seed=1 strategy=fedavg", 0.7),
+            "job2": ("seed=0 strategy=fedprox", 0.4)}  # fmt: skip
+    for job, (overrides, f1) in jobs.items():
+        (tmp_path / job).mkdir()
+        summary = {"overrides": overrides, "heldout_macro_f1": f1, "user_mean_f1": None}
+        (tmp_path / job / "summary.json").write_text(json.dumps(summary))
+    rows = {r["setting"]: r for r in over_seeds(collect_summaries(tmp_path))}
+    assert rows["strategy=fedavg"]["seeds"] == 2
+    assert rows["strategy=fedavg"]["heldout_macro_f1_mean"] == pytest.approx(0.6)
+    assert rows["strategy=fedavg"]["heldout_macro_f1_std"] == pytest.approx(0.1414214)
+    assert rows["strategy=fedprox"]["heldout_macro_f1_std"] is None  # one seed: no spread
+    assert rows["strategy=fedavg"]["user_mean_f1_mean"] is None
+    lines = write_over_seeds(tmp_path).read_text().splitlines()
+    assert lines[0].startswith("setting,seeds,heldout_macro_f1_mean,heldout_macro_f1_std")
+    console = Console(record=True, width=200)
+    print_sweep_summary(tmp_path, console)
+    assert "0.600 ± 0.141" in console.export_text()
