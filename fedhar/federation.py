@@ -108,6 +108,13 @@ class Federation:
         windows = self.source.windows_of(user)
         split = SPLITS[self.spec.split]
         train, test = split(windows, self.spec.test_fraction, self.spec.gap_s)
+        if len(train) == 0 or len(test) == 0:
+            raise ValueError(
+                f"user {user} has {len(train)} training and {len(test)} test windows (of "
+                f"{len(windows)}); a client needs both: use a shorter "
+                "dataset.options.window_length or stride, or change federation.test_fraction "
+                "or federation.gap_s"
+            )
         return ClientData(user=user, device=self.device_of(user), train=train, test=test)
 
 

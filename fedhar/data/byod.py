@@ -5,6 +5,9 @@ CSV (one recording per file; several users or devices in one file are split apar
     user,device,timestamp_s,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label
 
 acc in g (gravity included), gyro in rad/s, timestamp in seconds, label a string.
+Recordings whose accelerometer does not look like that (median magnitude outside 0.5-2 g:
+gravity removed, or m/s^2) and recordings resampled by more than 2x are read with a warning
+that names the file and the numbers.
 
 NPZ (one recording per file): `time_s` (T,), `signals` (T, 6) in the column order above,
 `labels` (T,) strings; optional scalar strings `user` (default: the file stem) and `device`
@@ -14,6 +17,7 @@ NPZ (one recording per file): `time_s` (T,), `signals` (T, 6) in the column orde
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +30,9 @@ from fedhar.data.windows import window_recordings
 BYOD_COLUMNS = ("user", "device", "timestamp_s", *ACC_GYRO_CHANNELS, "label")
 
 RawRecording = tuple[str, str, np.ndarray, np.ndarray, np.ndarray]  # user, device, t, x, labels
+GRAVITY_RANGE_G = (0.5, 2.0)  # median |acc| of a recording with gravity, in g
+MAX_RESAMPLING = 2.0  # larger rate changes than this, either way, are warned about
+log = logging.getLogger("fedhar")
 
 
 @dataclass(frozen=True)
@@ -106,13 +113,41 @@ def data_files(root: str | None) -> list[Path]:
     return files
 
 
+def recording_warnings(path: Path, recording: RawRecording, rate_hz: float) -> list[str]:
+    """What looks wrong in one recording: no gravity (or not in g), a large rate change."""
+    user, device, t, x, _ = recording
+    where = f"{path} (user {user}, device {device})"
+    found = []
+    magnitude = float(np.median(np.linalg.norm(x[:, :3], axis=1))) if len(x) else 1.0
+    low, high = GRAVITY_RANGE_G
+    if not low <= magnitude <= high:
+        found.append(
+            f"{where}: median accelerometer magnitude {magnitude:.2f} g, expected about 1 g "
+            "with gravity included; give acceleration in g (m/s^2 / 9.81) without removing "
+            "gravity"
+        )
+    steps = np.diff(np.sort(t))
+    steps = steps[steps > 0]
+    if len(steps):
+        native = 1.0 / float(np.median(steps))
+        ratio = rate_hz / native
+        if max(ratio, 1 / ratio) > MAX_RESAMPLING * 1.01:  # 1%: timestamps are rounded
+            found.append(
+                f"{where}: recorded at {native:.1f} Hz, resampled to {rate_hz:g} Hz "
+                f"({ratio:.1f}x); set dataset.options.rate_hz nearer the recording's rate"
+            )
+    return found
+
+
 def read_byod(config: ByodConfig) -> WindowDataset:
     """Read, label-index, resample and window every recording under `config.root`."""
     raw: list[RawRecording] = []
     for path in data_files(config.root):
-        raw.extend(
-            read_csv_recordings(path) if path.suffix == ".csv" else [read_npz_recording(path)]
-        )
+        read = read_csv_recordings(path) if path.suffix == ".csv" else [read_npz_recording(path)]
+        for recording in read:
+            for warning in recording_warnings(path, recording, config.rate_hz):
+                log.warning("%s", warning)
+        raw.extend(read)
     found = sorted({str(label) for *_, labels in raw for label in np.unique(labels)})
     class_names = config.class_names or tuple(found)
     unknown = sorted(set(found) - set(class_names))

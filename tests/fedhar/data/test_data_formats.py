@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
 from fedhar.data import DATASET_NAMES, load_dataset
 from fedhar.data.byod import BYOD_COLUMNS
+from fedhar.federation import FederationSpec, load_client
 from tests.fedhar.data.conftest import write_uci
 
 
@@ -103,3 +106,43 @@ def test_registry_names_and_errors():
         load_dataset("mnist")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['users'\].*num_users"):
         load_dataset("synthetic", users=3)
+
+
+def _byod_csv(root, rows):
+    root.mkdir(exist_ok=True)
+    (root / "rec.csv").write_text(",".join(BYOD_COLUMNS) + "\n" + "".join(rows))
+
+
+@pytest.mark.parametrize(
+    ("acc", "rate", "expected"),
+    [
+        ("0,0,0.05", 50.0, "median accelerometer magnitude 0.05 g"),  # gravity removed
+        ("0,0,9.81", 50.0, "median accelerometer magnitude 9.81 g"),  # m/s^2, not g
+        ("0,0,1", 10.0, "recorded at 10.0 Hz, resampled to 50 Hz (5.0x)"),
+    ],
+)
+def test_byod_warns_of_data_that_does_not_look_as_expected(
+    tmp_path, caplog, acc: str, rate: float, expected: str
+) -> None:
+    t = np.arange(int(20 * rate)) / rate
+    _byod_csv(tmp_path / "d", [f"u,watch,{ti:.4f},{acc},0,0,0,walk\n" for ti in t])
+    with caplog.at_level(logging.WARNING, logger="fedhar"):
+        load_dataset("byod", root=str(tmp_path / "d"), cache=False)
+    assert expected in caplog.text and "rec.csv (user u, device watch)" in caplog.text
+
+
+def test_byod_in_g_with_gravity_at_a_near_rate_reads_without_warnings(tmp_path, caplog) -> None:
+    _byod_csv(tmp_path / "d", byod_rows("u", "watch", 10, lambda t: "walk"))  # 100 Hz -> 50 Hz
+    with caplog.at_level(logging.WARNING, logger="fedhar"):
+        load_dataset("byod", root=str(tmp_path / "d"), cache=False)
+    assert caplog.text == ""
+
+
+def test_a_client_without_test_windows_fails_with_the_numbers(tmp_path) -> None:
+    rows = [*byod_rows("a", "p", 1.5, lambda t: "x"), *byod_rows("b", "p", 10, lambda t: "x")]
+    _byod_csv(tmp_path / "d", rows)
+    options = {"root": str(tmp_path / "d"), "window_length": 64, "stride": 64, "cache": False}
+    spec = FederationSpec("byod", FederationSpec.options_from(options), holdout_fraction=0.0)
+    with pytest.raises(ValueError, match=r"user a has 1 training and 0 test windows \(of 1\)"):
+        load_client(spec, 0)
+    assert len(load_client(spec, 1).test) > 0
