@@ -32,6 +32,8 @@ from strategies.tracking import NoProgress
 BACKENDS = ("ray-fast", "flower")  # runtime.backend
 USER_ERRORS = (ConfigError, PrivacyConfigError, DownloadError, NoProgress)  # one line, no traceback
 DEBUG_FLAG, DEBUG_ENV = "--debug", "FEDHAR_DEBUG"  # show the traceback of a user error
+HELP_FLAGS = ("--help", "-h")  # fedhar's short help; Hydra's own is --hydra-help
+GROUPS = ("dataset", "model", "strategy", "fleet", "privacy", "wrappers", "experiment")
 
 
 def run_experiment(
@@ -123,8 +125,33 @@ def _relative(path: Path) -> Path:
         return path
 
 
+def help_text() -> str:
+    """The main keys of ``configs/config.yaml`` with their comments, and the groups' options."""
+    lines = [
+        "fedhar: a federated HAR run on Ray, configured by Hydra overrides.",
+        "",
+        "usage: fedhar [--debug] [group=option ...] [key=value ...]   (-m: a sweep, e.g. seed=0,1)",
+        "",
+        "config groups (group=option):",
+    ]
+    for group in GROUPS:
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        lines.append(f"  {group:<11} {', '.join(options)}")
+    text = (CONFIG_DIR / "config.yaml").read_text()
+    keys = text.split("\nhydra:", 1)[0].split("\nseed:", 1)[1]  # after the defaults list
+    lines += ["", "main keys (configs/config.yaml; the device catalogue is configs/fleet/):",
+              "seed:" + keys.rstrip(), "",
+              "more: fedhar --cfg job [overrides] prints the composed config; fedhar --hydra-help;",
+              "tab completion: eval \"$(fedhar -sc install=bash)\""]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def cli() -> None:
-    """``fedhar [--debug] [overrides]``: `main`; ``--debug`` shows user errors' tracebacks."""
+    """``fedhar [--debug] [overrides]``: `main`; ``--debug`` shows user errors' tracebacks,
+    ``--help`` the main keys and config groups."""
+    if any(flag in sys.argv[1:] for flag in HELP_FLAGS):
+        print(help_text(), end="")
+        return
     if DEBUG_FLAG in sys.argv[1:]:
         sys.argv.remove(DEBUG_FLAG)
         os.environ[DEBUG_ENV] = "1"

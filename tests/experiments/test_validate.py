@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments.compose import CONFIG_DIR, ConfigError, load_config
+from experiments.run import GROUPS, help_text
 from experiments.validate import validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,3 +70,13 @@ def test_the_command_line_shows_a_user_error_in_one_line_without_traceback(tmp_p
     assert not (tmp_path / "run" / "config.yaml").exists()  # refused before anything started
     debug = _fedhar("--debug", "train.batch_size=0", tmp_path=tmp_path)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_help_is_short_shows_every_group_and_the_main_keys_with_their_comments() -> None:
+    text = help_text()
+    assert len(text.splitlines()) < 100
+    for group in GROUPS:
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        assert f"  {group:<11} {', '.join(options)}" in text
+    assert "round_timeout_s: 600   # a round never waits longer than this for a client" in text
+    assert "nrf52840" not in text and "hydra:" not in text  # the catalogue and Hydra stay out
