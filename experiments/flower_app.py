@@ -1,8 +1,11 @@
 """The Flower App behind ``flwr run .``: the same ServerApp and ClientApp as ``fedhar``.
 
 The run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, or ``--run-config``) selects
-the Hydra config: ``experiment`` names a preset in ``configs/experiment/``, ``overrides`` adds
-space-separated Hydra overrides, and ``run-dir`` is where outputs go.
+the Hydra config: ``experiment`` names a preset in ``configs/experiment/``, Flower's usual keys
+(`FLOWER_KEYS`: ``num-server-rounds``, ``local-epochs``, ...) set their Hydra keys when not
+empty, ``overrides`` adds space-separated Hydra overrides (applied last), and ``run-dir`` is
+where outputs go: empty, each ``flwr run`` gets its own ``outputs/flwr-run-<run id>``; name a
+directory to resume a run there.
 """
 
 from __future__ import annotations
@@ -22,13 +25,27 @@ from experiments.report import print_summary
 from experiments.server import prepare_run
 from fedhar.federation import open_federation
 
-DEFAULT_RUN_DIR = "outputs/flwr-run"
+RUN_DIR_PREFIX = "outputs/flwr-run-"  # + Flower's run id, when run-dir is empty
+FLOWER_KEYS = {  # Flower-style run-config key -> Hydra key
+    "num-server-rounds": "num_rounds",
+    "local-epochs": "train.epochs",
+    "batch-size": "train.batch_size",
+    "learning-rate": "train.lr",
+    "fraction-train": "strategy.algorithm.fraction_train",
+    "fraction-evaluate": "strategy.algorithm.fraction_evaluate",
+    "seed": "seed",
+}
 
 
 def _overrides(run_config: Mapping[str, object]) -> tuple[str, ...]:
     experiment = str(run_config.get("experiment", "") or "")
+    flower = [
+        f"{key}={run_config[name]}"
+        for name, key in FLOWER_KEYS.items()
+        if str(run_config.get(name, "")) != ""
+    ]
     extra = str(run_config.get("overrides", "") or "").split()
-    return (*([f"experiment={experiment}"] if experiment else []), *extra)
+    return (*([f"experiment={experiment}"] if experiment else []), *flower, *extra)
 
 
 @lru_cache(maxsize=4)
@@ -50,7 +67,7 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = _config(_overrides(context.run_config))
-    run = prepare_run(cfg, Path(_run_dir(context.run_config)))
+    run = prepare_run(cfg, Path(_run_dir(context)))
     try:
         run.serve(grid)
     finally:
@@ -61,7 +78,7 @@ def main(grid: Grid, context: Context) -> None:
 def configured_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Apply the client mods the run config's wrappers and strategy name, outermost first."""
     handler = call_next
-    for mod in reversed(_mods(_overrides(context.run_config), _run_dir(context.run_config))):
+    for mod in reversed(_mods(_overrides(context.run_config), _run_dir(context))):
         handler = _bind(mod, handler)
     return handler(msg, context)
 
@@ -71,8 +88,9 @@ def _mods(overrides: tuple[str, ...], run_dir: str) -> tuple[Mod, ...]:
     return tuple(client_mods(_config(overrides), Path(run_dir)))
 
 
-def _run_dir(run_config: Mapping[str, object]) -> str:
-    return str(run_config.get("run-dir", DEFAULT_RUN_DIR))
+def _run_dir(context: Context) -> str:
+    """The run config's ``run-dir``; empty: a directory of this Flower run's own."""
+    return str(context.run_config.get("run-dir", "") or f"{RUN_DIR_PREFIX}{context.run_id}")
 
 
 def _bind(mod: Mod, call_next: ClientAppCallable) -> ClientAppCallable:

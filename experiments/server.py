@@ -50,6 +50,7 @@ from strategies.tracking import Tracking
 from strategies.wrapper import wrapper_chain
 
 log = logging.getLogger("fedhar")
+FLEET_SETTLE_S = 15.0  # a fleet short of nodes for this long is not still starting
 
 
 @dataclass
@@ -176,18 +177,32 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
         )
 
 
-def wait_for_fleet(grid: Grid, num_nodes: int, timeout_s: float) -> None:
+def wait_for_fleet(
+    grid: Grid, num_nodes: int, timeout_s: float, settle_s: float = FLEET_SETTLE_S
+) -> None:
     """Block until every simulated node has registered, so round 1 samples the whole fleet.
 
     Flower samples from the nodes registered so far; without this wait, round 1 would depend
-    on how fast the runtime starts its nodes.
+    on how fast the runtime starts its nodes. A fleet whose size stays below ``num_nodes``
+    for ``settle_s`` seconds will not grow (e.g. ``flwr run`` with too few SuperNodes): that
+    is an error at once, not a wait for the whole timeout.
     """
     deadline = time.monotonic() + timeout_s
-    while len(list(grid.get_node_ids())) < num_nodes:
-        if time.monotonic() > deadline:
+    seen, since = 0, time.monotonic()
+    while (registered := len(list(grid.get_node_ids()))) < num_nodes:
+        now = time.monotonic()
+        if registered != seen:
+            seen, since = registered, now
+        if registered and now - since > settle_s:
+            raise ConfigError(
+                f"the federation has {num_nodes} client users but only {registered} nodes "
+                f"registered; run {num_nodes} simulated nodes (flwr run: set "
+                f"options.num-supernodes = {num_nodes} in the federation's config)"
+            )
+        if now > deadline:
             raise TimeoutError(
-                f"only {len(list(grid.get_node_ids()))} of {num_nodes} nodes registered within "
-                f"{timeout_s:.0f} s; raise runtime.round_timeout_s or check the Ray resources"
+                f"only {registered} of {num_nodes} nodes registered within {timeout_s:.0f} s; "
+                "raise runtime.round_timeout_s or check the Ray resources"
             )
         time.sleep(0.05)
 

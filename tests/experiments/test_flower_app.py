@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import tomllib
 from pathlib import Path
 
 from flwr.app import Context, RecordDict
@@ -41,3 +42,29 @@ def test_run_config_selects_the_experiment_and_overrides(tmp_path: Path, in_proc
     assert [r["server_round"] for r in rows] == [1, 2]
     assert rows[-1]["extra"]["compression/bytes-up"] == rows[-1]["bytes_up"] > 0
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_flower_style_keys_set_their_hydra_keys_and_empty_ones_keep_the_preset() -> None:
+    run_config = {"experiment": "quickstart", "num-server-rounds": 3, "local-epochs": "",
+                  "learning-rate": 0.01, "overrides": "train.lr=0.02 fleet=none"}  # fmt: skip
+    overrides = flower_app._overrides(run_config)
+    assert overrides == ("experiment=quickstart", "num_rounds=3", "train.lr=0.01",
+                         "train.lr=0.02", "fleet=none")  # fmt: skip
+    cfg = flower_app._config(overrides)
+    assert cfg.num_rounds == 3 and cfg.train.lr == 0.02 and cfg.train.epochs == 2
+    assert set(flower_app.FLOWER_KEYS) <= set(_pyproject_run_config())
+
+
+def _pyproject_run_config() -> dict:
+    pyproject = Path(flower_app.__file__).resolve().parents[1] / "pyproject.toml"
+    return tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_each_flower_run_gets_its_own_directory_unless_one_is_named() -> None:
+    def context(run_id: int, run_dir: str) -> Context:
+        return Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(),
+                       run_config={"run-dir": run_dir})  # fmt: skip
+
+    assert flower_app._run_dir(context(7, "")) == "outputs/flwr-run-7"
+    assert flower_app._run_dir(context(8, "")) != flower_app._run_dir(context(7, ""))
+    assert flower_app._run_dir(context(8, "runs/mine")) == "runs/mine"

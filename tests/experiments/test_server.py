@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from clients.state_store import STATE_DIR
 from experiments.compose import ConfigError, load_config
-from experiments.server import RUN_STATE, check_resumable, clear_run_state
+from experiments.server import RUN_STATE, check_resumable, clear_run_state, wait_for_fleet
 
 
 def _saved(run_dir: Path, overrides: list[str]) -> None:
@@ -45,3 +45,12 @@ def test_starting_over_forgets_every_trace_of_the_earlier_run(tmp_path: Path) ->
     (tmp_path / "config.yaml").write_text("kept: the new run writes its own")
     clear_run_state(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_a_fleet_short_of_nodes_is_an_error_at_once_not_a_wait() -> None:
+    class TwoNodes:
+        def get_node_ids(self) -> list[int]:
+            return [1, 2]
+
+    with pytest.raises(ConfigError, match=r"10 client users but only 2 nodes.*num-supernodes = 10"):
+        wait_for_fleet(TwoNodes(), 10, timeout_s=600, settle_s=0.2)  # type: ignore[arg-type]
