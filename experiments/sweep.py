@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from experiments.compare import write_report
+
 SUMMARY_FILE = "sweep_summary.csv"
 OVER_SEEDS_FILE = "sweep_over_seeds.csv"
 SCORES = ("heldout_macro_f1", "user_mean_f1", "user_worst10_f1")
@@ -106,7 +108,8 @@ def _mean_std(mean: float | None, std: float | None) -> str:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: after a multirun, write ``sweep_summary.csv`` and print it."""
+    """Hydra callback: after a multirun, write and print ``sweep_summary.csv`` and the
+    summary over seeds, and write ``report.md`` comparing the jobs (`experiments.compare`)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -114,3 +117,5 @@ class SweepSummary(Callback):
             write_sweep_summary(sweep_dir)
             write_over_seeds(sweep_dir)
             print_sweep_summary(sweep_dir)
+            jobs = sorted(p.parent for p in sweep_dir.glob("*/config.yaml"))
+            print(f"side by side: {write_report(jobs, sweep_dir)}")

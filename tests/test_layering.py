@@ -110,6 +110,7 @@ ROOMS: dict[str, Room] = {  # most specific path first
         "experiments.flower_app",
         "experiments.sinks",
         "experiments.sweep",
+        "experiments.compare",
         "experiments.report",
         "experiments.plots",
         "experiments.runtime",

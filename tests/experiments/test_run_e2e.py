@@ -180,3 +180,6 @@ def test_multirun_sweep_collects_one_summary_table(tmp_path: Path) -> None:
     assert [row["job"] for row in rows] == ["job0", "job1"]
     assert ["strategy=fedprox" in row["overrides"] for row in rows] == [False, True]
     assert all(float(row["user_mean_f1"]) > 0 for row in rows)
+    page = (sweep_dir / "report.md").read_text()  # the jobs side by side
+    assert "| `job0` | strategy.algorithm._target_=flwr.serverapp.strategy.FedAvg" in page
+    assert (sweep_dir / "sweep_over_seeds.csv").exists()
