@@ -41,6 +41,7 @@ from fedhar.records import RoundSink
 from fedhar.train import evaluate
 from fedhar.wire import arrays_to_state
 from strategies.checkpointing import Checkpointing
+from strategies.deadline import RoundClock
 from strategies.fleet import FleetSimulation
 from strategies.run_info import RunInfo
 from strategies.sanitize import SanitizedUpdates
@@ -237,6 +238,7 @@ def build_stack(
         max_failed_rounds=int(cfg.runtime.max_failed_rounds),
         min_updates=getattr(strategy, "min_train_nodes", 1),
         directory=run.directory,
+        clock=RoundClock(float(cfg.runtime.round_timeout_s), float(cfg.runtime.evaluate_share)),
     )
     return Checkpointing(tracked, run.run_dir, cfg.seed, rounds_done, run.directory)
 

@@ -23,6 +23,7 @@ RESUME_MAY_CHANGE = (  # keys whose change leaves the numbers as they are
     "runtime.ray_address",
     "runtime.messages_per_call",
     "runtime.round_timeout_s",
+    "runtime.evaluate_share",
     "runtime.max_failed_rounds",
     "runtime.verbose",
     "runtime.ray_init_args",

@@ -43,6 +43,7 @@ from fedhar.records import RoundSink
 from fedhar.seeding import seed_everything
 from fedhar.wire import numpy_to_arrays, state_to_arrays
 from strategies.checkpointing import restore_state
+from strategies.deadline import DeadlineGrid
 from strategies.enrollment import enroll
 from strategies.privacy import BudgetExhausted
 from strategies.run_info import RunInfo
@@ -76,9 +77,12 @@ class ServerRun:
         round's record.
         """
         cfg = self.cfg
+        round_grid = grid
         for layer in wrapper_chain(self.strategy):
             if isinstance(layer, Tracking):
                 layer.runtime_stats = runtime_stats
+                if layer.clock is not None:  # one deadline per round: train and evaluate
+                    round_grid = DeadlineGrid(grid, layer.clock)
         width = float(cfg.model.width)
         train_config = ConfigRecord(
             {
@@ -94,7 +98,7 @@ class ServerRun:
             runtime_stats()  # rounds count their own messages, not enrollment's
         try:
             self.strategy.start(
-                grid=grid,
+                grid=round_grid,
                 initial_arrays=self.initial_arrays,
                 num_rounds=cfg.num_rounds - self.rounds_done,
                 timeout=cfg.runtime.round_timeout_s,

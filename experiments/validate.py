@@ -58,6 +58,7 @@ BOUNDS = (
     Bound("sanitize.max_examples_ratio", whole=False, low=1),
     Bound("faults.hang_seconds", whole=False, low=0),
     Bound("runtime.round_timeout_s", whole=False, low=0, low_open=True),
+    Bound("runtime.evaluate_share", False, 0, 1, low_open=True, high_open=True),
     Bound("runtime.messages_per_call", whole=True, low=1),
     Bound("runtime.max_failed_rounds", whole=True, low=1),
     Bound("runtime.client_resources.num_cpus", whole=False, low=0, low_open=True),

@@ -24,6 +24,7 @@ from fedhar.wire import (
     eval_report_from_record,
     identity_from_record,
 )
+from strategies.deadline import RoundClock
 from strategies.run_info import FleetDirectory
 from strategies.wrapper import RoundReport, StrategyWrapper, wrapper_chain
 
@@ -141,7 +142,8 @@ class Tracking(StrategyWrapper):
 
     With ``max_failed_rounds``, that many rounds in a row with fewer than ``min_updates``
     usable updates raise `NoProgress` once their records have reached the sinks. With the
-    run's enrollment ``directory``, every failure names its partition id and user.
+    run's enrollment ``directory``, every failure names its partition id and user. A round
+    ``clock`` (`strategies.deadline`) starts when each round's training is configured.
     """
 
     def __init__(
@@ -152,9 +154,10 @@ class Tracking(StrategyWrapper):
         max_failed_rounds: int | None = None,
         min_updates: int = 1,
         directory: FleetDirectory | None = None,
+        clock: RoundClock | None = None,
     ) -> None:
         super().__init__(strategy)
-        self.directory = directory
+        self.directory, self.clock = directory, clock
         if max_failed_rounds is not None and max_failed_rounds < 1:
             raise ValueError(f"max_failed_rounds must be >= 1, got {max_failed_rounds}")
         self.server_evaluate = server_evaluate
@@ -171,8 +174,12 @@ class Tracking(StrategyWrapper):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        started = time.perf_counter()
+        if self.clock is not None:
+            self.clock.start()
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._round = _RoundInProgress(
+            started=started,
             sampled=len(messages),
             expected=tuple(m.metadata.dst_node_id for m in messages),
             bytes_down=sum(content_nbytes(m.content) for m in messages),

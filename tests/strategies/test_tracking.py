@@ -19,6 +19,7 @@ from fedhar.wire import (
     train_reply,
 )
 from strategies.compression import CompressedUpdates
+from strategies.deadline import RoundClock
 from strategies.run_info import FleetDirectory
 from strategies.tracking import NO_REPLY, NoProgress, Tracking, summarize_error
 from tests.helpers.grids import FakeGrid
@@ -181,3 +182,11 @@ def test_failures_name_the_partition_and_user_that_enrolled(reply) -> None:
     named, stranger = sink.records[0].failures
     assert (named.node_id, named.partition_id, named.user) == (3, 7, "u08")
     assert (stranger.node_id, stranger.partition_id, stranger.user) == (9, None, None)
+
+
+def test_configuring_a_rounds_training_starts_the_round_clock() -> None:
+    clock = RoundClock(budget_s=100.0)
+    tracking = Tracking(FedAvg(), clock=clock)
+    assert clock.timeout_for([], 7.0) == 7.0  # no round yet: the requested timeout
+    _configure(tracking, [1, 2])
+    assert clock.timeout_for([], None) == pytest.approx(50.0, abs=1.0)  # train: half of it
