@@ -4,7 +4,11 @@ Every simulated node is a Flower node id and a `Context` that the grid keeps bet
 (its ``state`` is what a stateful ClientApp or mod writes) and ships with each message.
 ``send_and_receive`` splits a round's messages into batches of at most ``messages_per_call``
 and hands them out to idle workers as they finish, so a slow worker delays only its own
-batch. Replies that are not in by the timeout are missing from the result (the strategy and
+batch. While messages wait (queued, or unstarted in a busy batch) and every worker is busy,
+a client that has run for more than ``stall_share`` of the send's timeout is abandoned: its
+worker is killed and replaced, its batch's unstarted messages go back to the queue and the
+client gets an error reply, so a hung client does not keep healthy ones from their turn.
+Replies that are not in by the timeout are missing from the result (the strategy and
 Tracking count those nodes as failed); a worker that still holds work then is killed and
 replaced, so a hung client never blocks the next round. Which Ray node ran each reply is
 counted, and reported once per round (`round_stats`) into the round's record.
@@ -37,6 +41,8 @@ WorkerFactory = Callable[[], Any]  # -> a ClientWorker actor handle
 
 
 STEAL_RETRY_S = 0.1  # an idle worker asks a busy batch again this often until it has begun
+WATCH_S = 0.5  # how often busy workers are checked for a stalled client while work waits
+CONTROL_TIMEOUT_S = 10.0  # a worker's control calls (release, finished, running_s) answer within
 
 
 @dataclass
@@ -73,6 +79,9 @@ class RayGrid(Grid):
         Most messages one actor call carries.
     first_node_id : int
         Node id of partition 0; the others follow.
+    stall_share : float | None
+        Share of a send's timeout after which a running client is abandoned while other
+        messages wait for a worker; None: never.
     """
 
     def __init__(
@@ -84,12 +93,14 @@ class RayGrid(Grid):
         messages_per_call: int = 8,
         first_node_id: int = 1,
         run_id: int = 1,
+        stall_share: float | None = 0.25,
     ) -> None:
         if num_workers < 1 or messages_per_call < 1:
             raise ValueError("need at least one worker and one message per call")
         self.new_worker = new_worker
         self.workers = [new_worker() for _ in range(num_workers)]
         self.messages_per_call = messages_per_call
+        self.stall_share = stall_share
         self._run = Run.create_empty(run_id)
         config = dict(run_config or {})
         self.contexts = {
@@ -153,6 +164,9 @@ class RayGrid(Grid):
         if unknown:
             raise ValueError(f"messages for unknown node ids {unknown[:5]}")
         deadline = math.inf if timeout is None else time.monotonic() + timeout
+        stall_s = (
+            None if timeout is None or self.stall_share is None else timeout * self.stall_share
+        )
         queue = self._batches(messages)
         idle = list(self.workers)
         in_flight: dict[Any, _Call] = {}
@@ -161,6 +175,14 @@ class RayGrid(Grid):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            waiting = bool(queue) or any(c.left > 1 for c in in_flight.values())
+            if waiting and not idle and stall_s is not None:  # a stalled client holds a worker
+                for ref, busy in list(in_flight.items()):
+                    if self._stalled(busy, stall_s):
+                        got, again = self._abandon(in_flight.pop(ref), stall_s)
+                        replies += got
+                        queue += again
+                        idle.append(self._replace(busy.worker))
             if idle and not queue:
                 queue += self._steal(in_flight, remaining)
             while queue and idle:
@@ -171,6 +193,8 @@ class RayGrid(Grid):
             wait_s = None if math.isinf(remaining) else max(0.0, deadline - time.monotonic())
             if idle and any(not c.exhausted and c.left >= 2 for c in in_flight.values()):
                 wait_s = STEAL_RETRY_S if wait_s is None else min(wait_s, STEAL_RETRY_S)
+            if waiting and not idle and stall_s is not None:
+                wait_s = WATCH_S if wait_s is None else min(wait_s, WATCH_S)
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
             for ref in done:
                 call = in_flight.pop(ref)
@@ -204,6 +228,40 @@ class RayGrid(Grid):
             call.stolen.update(given)
             return [[call.batch[i] for i in given]]
         return []
+
+    def _stalled(self, call: _Call, stall_s: float) -> bool:
+        """Whether ``call``'s message in progress has run longer than ``stall_s``."""
+        try:
+            running = ray.get(
+                call.worker.running_s.remote(call.batch_id), timeout=CONTROL_TIMEOUT_S
+            )
+        except (ray.exceptions.RayError, TimeoutError):
+            return False  # the call's own result will say what happened
+        return running is not None and running > stall_s
+
+    def _abandon(self, call: _Call, stall_s: float) -> tuple[list[Message], list[list[Message]]]:
+        """(replies, batches to queue again) of a call whose client stalled: the replies it
+        has, an error reply for the stalled message, its unstarted messages as one batch."""
+        worker, unstarted = call.worker, list[int]()
+        try:
+            while given := ray.get(worker.release.remote(call.batch_id), timeout=CONTROL_TIMEOUT_S):
+                unstarted += given
+            finished = ray.get(worker.finished.remote(call.batch_id), timeout=CONTROL_TIMEOUT_S)
+        except (ray.exceptions.RayError, TimeoutError):
+            finished = ("", [], [])
+        call.stolen.update(unstarted)
+        ray_node, results, _ = finished
+        replies = self._accept((ray_node, results, []), call.batch)
+        done = {position for position, _, _ in results}
+        reason = (f"no reply after {stall_s:.1f} s while other clients waited for a worker; "
+                  "the client was abandoned and its worker restarted")  # fmt: skip
+        replies += [
+            Message(Error(code=WORKER_LOST, reason=reason), reply_to=m)
+            for i, m in enumerate(call.batch)
+            if i not in call.stolen and i not in done
+        ]
+        log(WARNING, "a client ran past %.1f s while others waited; abandoning it", stall_s)
+        return replies, [[call.batch[i] for i in unstarted]] if unstarted else []
 
     def _collect(self, ref: Any, call: _Call) -> tuple[list[Message], list[Message]]:
         """(replies, messages to queue again) of one finished call; if the call failed, an

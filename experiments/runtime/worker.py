@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import ray
@@ -40,6 +41,7 @@ class ClientWorker:
         self.ray_node = ray.get_runtime_context().get_node_id()
         # the batch in progress: (id, not started yet, replies so far, handed back)
         self._batch: tuple[int, list[Work], list[Result], list[int]] = (-1, [], [], [])
+        self._running_since: float | None = None  # when the message in progress began
 
     @ray.method(concurrency_group="compute")
     def handle(self, batch_id: int, batch: Sequence[Work]) -> Finished:
@@ -56,6 +58,7 @@ class ClientWorker:
                 position, message, context = todo.pop(0)  # atomic; `release` pops the other end
             except IndexError:
                 break
+            self._running_since = time.monotonic()
             try:
                 reply = self.app(message, context)
                 state: RecordDict | None = context.state
@@ -64,6 +67,7 @@ class ClientWorker:
                 code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
                 reply, state = Message(Error(code=code, reason=reason), reply_to=message), None
             results.append((position, reply, state))
+            self._running_since = None
         self._batch = (-1, [], [], [])  # keep no replies around between calls
         return self.ray_node, results, released
 
@@ -74,6 +78,15 @@ class ClientWorker:
         if current != batch_id:
             return self.ray_node, [], []
         return self.ray_node, list(results), list(released)
+
+    @ray.method(concurrency_group="control")
+    def running_s(self, batch_id: int) -> float | None:
+        """How long batch ``batch_id``'s message in progress has been running; None when no
+        message of it is running."""
+        since = self._running_since
+        if self._batch[0] != batch_id or since is None:
+            return None
+        return time.monotonic() - since
 
     @ray.method(concurrency_group="control")
     def release(self, batch_id: int) -> list[int] | None:

@@ -78,5 +78,5 @@ def test_help_is_short_shows_every_group_and_the_main_keys_with_their_comments()
     for group in GROUPS:
         options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
         assert f"  {group:<11} {', '.join(options)}" in text
-    assert "round_timeout_s: 600   # one deadline per round: training and evaluation together" in text
+    assert "round_timeout_s: 600   # one deadline per round: training and evaluation" in text
     assert "nrf52840" not in text and "hydra:" not in text  # the catalogue and Hydra stay out

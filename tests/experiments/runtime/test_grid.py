@@ -23,10 +23,10 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-def _grid(tmp_path, nodes: int) -> RayGrid:  # type: ignore[no-untyped-def]
+def _grid(tmp_path, nodes: int, messages_per_call: int = 16) -> RayGrid:  # type: ignore[no-untyped-def]
     actor = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(EchoWorker)  # type: ignore[call-overload]
     marker = str(tmp_path / "died")
-    return RayGrid(lambda: actor.remote(marker), 2, nodes, messages_per_call=16)
+    return RayGrid(lambda: actor.remote(marker), 2, nodes, messages_per_call=messages_per_call)
 
 
 def _messages(grid: RayGrid, nodes: list[int]) -> list[Message]:
@@ -55,4 +55,17 @@ def test_a_slow_client_costs_only_itself_and_state_survives(local_ray, tmp_path)
     ]
     grid.send_and_receive(_messages(grid, [3]), timeout=30)
     assert grid.contexts[3].state["calls"]["n"] == 2 and grid.contexts[2].state == RecordDict()
+    grid.shutdown()
+
+
+def test_hung_clients_on_every_worker_are_abandoned_so_waiting_ones_run(local_ray, tmp_path):
+    (tmp_path / "died").touch()
+    grid = _grid(tmp_path, 10, messages_per_call=1)  # nodes 2 and 9 hang, one per worker
+    replies = {r.metadata.src_node_id: r for r in
+               grid.send_and_receive(_messages(grid, [2, 9, 3, 4, 5]), timeout=20)}  # fmt: skip
+    assert sorted(replies) == [2, 3, 4, 5, 9]
+    for node in (3, 4, 5):
+        assert not replies[node].has_error(), replies[node].error.reason
+    for node in (2, 9):
+        assert replies[node].has_error() and "abandoned" in replies[node].error.reason
     grid.shutdown()
