@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
@@ -31,6 +32,8 @@ from strategies.wrapper import RoundReport, StrategyWrapper, wrapper_chain
 ServerEvaluate = Callable[[int, ArrayRecord], dict[str, float]]
 MAX_REASON_CHARS = 300  # keep a failing client's traceback summary readable in metrics
 NO_REPLY = "no reply within the round timeout; raise runtime.round_timeout_s for slow clients"
+MAX_FAILURE_LINES = 10  # per round on the console; metrics.jsonl has them all
+fedhar_log = logging.getLogger("fedhar")
 
 
 class NoProgress(RuntimeError):
@@ -51,6 +54,19 @@ def no_progress_message(stalled: Sequence[RoundRecord], min_updates: int) -> str
         f"{min_updates} usable update(s) each ({updates}); the run cannot make progress. "
         f"Most frequent reasons: {top}. Fix the cause, or raise runtime.max_failed_rounds"
     )
+
+
+def report_failures(record: RoundRecord, most: int = MAX_FAILURE_LINES) -> None:
+    """One warning line per failed client of the round (at most ``most``, then a count)."""
+    failures = [*record.failures, *record.evaluate_failures]
+    for failure in failures[:most]:
+        who = f"node {failure.node_id}"
+        if failure.partition_id is not None:
+            who += f" (partition {failure.partition_id}, user {failure.user})"
+        fedhar_log.warning("round %d: %s failed: %s", record.server_round, who, failure.reason)
+    if len(failures) > most:
+        fedhar_log.warning("round %d: %d more failures in metrics.jsonl",
+                           record.server_round, len(failures) - most)  # fmt: skip
 
 
 def summarize_error(reason: str) -> str:
@@ -247,6 +263,7 @@ class Tracking(StrategyWrapper):
         )
         for sink in self.sinks:
             sink.on_round(record)
+        report_failures(record)
         self._check_progress(record)
         return metrics
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -190,3 +192,15 @@ def test_configuring_a_rounds_training_starts_the_round_clock() -> None:
     assert clock.timeout_for([], 7.0) == 7.0  # no round yet: the requested timeout
     _configure(tracking, [1, 2])
     assert clock.timeout_for([], None) == pytest.approx(50.0, abs=1.0)  # train: half of it
+
+
+def test_each_failure_is_one_warning_line_and_a_flood_is_counted(reply, caplog) -> None:
+    directory = FleetDirectory({3: NodeInfo(3, 7, "u08", "esp32", 0.5)})
+    tracking = Tracking(FedAvg(), sinks=[Collect()], directory=directory)
+    crashes = [reply(error_reason=f"Traceback ...\nRuntimeError: crash {n}", node_id=n)
+               for n in range(3, 17)]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="fedhar"):
+        _round(tracking, 4, crashes)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedhar"]
+    assert lines[0] == "round 4: node 3 (partition 7, user u08) failed: RuntimeError: crash 3"
+    assert len(lines) == 11 and lines[-1] == "round 4: 4 more failures in metrics.jsonl"
