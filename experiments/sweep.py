@@ -37,7 +37,10 @@ def write_sweep_summary(sweep_dir: Path) -> Path:
     rows = collect_summaries(sweep_dir)
     if not rows:
         raise ValueError(f"no finished jobs (*/summary.json) under {sweep_dir}")
-    path = Path(sweep_dir) / SUMMARY_FILE
+    return _write_csv(Path(sweep_dir) / SUMMARY_FILE, rows)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -68,13 +71,7 @@ def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_over_seeds(sweep_dir: Path) -> Path:
     """``sweep_over_seeds.csv`` of the finished jobs under ``sweep_dir``."""
-    rows = over_seeds(collect_summaries(sweep_dir))
-    path = Path(sweep_dir) / OVER_SEEDS_FILE
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return _write_csv(Path(sweep_dir) / OVER_SEEDS_FILE, over_seeds(collect_summaries(sweep_dir)))
 
 
 def print_sweep_summary(sweep_dir: Path, console: Console | None = None) -> None:

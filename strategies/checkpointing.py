@@ -18,15 +18,15 @@ from logging import INFO
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
-from flwr.supercore.run import Run
 
 from fedhar.checkpoint import Checkpoint, save_checkpoint
 from fedhar.seeding import derive_seed
 from fedhar.wire import arrays_to_numpy
+from strategies.grid_proxy import GridProxy
 from strategies.run_info import FleetDirectory
 from strategies.wrapper import StrategyWrapper, innermost
 
@@ -53,44 +53,16 @@ def restore_state(strategy: Strategy, state: dict[str, dict[str, np.ndarray]]) -
         setattr(core, name, dict(value))
 
 
-class PartitionOrderedGrid(Grid):
+class PartitionOrderedGrid(GridProxy):
     """``grid`` with its node ids listed in partition order (enrolled nodes first)."""
 
     def __init__(self, grid: Grid, partitions: Callable[[], dict[int, int]]) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.partitions = partitions  # node id -> partition id
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> list[int]:
         known = self.partitions()
         return sorted(self.grid.get_node_ids(), key=lambda n: (n not in known, known.get(n, n)))
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 class Checkpointing(StrategyWrapper):

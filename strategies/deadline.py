@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from fedhar.wire import message_kind
+from strategies.grid_proxy import GridProxy
 
 
 class RoundClock:
@@ -46,37 +46,12 @@ class RoundClock:
         return left if requested is None else min(requested, left)
 
 
-class DeadlineGrid(Grid):
+class DeadlineGrid(GridProxy):
     """``grid`` with every send's timeout cut to the round's deadline (`RoundClock`)."""
 
     def __init__(self, grid: Grid, clock: RoundClock) -> None:
-        self.grid, self.clock = grid, clock
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
+        super().__init__(grid)
+        self.clock = clock
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
