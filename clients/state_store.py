@@ -5,8 +5,8 @@ Client state that must survive rounds (error-feedback residuals, personal layers
 with an empty state in round r (a resumed run) reloads what it saved in its latest round
 before r when asked to train, and up to r when asked to evaluate (a node evaluated before
 it trains again scores its own personal layers), so a resumed run ends with the same numbers
-as an uninterrupted one. Secure
-aggregation's per-round secrets (``secagg-round``) are never written.
+as an uninterrupted one. Secure aggregation's per-round secrets (``secagg-round``) are never
+written.
 """
 
 from __future__ import annotations

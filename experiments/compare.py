@@ -89,7 +89,10 @@ def write_report(run_dirs: Sequence[Path], out: Path) -> Path:
     lines += ["| run | setting | " + " | ".join(name for name, _ in SCORES) + " |"]
     lines += ["|---" * (len(SCORES) + 2) + "|"]
     for run, label in zip(runs, labels, strict=True):
-        summary = summarize_run(run) if read_metrics(run) else {}
+        try:
+            summary = summarize_run(run)
+        except ValueError:  # no completed rounds yet
+            summary = {}
         cells = [_cell(key, summary.get(key)) for _, key in SCORES]
         lines.append(f"| `{run.name}` | {label} | " + " | ".join(cells) + " |")
     for run in runs:

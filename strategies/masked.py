@@ -102,6 +102,17 @@ def infer_dims(model_name: str, state: dict[str, Any]) -> tuple[int, int]:
     return in_channels, num_classes
 
 
+def check_sums(answer: dict[float, LayerSums], channels: dict[float, dict[str, int]]) -> None:
+    """ValueError unless ``answer`` holds sums of every BatchNorm at every width, over the
+    ``channels`` each has."""
+    if sorted(answer) != sorted(channels):
+        raise ValueError(f"sums for widths {sorted(answer)}, asked for {sorted(channels)}")
+    for width, layers in answer.items():
+        got = {name: int(s.total.shape[0]) for name, s in layers.items()}
+        if got != channels[width]:
+            raise ValueError(f"width {width:g}: sums over {got}, the model has {channels[width]}")
+
+
 class MaskedFedAvg(RoundReport, FedAvg):
     """FedAvg over sub-models: per-node sub-states down, masked averaging up.
 
@@ -366,6 +377,7 @@ class MaskedFedAvg(RoundReport, FedAvg):
             )
             for node in nodes
         ]
+        channels = self._batchnorm_channels(widths)
         answers: list[dict[float, LayerSums]] = []
         for reply in self._grid.send_and_receive(messages, timeout=self.stats_timeout_s):
             node = reply.metadata.src_node_id
@@ -373,7 +385,7 @@ class MaskedFedAvg(RoundReport, FedAvg):
                 if reply.has_error():
                     raise ValueError(f"the query failed: {reply.error.reason}")
                 answer = bn_sums_from_reply(reply.content)
-                self._check_sums(answer, widths)
+                check_sums(answer, channels)
             except ValueError as failure:
                 self.count("bn-stats/failed")
                 log(WARNING, "static BatchNorm: node %d left out: %s", node, failure)
@@ -390,20 +402,16 @@ class MaskedFedAvg(RoundReport, FedAvg):
         full = self.width_statistics[1.0]
         return state | {n: t for n, t in full.items() if n not in self._personal}
 
-    def _check_sums(self, answer: dict[float, LayerSums], widths: list[float]) -> None:
-        """ValueError unless ``answer`` holds sums of every BatchNorm at every width."""
-        if sorted(answer) != widths:
-            raise ValueError(f"sums for widths {sorted(answer)}, asked for {widths}")
-        for width, layers in answer.items():
-            spec = self._spec(WidthAssignment(width))
-            channels = {
+    def _batchnorm_channels(self, widths: list[float]) -> dict[float, dict[str, int]]:
+        """Per width, the channels of every BatchNorm of the sub-model."""
+        return {
+            width: {
                 n.removesuffix(".running_mean"): sl.shape[0]
-                for n, sl in spec.params
+                for n, sl in self._spec(WidthAssignment(width)).params
                 if n.endswith(".running_mean")
             }
-            got = {name: int(s.total.shape[0]) for name, s in layers.items()}
-            if got != channels:
-                raise ValueError(f"width {width:g}: sums over {got}, the model has {channels}")
+            for width in widths
+        }
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -61,6 +61,11 @@ class _Call:
         return len(self.batch) - len(self.stolen)
 
 
+def _work_waits(queue: list[list[Message]], in_flight: dict[Any, _Call]) -> bool:
+    """Whether messages wait for a worker: queued, or not yet started in a busy batch."""
+    return bool(queue) or any(c.left > 1 for c in in_flight.values())
+
+
 class RayGrid(Grid):
     """Delivers messages to ``num_nodes`` simulated nodes hosted by ``workers``.
 
@@ -175,8 +180,7 @@ class RayGrid(Grid):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            waiting = bool(queue) or any(c.left > 1 for c in in_flight.values())
-            if waiting and not idle and stall_s is not None:  # a stalled client holds a worker
+            if stall_s is not None and not idle and _work_waits(queue, in_flight):
                 for ref, busy in list(in_flight.items()):
                     if self._stalled(busy, stall_s):
                         got, again = self._abandon(in_flight.pop(ref), stall_s)
@@ -193,8 +197,8 @@ class RayGrid(Grid):
             wait_s = None if math.isinf(remaining) else max(0.0, deadline - time.monotonic())
             if idle and any(not c.exhausted and c.left >= 2 for c in in_flight.values()):
                 wait_s = STEAL_RETRY_S if wait_s is None else min(wait_s, STEAL_RETRY_S)
-            if waiting and not idle and stall_s is not None:
-                wait_s = WATCH_S if wait_s is None else min(wait_s, WATCH_S)
+            if stall_s is not None and not idle and _work_waits(queue, in_flight):
+                wait_s = WATCH_S if wait_s is None else min(wait_s, WATCH_S)  # watch for stalls
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
             for ref in done:
                 call = in_flight.pop(ref)

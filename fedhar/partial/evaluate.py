@@ -6,10 +6,11 @@ A sub-model of width w is the leading slice of every hidden dim of the global mo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedhar.models import build_model
 from fedhar.partial.spec import extract, slice_width
@@ -19,6 +20,23 @@ from fedhar.train import evaluate
 def width_key(width: float, metric: str) -> str:
     """Metric name of one width level, e.g. ``width_0.25/macro_f1``."""
     return f"width_{width:g}/{metric}"
+
+
+def leading_submodels(
+    model_name: str,
+    global_state: Mapping[str, torch.Tensor],
+    widths: Iterable[float],
+    in_channels: int,
+) -> Iterator[tuple[float, nn.Module]]:
+    """(width, sub-model) for each width, in order: the leading slice of the full-width
+    ``global_state``, the model a device of that width runs."""
+    num_classes = int(global_state["head.weight"].shape[0])
+    full = build_model(model_name, in_channels, num_classes)
+    full.load_state_dict(dict(global_state))
+    for width in sorted(set(widths)):
+        sub = build_model(model_name, in_channels, num_classes, width)
+        sub.load_state_dict(extract(global_state, slice_width(full, sub, width)))
+        yield width, sub
 
 
 def evaluate_widths(
@@ -58,14 +76,10 @@ def evaluate_widths(
     bad = [w for w in widths if not 0.0 < w <= 1.0]
     if bad:
         raise ValueError(f"widths must lie in (0, 1], got {bad}")
-    in_channels = int(x.shape[1])
-    full = build_model(model_name, in_channels, num_classes)
-    full.load_state_dict(dict(global_state))
     scores: dict[str, float] = {}
-    for width in sorted(set(widths)):
-        sub = build_model(model_name, in_channels, num_classes, width)
-        sub_state = extract(global_state, slice_width(full, sub, width))
-        sub.load_state_dict(sub_state | dict((statistics or {}).get(width, {})))
+    for width, sub in leading_submodels(model_name, global_state, widths, int(x.shape[1])):
+        if statistics and width in statistics:
+            sub.load_state_dict(dict(statistics[width]), strict=False)
         result = evaluate(sub, x, y, num_classes)
         scores[width_key(width, "loss")] = result.loss
         scores[width_key(width, "accuracy")] = result.accuracy

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fedhar.models import build_model
-from fedhar.partial.spec import extract, slice_width
+from fedhar.partial.evaluate import leading_submodels
 
 STATISTIC_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
 SCALED_LAYERS = (nn.Conv1d, nn.LSTM)  # hidden layers whose outputs the scaler divides
@@ -139,15 +138,10 @@ def width_sums(
     batch_size: int,
 ) -> dict[float, LayerSums]:
     """`batchnorm_sums` of the leading-slice sub-model of the global model at each width."""
-    in_channels, num_classes = int(x.shape[1]), int(global_state["head.weight"].shape[0])
-    full = build_model(model_name, in_channels, num_classes)
-    full.load_state_dict(dict(global_state))
-    out: dict[float, LayerSums] = {}
-    for width in sorted(set(widths)):
-        sub = build_model(model_name, in_channels, num_classes, width)
-        sub.load_state_dict(extract(global_state, slice_width(full, sub, width)))
-        out[width] = batchnorm_sums(sub, x, batch_size)
-    return out
+    return {
+        width: batchnorm_sums(sub, x, batch_size)
+        for width, sub in leading_submodels(model_name, global_state, widths, int(x.shape[1]))
+    }
 
 
 def install_scaler(model: nn.Module, width: float) -> None:
