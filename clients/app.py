@@ -33,11 +33,14 @@ from fedhar.privacy.accounting import sample_level_epsilon
 from fedhar.privacy.dpsgd import DpSgd, planned_steps, train_dp_sgd
 from fedhar.seeding import derive_seed
 from fedhar.train import TrainConfig, evaluate
-from fedhar.transport.keys import DeviceIdentity
+from fedhar.transport.keystore import RunKeys
+from fedhar.transport.signed import enrollment_statement
 from fedhar.wire import (
     ARRAYS_KEY,
     BN_STATS_ACTION,
+    CHALLENGE_KEY,
     CONFIG_KEY,
+    RUN_ID_KEY,
     ClientIdentity,
     EvalReport,
     NodeInfo,
@@ -45,6 +48,7 @@ from fedhar.wire import (
     arrays_to_state,
     bn_stats_request_from_record,
     bn_sums_reply,
+    config_bytes,
     decline_reply,
     eval_instructions_from_config,
     eval_reply,
@@ -68,6 +72,7 @@ class ClientSettings:
     hang_partitions: tuple[int, ...] = ()  # simulated hung devices: train replies come late
     hang_seconds: float = 0.0  # how long a hung device stalls before it trains
     dp_sgd: DpSgd | None = None  # sample-level DP-SGD in every local update; None: plain SGD
+    keys: RunKeys | None = None  # the devices' private keys; None: this node cannot enroll
 
     def device_of(self, user: str) -> DeviceProfile | None:
         return dict(self.devices).get(user)
@@ -220,14 +225,20 @@ def batchnorm_sums_of_user(settings: ClientSettings, node: _Node, msg: Message) 
     return bn_sums_reply(width_sums(settings.model, state, widths, node.data.train.x, batch_size))
 
 
-def describe_node(settings: ClientSettings, partition_id: int, context: Context) -> RecordDict:
-    """Enrollment: who this node is, what it can train, and its device's public keys.
+def describe_node(
+    settings: ClientSettings, partition_id: int, context: Context, query: ConfigRecord
+) -> RecordDict:
+    """Enrollment: who this node is, what it can train, its device's public keys, and its
+    signature over the server's challenge (``query``), which proves it holds the private key.
 
     Answered from the federation's user list and the model's shape, without reading the
-    user's windows. A simulated device derives its identity from the run seed and its
-    partition id, so that runs are reproducible; the server learns the public keys only from
-    this reply.
+    user's windows.
     """
+    if settings.keys is None:
+        raise ValueError(
+            "client settings without keys cannot enroll; build them with "
+            "experiments.compose.client_settings(cfg, federation, run_dir)"
+        )
     index = federation_index(settings.federation)
     user = index.clients[partition_id]
     device = settings.device_of(user)
@@ -240,8 +251,13 @@ def describe_node(settings: ClientSettings, partition_id: int, context: Context)
         device=index.devices[user] if device is None else device.name,
         max_width=width,
     )
-    identity = DeviceIdentity.from_seed(settings.seed, partition_id)
-    return node_info_record(info, identity.public_keys())
+    identity = settings.keys.device(partition_id)
+    public = identity.public_keys()
+    statement = enrollment_statement(
+        config_bytes(query, CHALLENGE_KEY), str(query[RUN_ID_KEY]), context.node_id,
+        partition_id, public,
+    )  # fmt: skip
+    return node_info_record(info, public, identity.sign(statement))
 
 
 def make_client_app(settings_for: SettingsProvider, mods: Sequence[Mod] = ()) -> ClientApp:
@@ -272,6 +288,9 @@ def make_client_app(settings_for: SettingsProvider, mods: Sequence[Mod] = ()) ->
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         partition_id = int(context.node_config["partition-id"])
-        return Message(describe_node(settings_for(context), partition_id, context), reply_to=msg)
+        query = msg.content.config_records[CONFIG_KEY]
+        return Message(
+            describe_node(settings_for(context), partition_id, context, query), reply_to=msg
+        )
 
     return app

@@ -1,11 +1,13 @@
-"""Client mod that seals every train reply to the server (and optionally opens the model).
+"""Client mod that seals every train reply to the server, signs every reply it sends in
+clear, and optionally opens the global model.
 
 Pairs with ``strategies.encryption.EncryptedTransport``. On a train message the mod reads the
-server's keys from the message config, lets the handler train, and replaces the reply's payload
-with one signed, encrypted envelope (``fedhar.transport.envelope.seal``) under the device's
-identity, ``DeviceIdentity.from_seed(run seed, partition id)``: a simulated device derives its
-own private keys from the seed, so runs are reproducible; the server knows only the public
-keys the node sent at enrollment.
+server's keys from the message config and accepts them only if they match the fingerprint
+pinned in its own run config (``ClientKeys.server_fingerprint``); it lets the handler train,
+and replaces the reply's payload with one signed, encrypted envelope
+(``fedhar.transport.envelope.seal``) under the device's identity, its key in the run's key
+store (``fedhar.transport.keystore``). The server knows only the public keys the node sent at
+enrollment.
 
 What is sealed: the whole reply content, serialized with Flower's protobuf record format
 (arrays keep their dtype, shape and npy bytes, so integer buffers round-trip exactly; never
@@ -13,8 +15,10 @@ pickle). What stays in clear, next to the envelope: every record except the payl
 ``arrays`` and ``compressed`` - the ``metrics``, ``client`` and ``trained`` records - so that
 tracking can count and name replies without keys. The server only accepts a reply whose clear
 records equal their sealed copies, so they are readable but not forgeable. A ``transport``
-MetricRecord with the seal time rides in clear too; it is telemetry, dropped by the server.
-Declines and error replies carry no update and pass through unsealed.
+MetricRecord with the seal time rides in clear too; it is telemetry. Declines carry no update
+and are not sealed. Every train and evaluate reply (scores, declines, clear records and
+telemetry included) is then signed as a whole (``fedhar.transport.signed``), bound to run,
+round, node and kind; error replies carry nothing to sign.
 
 Downlink (``downlink=True``): the server seals the global model (its ``arrays`` and, with
 compression, ``compressed`` records) to the device's X25519 key and the mod opens it before
@@ -44,6 +48,8 @@ from fedhar.transport.envelope import (
     seal,
 )
 from fedhar.transport.keys import DeviceIdentity, fingerprint
+from fedhar.transport.keystore import ClientKeys
+from fedhar.transport.signed import ReplyContext
 from fedhar.wire import (
     CONFIG_KEY,
     PAYLOAD_FORMAT,
@@ -52,10 +58,11 @@ from fedhar.wire import (
     RUN_ID_KEY,
     SEALED_KEY,
     SEALED_MODEL_KEY,
-    SERVER_FINGERPRINT_KEY,
     SERVER_PUBLIC_KEY_KEY,
     SERVER_SIGNING_KEY_KEY,
+    SIGNATURE_KEY,
     TRANSPORT_KEY,
+    canonical_bytes,
     config_int,
     message_kind,
     record_from_bytes,
@@ -65,36 +72,41 @@ from fedhar.wire import (
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
 
-def _server_keys(config: ConfigRecord) -> tuple[bytes, bytes]:
-    """The server's (X25519, Ed25519) public keys, checked against the sent fingerprint."""
-    needed = (SERVER_PUBLIC_KEY_KEY, SERVER_SIGNING_KEY_KEY, SERVER_FINGERPRINT_KEY, RUN_ID_KEY,
-              PAYLOAD_FORMAT_KEY)  # fmt: skip
+def _server_keys(config: ConfigRecord, pinned: str) -> tuple[bytes, bytes]:
+    """The server's (X25519, Ed25519) public keys, checked against the pinned fingerprint."""
+    needed = (SERVER_PUBLIC_KEY_KEY, SERVER_SIGNING_KEY_KEY, RUN_ID_KEY, PAYLOAD_FORMAT_KEY)
     missing = [k for k in needed if k not in config]
     if missing:
         raise ValueError(
-            f"train config lacks {missing}: the server must wrap its strategy in "
+            f"config lacks {missing}: the server must wrap its strategy in "
             "strategies.encryption.EncryptedTransport when clients use encryption_mod"
         )
     public, signing = config[SERVER_PUBLIC_KEY_KEY], config[SERVER_SIGNING_KEY_KEY]
     if not isinstance(public, bytes) or not isinstance(signing, bytes):
         raise ValueError(f"{SERVER_PUBLIC_KEY_KEY} and {SERVER_SIGNING_KEY_KEY} must be bytes")
-    if fingerprint(public + signing) != config[SERVER_FINGERPRINT_KEY]:
-        raise ValueError(f"server keys do not match {SERVER_FINGERPRINT_KEY}; refusing to seal")
+    if fingerprint(public + signing) != pinned:
+        raise ValueError(
+            f"the server's keys (fingerprint {fingerprint(public + signing)}) are not the "
+            f"pinned server {pinned}; refusing to talk to it"
+        )
     return public, signing
 
 
-def _identity(seed: int, context: Context) -> DeviceIdentity:
+def _identity(keys: ClientKeys, context: Context) -> DeviceIdentity:
     if "partition-id" not in context.node_config:
         raise ValueError("node_config lacks partition-id; the device identity is keyed by it")
-    return DeviceIdentity.from_seed(seed, int(context.node_config["partition-id"]))
+    return keys.store.device(int(context.node_config["partition-id"]))
 
 
 def _open_model(
-    msg: Message, context: Context, identity: DeviceIdentity, guards: dict[str, ReplayGuard]
+    msg: Message,
+    context: Context,
+    identity: DeviceIdentity,
+    signing: bytes,
+    guards: dict[str, ReplayGuard],
 ) -> float:
     """Replace the sealed global model by its records in place; returns the seconds taken."""
     config = msg.content.config_records[CONFIG_KEY]
-    _, signing = _server_keys(config)
     started = time.perf_counter()
     expected = EnvelopeContext(
         str(config[RUN_ID_KEY]),
@@ -123,14 +135,14 @@ def _seal_reply(
     config: ConfigRecord,
     context: Context,
     identity: DeviceIdentity,
+    public: bytes,
     aead: str,
     transport: dict[str, int | float | list[int] | list[float]],
 ) -> Message:
     """Replace the reply's payload records by one envelope over the whole content."""
     payload = [k for k in PAYLOAD_KEYS if k in reply.content]
-    if not payload:  # a decline: nothing to protect
+    if not payload:  # a decline: nothing to seal
         return reply
-    public, _ = _server_keys(config)
     version = config_int(config, PAYLOAD_FORMAT_KEY)
     if version != PAYLOAD_FORMAT:
         raise ValueError(f"server asks for payload format {version}; this client writes "
@@ -152,12 +164,26 @@ def _seal_reply(
     return reply
 
 
-def encryption_mod(seed: int, aead: str = "aes-256-gcm", downlink: bool = False) -> Mod:
-    """A Flower mod sealing train replies with the device identity of ``(seed, partition id)``.
+def _sign_reply(
+    reply: Message, config: ConfigRecord, context: Context, identity: DeviceIdentity, kind: str
+) -> Message:
+    """Add the device's signature over the reply's whole content, bound to its round."""
+    bound = ReplyContext(
+        str(config[RUN_ID_KEY]), config_int(config, "server-round"), context.node_id, kind
+    )
+    signature = identity.sign(bound.statement(canonical_bytes(reply.content)))
+    content = RecordDict(dict(reply.content.items()))
+    content[SIGNATURE_KEY] = ConfigRecord({"signature": signature})
+    reply.content = content
+    return reply
+
+
+def encryption_mod(keys: ClientKeys, aead: str = "aes-256-gcm", downlink: bool = False) -> Mod:
+    """A Flower mod sealing train replies, and signing all replies, with the device's keys.
 
     Parameters
     ----------
-    seed : the run seed the fleet's device identities are derived from.
+    keys : the devices' keys and the server fingerprint to pin (composed with the run).
     aead : "aes-256-gcm" or "chacha20-poly1305"; the server must allow it.
     downlink : expect the global model sealed to this device and open it before training.
     """
@@ -170,21 +196,24 @@ def encryption_mod(seed: int, aead: str = "aes-256-gcm", downlink: bool = False)
         kind = message_kind(msg)
         if kind not in (MessageType.TRAIN, MessageType.EVALUATE) or msg.has_error():
             return call_next(msg, context)
-        identity = _identity(seed, context)
+        identity = _identity(keys, context)
         config = msg.content.config_records[CONFIG_KEY]
+        public, signing = _server_keys(config, keys.server_fingerprint)
         sealed_model = SEALED_MODEL_KEY in msg.content
         if sealed_model != downlink:
             raise ValueError(
                 f"the global model arrived {'sealed' if sealed_model else 'in clear'} but this "
                 f"client has downlink={downlink}; set the same downlink on server and client"
             )
-        open_seconds = _open_model(msg, context, identity, guards) if downlink else 0.0
+        open_seconds = _open_model(msg, context, identity, signing, guards) if downlink else 0.0
         reply = call_next(msg, context)
-        if kind != MessageType.TRAIN or reply.has_error():
+        if reply.has_error():
             return reply
-        transport: dict[str, int | float | list[int] | list[float]] = (
-            {"open-seconds": open_seconds} if downlink else {}
-        )
-        return _seal_reply(reply, config, context, identity, aead, transport)
+        if kind == MessageType.TRAIN:
+            transport: dict[str, int | float | list[int] | list[float]] = (
+                {"open-seconds": open_seconds} if downlink else {}
+            )
+            reply = _seal_reply(reply, config, context, identity, public, aead, transport)
+        return _sign_reply(reply, config, context, identity, kind)
 
     return mod

@@ -4,8 +4,8 @@ Pairs with ``strategies.secagg.SecureAggregation``; the protocol is
 ``fedhar.transport.secagg``. Stages arrive as messages carrying a ``secagg`` ConfigRecord:
 
 - QUERY ``advertise``: fresh round keys and a commitment to the self-mask seed, signed with
-  the device identity the node enrolled with (``DeviceIdentity.from_seed(run seed,
-  partition id)``);
+  the device identity the node enrolled with (its key in the run's key store,
+  ``fedhar.transport.keystore``);
 - QUERY ``share-keys``: encrypted shares of the round's seeds for each neighbour (refused
   with fewer than ``min_neighbours``);
 - TRAIN ``collect``: the neighbours' shares and the coordinate layouts ride with the train
@@ -32,7 +32,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import Mod
 
 from fedhar.seeding import derive_seed
-from fedhar.transport.keys import DeviceIdentity
+from fedhar.transport.keystore import ClientKeys
 from fedhar.transport.masking import CLIP_COUNTER, CoordinateSpace, Layout, RingSpec, pack
 from fedhar.transport.secagg import ClientRound, ProtocolError, advertised, round_context
 from fedhar.wire import (
@@ -76,12 +76,14 @@ def _partition(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def _advertise(context: Context, seed: int, round_id: bytes, min_neighbours: int) -> ConfigRecord:
+def _advertise(
+    context: Context, keys: ClientKeys, round_id: bytes, min_neighbours: int
+) -> ConfigRecord:
     state = ClientRound(node_id=context.node_id, context=round_id, min_neighbours=min_neighbours)
     _save(context, state)
     c_public, s_public = state.public_keys()
     committed = state.seed_commitment()
-    identity = DeviceIdentity.from_seed(seed, _partition(context))
+    identity = keys.store.device(_partition(context))
     signature = identity.sign(advertised(round_id, context.node_id, c_public, s_public, committed))
     return ConfigRecord(
         {
@@ -205,13 +207,13 @@ def _collect(msg: Message, context: Context, call_next: Handler, seed: int) -> M
 _QUERY_STAGES = {"advertise", "share-keys", "unmask"}
 
 
-def secagg_mod(seed: int, min_neighbours: int = 2) -> Mod:
-    """A Flower mod taking part in secure aggregation with the identity of ``(seed, partition)``.
+def secagg_mod(seed: int, keys: ClientKeys, min_neighbours: int = 2) -> Mod:
+    """A Flower mod taking part in secure aggregation with the device's enrolled identity.
 
     Parameters
     ----------
-    seed : the run seed; the device identity that signs round keys and the stochastic
-        rounding of updates derive from it.
+    seed : the run seed; the stochastic rounding of updates derives from it.
+    keys : the devices' keys (the identity of partition p signs its round keys).
     min_neighbours : the fewest neighbours this node shares its seeds with; fewer would let
         a server that isolates the node recover them.
     """
@@ -225,7 +227,7 @@ def secagg_mod(seed: int, min_neighbours: int = 2) -> Mod:
                 raise ProtocolError("unknown-stage", f"secagg stage {stage!r} is not a query stage")
             round_id = _round_id(config)
             if stage == "advertise":
-                answer = _advertise(context, seed, round_id, min_neighbours)
+                answer = _advertise(context, keys, round_id, min_neighbours)
             elif stage == "share-keys":
                 answer = _share_keys(config, context, round_id)
             else:

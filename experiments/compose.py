@@ -39,6 +39,7 @@ from fedhar.partial.evaluate import evaluate_widths
 from fedhar.partial.widths import WIDTH_LEVELS
 from fedhar.records import RoundSink
 from fedhar.train import evaluate
+from fedhar.transport.keystore import KEYS_DIR, ClientKeys, RunKeys
 from fedhar.wire import arrays_to_state
 from strategies.checkpointing import Checkpointing
 from strategies.deadline import RoundClock
@@ -90,7 +91,18 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True)
 
 
-def client_settings(cfg: DictConfig, federation: Federation) -> ClientSettings:
+def run_keys(cfg: DictConfig, run_dir: Path) -> RunKeys:
+    """The run's keys: OS-random, kept in ``run_dir/keys/``; seed-derived only when
+    ``transport.seeded_keys`` asks for it (insecure)."""
+    seeded = bool(cfg.get("transport", {}).get("seeded_keys", False))
+    return RunKeys(Path(run_dir) / KEYS_DIR, seed=cfg.seed if seeded else None)
+
+
+def client_settings(
+    cfg: DictConfig, federation: Federation, run_dir: Path | None = None
+) -> ClientSettings:
+    """What every client needs; without ``run_dir`` the clients hold no keys and cannot
+    enroll (studies that call the client functions directly)."""
     catalogue, fleet = fleet_config(cfg)
     devices: tuple[tuple[str, DeviceProfile], ...] = ()
     if fleet is not None:
@@ -109,6 +121,7 @@ def client_settings(cfg: DictConfig, federation: Federation) -> ClientSettings:
         hang_partitions=tuple(cfg.faults.hang_partitions),
         hang_seconds=float(cfg.faults.hang_seconds),
         dp_sgd=dp_sgd_settings(cfg, model_shape(cfg, federation)),
+        keys=None if run_dir is None else run_keys(cfg, run_dir),
     )
 
 
@@ -151,15 +164,20 @@ def build_strategy(cfg: DictConfig, num_clients: int, run: RunInfo) -> Strategy:
     return strategy
 
 
-def instantiate_with_run(node: DictConfig, run: RunInfo, **kwargs: Any) -> Any:
-    """Instantiate ``node`` with ``kwargs``, and ``run=`` only if its target takes it.
+def instantiate_with(node: DictConfig, name: str, value: Any, **kwargs: Any) -> Any:
+    """Instantiate ``node`` with ``kwargs``, and ``name=value`` only if its target takes it.
 
     ``_partial_``: Hydra would turn a dataclass argument (RunInfo) into a config copy.
     """
     build = instantiate(node, _partial_=True)
-    target = hydra.utils.get_class(node._target_)
-    takes_run = "run" in inspect.signature(target).parameters
-    return build(**kwargs, run=run) if takes_run else build(**kwargs)
+    target = hydra.utils.get_object(node._target_)
+    takes = name in inspect.signature(target).parameters
+    return build(**kwargs, **{name: value}) if takes else build(**kwargs)
+
+
+def instantiate_with_run(node: DictConfig, run: RunInfo, **kwargs: Any) -> Any:
+    """Instantiate ``node`` with ``kwargs``, and ``run=`` only if its target takes it."""
+    return instantiate_with(node, "run", run, **kwargs)
 
 
 def build_wrapper(name: str, spec: DictConfig, strategy: Strategy, run: RunInfo) -> Strategy:
@@ -240,7 +258,7 @@ def build_stack(
         directory=run.directory,
         clock=RoundClock(float(cfg.runtime.round_timeout_s), float(cfg.runtime.evaluate_share)),
     )
-    return Checkpointing(tracked, run.run_dir, cfg.seed, rounds_done, run.directory)
+    return Checkpointing(tracked, run.run_dir, cfg.seed, rounds_done, run.directory, run.run_id)
 
 
 def client_mods(cfg: DictConfig, run_dir: Path) -> list[Mod]:
@@ -248,9 +266,12 @@ def client_mods(cfg: DictConfig, run_dir: Path) -> list[Mod]:
 
     Outside them all, the node's state is kept in ``run_dir`` so that resumed runs resume it;
     inside them, the privacy mechanism's mod (clipping, local noise) sees the plain update.
+    Mods that take ``keys=`` get the devices' keys and the server fingerprint they pin.
     """
+    store = run_keys(cfg, run_dir)
+    keys = ClientKeys(store, store.server().fingerprint())
     wrapper_mods = [
-        instantiate(spec.client_mod)
+        instantiate_with(spec.client_mod, "keys", keys)
         for spec in (cfg.get("wrappers") or {}).values()
         if spec.get("client_mod") is not None
     ]

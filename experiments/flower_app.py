@@ -54,11 +54,11 @@ def _config(overrides: tuple[str, ...]) -> DictConfig:
 
 
 @lru_cache(maxsize=4)
-def _settings(overrides: tuple[str, ...]) -> ClientSettings:
+def _settings(overrides: tuple[str, ...], run_dir: str) -> ClientSettings:
     """A worker's client settings. The federation is opened only to list the users and their
     devices and is then let go: each node loads its own user's windows when first asked."""
     cfg = _config(overrides)
-    return client_settings(cfg, open_federation(federation_spec(cfg)))
+    return client_settings(cfg, open_federation(federation_spec(cfg)), Path(run_dir))
 
 
 server_app = ServerApp()
@@ -98,5 +98,5 @@ def _bind(mod: Mod, call_next: ClientAppCallable) -> ClientAppCallable:
 
 
 client_app = make_client_app(
-    lambda context: _settings(_overrides(context.run_config)), [configured_mods]
+    lambda context: _settings(_overrides(context.run_config), _run_dir(context)), [configured_mods]
 )

@@ -19,6 +19,7 @@ RESUME_MAY_CHANGE = (  # keys whose change leaves the numbers as they are
     "num_rounds",
     "resume",
     "tracking",
+    "transport",  # keys change, numbers do not
     "runtime.backend",
     "runtime.ray_address",
     "runtime.messages_per_call",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from experiments.compose import (
     client_settings,
     federation_spec,
     fleet_config,
+    run_keys,
 )
 from experiments.report import summarize_run
 from experiments.run_dirs import numbers_config
@@ -36,15 +38,22 @@ from experiments.sinks import (
     truncate_outputs,
 )
 from experiments.validate import validate_config
-from fedhar.checkpoint import CHECKPOINT_NAME, check_checkpoint_matches, load_checkpoint
+from fedhar.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    check_checkpoint_matches,
+    load_checkpoint,
+)
 from fedhar.federation import Federation, load_federation
 from fedhar.models import build_model
 from fedhar.records import RoundSink
 from fedhar.seeding import seed_everything
+from fedhar.transport.keystore import KEYS_DIR
 from fedhar.wire import numpy_to_arrays, state_to_arrays
-from strategies.checkpointing import restore_state
+from strategies.checkpointing import restore_state, restore_wrapper_state
 from strategies.deadline import DeadlineGrid
 from strategies.enrollment import enroll
+from strategies.grid_proxy import screening
 from strategies.privacy import BudgetExhausted
 from strategies.run_info import RunInfo
 from strategies.tracking import Tracking
@@ -83,6 +92,7 @@ class ServerRun:
                 layer.runtime_stats = runtime_stats
                 if layer.clock is not None:  # one deadline per round: train and evaluate
                     round_grid = DeadlineGrid(grid, layer.clock)
+        round_grid = screening(round_grid, self.strategy)  # forged replies become failures
         width = float(cfg.model.width)
         train_config = ConfigRecord(
             {
@@ -129,18 +139,20 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     federation = load_federation(federation_spec(cfg))
     catalogue, _ = fleet_config(cfg)
+    checkpoint, initial_arrays = _start_state(cfg, run_dir, federation)
+    rounds_done = 0 if checkpoint is None else checkpoint.server_round
     run = RunInfo(
-        run_id=run_dir.name,
+        run_id=checkpoint.run_id if checkpoint and checkpoint.run_id else secrets.token_hex(16),
         seed=cfg.seed,
         run_dir=run_dir,
         device_kinds={name: profile.kind for name, profile in catalogue.items()},
+        key_store=run_keys(cfg, run_dir),
     )
-    rounds_done, start = _start_state(cfg, run_dir, federation)
     sinks = _sinks(cfg, run_dir, rounds_done)
     strategy = build_stack(cfg, federation, run, sinks, rounds_done)
-    if rounds_done:
-        restore_state(strategy, start.strategy_state)
-        initial_arrays = numpy_to_arrays(start.arrays)
+    if checkpoint is not None:
+        restore_state(strategy, checkpoint.strategy_state)
+        restore_wrapper_state(strategy, checkpoint.wrapper_state)
         if rounds_done >= cfg.num_rounds:
             log.warning(
                 "%s already holds all %d rounds; showing them (resume=false starts over)",
@@ -149,13 +161,11 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
             )
         else:
             log.warning("resuming %s after round %d", run_dir, rounds_done)
-    else:
-        initial_arrays = start
     return ServerRun(
         cfg=cfg,
         run_dir=run_dir,
         run=run,
-        settings=client_settings(cfg, federation),
+        settings=client_settings(cfg, federation, run_dir),
         num_clients=len(federation.clients),
         strategy=strategy,
         initial_arrays=initial_arrays,
@@ -233,14 +243,18 @@ RUN_STATE = (CHECKPOINT_NAME, METRICS_FILE, PER_USER_FILE, "summary.json")  # wh
 
 
 def clear_run_state(run_dir: Path) -> None:
-    """Forget an earlier run in ``run_dir``: its checkpoint, records and clients' saved state."""
+    """Forget an earlier run in ``run_dir``: its checkpoint, records, clients' saved state
+    and keys."""
     for name in RUN_STATE:
         (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)
+    for folder in (STATE_DIR, KEYS_DIR):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
 
 
-def _start_state(cfg: DictConfig, run_dir: Path, federation: Federation) -> tuple[int, Any]:
-    """(rounds already done, initial arrays): from the checkpoint if resuming, else fresh."""
+def _start_state(
+    cfg: DictConfig, run_dir: Path, federation: Federation
+) -> tuple[Checkpoint | None, ArrayRecord]:
+    """(the checkpoint resumed from, or None; the initial arrays: the checkpoint's or fresh)."""
     if not cfg.resume:
         clear_run_state(run_dir)
     checkpoint = load_checkpoint(run_dir)
@@ -252,6 +266,6 @@ def _start_state(cfg: DictConfig, run_dir: Path, federation: Federation) -> tupl
         shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
         check_checkpoint_matches(run_dir, checkpoint, shapes)
         truncate_outputs(run_dir, checkpoint.server_round)
-        return checkpoint.server_round, checkpoint
+        return checkpoint, numpy_to_arrays(checkpoint.arrays)
     truncate_outputs(run_dir, 0)
-    return 0, state_to_arrays(model.state_dict())
+    return None, state_to_arrays(model.state_dict())

@@ -1,4 +1,7 @@
-"""Checkpoints of a federated run: global arrays, strategy state and the last round.
+"""Checkpoints of a federated run: global arrays, strategy state, the run id, the last round.
+
+``wrapper_state`` holds what strategy wrappers must keep across an interruption (the
+encryption wrapper's replay guard), by wrapper name.
 
 Files hold only tensors and plain values and load with ``torch.load(weights_only=True)``,
 so opening a checkpoint never runs code. Writes are atomic (temp file, then rename).
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle  # only for the error type torch.load raises on a damaged file
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,8 @@ class Checkpoint:
     server_round: int  # last completed round
     arrays: dict[str, np.ndarray]  # global model after that round
     strategy_state: dict[str, dict[str, np.ndarray]]  # e.g. FedAdam's moments
+    run_id: str = ""  # the run's random id; "" in checkpoints written before it was kept
+    wrapper_state: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def _to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -40,6 +45,8 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
         "server_round": checkpoint.server_round,
         "arrays": _to_tensors(checkpoint.arrays),
         "strategy_state": {k: _to_tensors(v) for k, v in checkpoint.strategy_state.items()},
+        "run_id": checkpoint.run_id,
+        "wrapper_state": {k: _to_tensors(v) for k, v in checkpoint.wrapper_state.items()},
     }
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -57,6 +64,8 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
             server_round=int(payload["server_round"]),
             arrays=_to_numpy(payload["arrays"]),
             strategy_state={k: _to_numpy(v) for k, v in payload["strategy_state"].items()},
+            run_id=str(payload.get("run_id", "")),
+            wrapper_state={k: _to_numpy(v) for k, v in payload.get("wrapper_state", {}).items()},
         )
     except (
         RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError, OSError,

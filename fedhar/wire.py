@@ -51,12 +51,13 @@ SECAGG_STATE_KEY = "secagg-round"  # context.state ConfigRecord: this round's se
 # Encrypted transport (strategies.encryption, clients.encryption).
 SEALED_KEY = "sealed"  # ConfigRecord {"envelope": bytes, "inner": name of the main payload}
 SEALED_MODEL_KEY = "sealed-model"  # ConfigRecord {"envelope": bytes}: the sealed downlink model
+SIGNATURE_KEY = "signature"  # ConfigRecord {"signature": bytes}: the device signed this reply
+CHALLENGE_KEY = "enroll-challenge"  # config bytes: the random challenge an enrolling node signs
 TRANSPORT_KEY = "transport"  # MetricRecord of the client's seal/open seconds, clear telemetry
 PAYLOAD_KEYS = (COMPRESSED_KEY, ARRAYS_KEY, MASKED_KEY)  # records that only travel sealed
 PAYLOAD_FORMAT_KEY = "payload-format"  # config int: the sealed payload's format version
 SERVER_PUBLIC_KEY_KEY = "server-public-key"  # config bytes: the server's X25519 public key
 SERVER_SIGNING_KEY_KEY = "server-signing-key"  # config bytes: the server's Ed25519 public key
-SERVER_FINGERPRINT_KEY = "server-key-fingerprint"  # config str: fingerprint of both keys
 RUN_ID_KEY = "run-id"  # config str: the run an envelope is bound to
 PAYLOAD_FORMAT = 1  # sealed payload format: the records as Flower protobuf bytes (record_to_bytes)
 
@@ -279,22 +280,35 @@ def metric_value(content: RecordDict, name: str, default: float | None = None) -
     return float(value)
 
 
-def node_info_record(info: NodeInfo, keys: DevicePublicKeys) -> RecordDict:
-    """An enrollment reply: the node's info and its device's public keys."""
-    key_record = ConfigRecord({"signing": keys.signing, "exchange": keys.exchange})
+def node_info_record(info: NodeInfo, keys: DevicePublicKeys, proof: bytes) -> RecordDict:
+    """An enrollment reply: the node's info, its device's public keys and the proof that it
+    holds the private signing key (its signature over the server's challenge)."""
+    key_record = ConfigRecord({"signing": keys.signing, "exchange": keys.exchange, "proof": proof})
     return RecordDict({NODE_KEY: to_config_record(info), NODE_KEYS_KEY: key_record})
 
 
-def node_info_from_record(content: RecordDict) -> tuple[NodeInfo, DevicePublicKeys]:
-    """The node's info and public keys; ValueError when the keys are missing or malformed."""
+def node_info_from_record(content: RecordDict) -> tuple[NodeInfo, DevicePublicKeys, bytes]:
+    """The node's info, public keys and proof; ValueError when any is missing or malformed."""
     info = _from_record(NodeInfo, content.config_records[NODE_KEY])
     record = content.config_records.get(NODE_KEYS_KEY)
     if record is None:
         raise ValueError(f"enrollment reply of node {info.node_id} has no {NODE_KEYS_KEY!r}")
-    signing, exchange = record.get("signing"), record.get("exchange")
-    if not isinstance(signing, bytes) or not isinstance(exchange, bytes):
-        raise ValueError(f"{NODE_KEYS_KEY!r} of node {info.node_id} must hold two byte keys")
-    return info, DevicePublicKeys(signing, exchange)
+    signing, exchange, proof = record.get("signing"), record.get("exchange"), record.get("proof")
+    if not all(isinstance(value, bytes) for value in (signing, exchange, proof)):
+        raise ValueError(
+            f"{NODE_KEYS_KEY!r} of node {info.node_id} must hold two byte keys and a byte proof"
+        )
+    return info, DevicePublicKeys(signing, exchange), proof  # type: ignore[arg-type, return-value]
+
+
+def canonical_bytes(content: RecordDict, leave_out: tuple[str, ...] = ()) -> bytes:
+    """``content`` serialized with records and their items in sorted order: the same bytes
+    for the same records, whatever order they were built or carried in."""
+    ordered = RecordDict()
+    for key in sorted(k for k in content if k not in leave_out):
+        record = content[key]
+        ordered[key] = type(record)(dict(sorted(record.items())))  # type: ignore[arg-type]
+    return record_to_bytes(ordered)
 
 
 def eval_reply(report: EvalReport, identity: ClientIdentity) -> RecordDict:

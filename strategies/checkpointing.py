@@ -28,7 +28,7 @@ from fedhar.seeding import derive_seed
 from fedhar.wire import arrays_to_numpy
 from strategies.grid_proxy import GridProxy
 from strategies.run_info import FleetDirectory
-from strategies.wrapper import StrategyWrapper, innermost
+from strategies.wrapper import StrategyWrapper, innermost, wrapper_chain
 
 # Attributes of Flower's strategies that carry state from round to round (FedOpt family:
 # FedAdam, FedYogi, FedAdagrad keep the current arrays and their moment estimates).
@@ -51,6 +51,23 @@ def restore_state(strategy: Strategy, state: dict[str, dict[str, np.ndarray]]) -
         if name not in STATEFUL_ATTRIBUTES:
             raise ValueError(f"checkpoint has unknown strategy state {name!r}")
         setattr(core, name, dict(value))
+
+
+def export_wrapper_state(strategy: Strategy) -> dict[str, dict[str, np.ndarray]]:
+    """What each wrapper of the stack keeps across an interruption (``checkpoint_state``)."""
+    return {
+        type(layer).__name__: layer.checkpoint_state()
+        for layer in wrapper_chain(strategy)
+        if hasattr(layer, "checkpoint_state")
+    }
+
+
+def restore_wrapper_state(strategy: Strategy, state: dict[str, dict[str, np.ndarray]]) -> None:
+    """Give each wrapper its saved state back (``restore_checkpoint_state``)."""
+    for layer in wrapper_chain(strategy):
+        saved = state.get(type(layer).__name__)
+        if saved is not None and hasattr(layer, "restore_checkpoint_state"):
+            layer.restore_checkpoint_state(saved)
 
 
 class PartitionOrderedGrid(GridProxy):
@@ -80,6 +97,8 @@ class Checkpointing(StrategyWrapper):
         Rounds completed before this start (0 for a fresh run).
     directory : FleetDirectory | None
         The enrolled nodes; sampling sees them in partition order. None: the grid's order.
+    run_id : str
+        The run's id, kept in the checkpoint so that a resumed run keeps it.
     """
 
     def __init__(
@@ -89,8 +108,10 @@ class Checkpointing(StrategyWrapper):
         seed: int,
         rounds_done: int = 0,
         directory: FleetDirectory | None = None,
+        run_id: str = "",
     ):
         super().__init__(strategy)
+        self.run_id = run_id
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.rounds_done = rounds_done
@@ -142,6 +163,9 @@ class Checkpointing(StrategyWrapper):
         absolute = server_round + self.rounds_done
         metrics = self.strategy.aggregate_evaluate(absolute, replies)
         if self._arrays is not None:
-            checkpoint = Checkpoint(absolute, arrays_to_numpy(self._arrays), export_state(self))
+            checkpoint = Checkpoint(
+                absolute, arrays_to_numpy(self._arrays), export_state(self), self.run_id,
+                export_wrapper_state(self),
+            )  # fmt: skip
             save_checkpoint(self.run_dir, checkpoint)
         return metrics

@@ -1,7 +1,10 @@
 """A strategy wrapper that opens and verifies every sealed update before aggregation.
 
 Pairs with ``clients.encryption.encryption_mod``. The server holds one X25519/Ed25519 key pair
-per run and sends its public keys and fingerprint in every train message's config. Each reply's
+per run (``RunInfo.key_store``: OS-random and kept in the run directory unless
+``transport.seeded_keys``) and sends its public keys in every train and evaluate message's
+config; devices accept them only if they match the fingerprint pinned in their run config.
+Each reply's
 envelope (``fedhar.transport.envelope``) is verified against the signing key the node enrolled
 with (the run's key registry, ``RunInfo.keys``, filled at enrollment), bound to this run,
 round and node, checked against one replay guard for the run, decrypted, and parsed back into
@@ -15,19 +18,32 @@ rejects with ``not-sealed`` (no envelope, or a decline that carries payload reco
 ``bad-payload`` (the opened bytes are not well-formed records) and ``clear-mismatch`` (a
 record left in clear differs from its sealed copy, e.g. a forged ``num-examples``).
 
-Server keys derived from the run seed make runs reproducible and let a resumed run keep its
-key, but they are only as secret as the seed: fine for simulation, wrong for a deployment,
-where ``seeded_keys=False`` draws them from the OS.
+Every train and evaluate reply also carries the device's signature over its clear records
+(scores, declines, telemetry), bound to run, round, node and kind (`fedhar.transport.signed`).
+``screen_reply`` checks it as the reply arrives, through the run's grid
+(`strategies.grid_proxy.screening`), before tracking or any strategy reads the reply: a reply
+that is unsigned, forged or replayed becomes that client's failure (``encryption/screened/
+<code>``). The replay guard's memory is saved with each checkpoint, so a resumed run still
+refuses envelopes it opened before the interruption.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -40,7 +56,7 @@ from fedhar.transport.envelope import (
     open_envelope,
     seal_for_device,
 )
-from fedhar.transport.keys import ServerKeyPair
+from fedhar.transport.signed import ReplyContext, verify
 from fedhar.wire import (
     CONFIG_KEY,
     PAYLOAD_FORMAT,
@@ -49,12 +65,14 @@ from fedhar.wire import (
     RUN_ID_KEY,
     SEALED_KEY,
     SEALED_MODEL_KEY,
-    SERVER_FINGERPRINT_KEY,
     SERVER_PUBLIC_KEY_KEY,
     SERVER_SIGNING_KEY_KEY,
+    SIGNATURE_KEY,
     TRANSPORT_KEY,
+    canonical_bytes,
     content_nbytes,
     decline_reason,
+    message_kind,
     record_from_bytes,
     record_to_bytes,
 )
@@ -64,6 +82,7 @@ from strategies.wrapper import StrategyWrapper
 logger = logging.getLogger("fedhar")
 
 _NUMERIC_KINDS = "biuf"  # bool, int, uint, float arrays only
+SCREENED_ERROR_CODE = 801  # error code of a reply turned into a failure by ``screen_reply``
 
 
 class PayloadRejected(Exception):
@@ -116,8 +135,8 @@ class EncryptedTransport(StrategyWrapper):
     strategy : Strategy
         The wrapped strategy (any, partial-model ones included).
     run : RunInfo
-        The run: its id binds envelopes, its seed derives the server keys, its key registry
-        holds the devices' public keys, registered at enrollment.
+        The run: its id binds envelopes, its key store holds the server keys, its key
+        registry the devices' public keys, registered at enrollment.
     aead_allowed : Sequence[str]
         Algorithms accepted on the uplink; the first also seals the downlink.
     max_payload_bytes : int
@@ -126,8 +145,6 @@ class EncryptedTransport(StrategyWrapper):
         Envelopes with an older payload format are rejected (downgrade).
     downlink : bool
         Also seal the global model to each device (train and evaluate messages).
-    seeded_keys : bool
-        Derive the server keys from the run seed (reproducible) or draw them at random.
     """
 
     prefix = "encryption"
@@ -141,21 +158,24 @@ class EncryptedTransport(StrategyWrapper):
         max_payload_bytes: int = 16 * 2**20,
         min_format_version: int = 1,
         downlink: bool = False,
-        seeded_keys: bool = True,
     ) -> None:
         if min_format_version > PAYLOAD_FORMAT:
             raise ValueError(
                 f"min_format_version={min_format_version} but this server reads payload format "
                 f"{PAYLOAD_FORMAT}; lower min_format_version"
             )
+        if run.key_store is None:
+            raise ValueError("the run has no key store (RunInfo.key_store); compose the run "
+                             "with experiments.server.prepare_run")  # fmt: skip
         super().__init__(strategy)
         self.run = run
         allowed = [str(name) for name in aead_allowed]
         self.policy = EnvelopePolicy(frozenset(allowed), min_format_version, max_payload_bytes)
         self.downlink_aead = allowed[0]  # the policy checked the list is valid and not empty
         self.downlink = downlink
-        self.keys = ServerKeyPair.from_seed(run.seed) if seeded_keys else ServerKeyPair.generate()
+        self.keys = run.key_store.server()
         self.guard = ReplayGuard()  # one per run: an envelope opens once
+        self._round = 0  # the round whose replies are arriving
         logger.info("run %s: server key fingerprint %s", run.run_id, self.keys.fingerprint())
 
     def summary(self) -> None:
@@ -167,7 +187,6 @@ class EncryptedTransport(StrategyWrapper):
         return {
             SERVER_PUBLIC_KEY_KEY: self.keys.public_bytes(),
             SERVER_SIGNING_KEY_KEY: self.keys.signing_public_bytes(),
-            SERVER_FINGERPRINT_KEY: self.keys.fingerprint(),
             RUN_ID_KEY: self.run.run_id,
             PAYLOAD_FORMAT_KEY: PAYLOAD_FORMAT,
             "server-round": server_round,
@@ -200,10 +219,55 @@ class EncryptedTransport(StrategyWrapper):
         self.count("downlink-seal-seconds", time.perf_counter() - started)
         return ConfigRecord({"envelope": envelope})
 
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The replay guard's memory of this run, for the checkpoint."""
+        ids = self.guard.remembered(self.run.run_id)
+        return {"replay-ids": np.frombuffer(b"".join(ids), np.uint8).reshape(-1, 32)}
+
+    def restore_checkpoint_state(self, state: dict[str, np.ndarray]) -> None:
+        """Remember again the envelopes a checkpoint says were opened."""
+        self.guard.remember(self.run.run_id, [bytes(row) for row in state["replay-ids"]])
+
+    def screen_reply(self, reply: Message) -> Message:
+        """``reply`` without its signature if the signature verifies, else an error reply.
+
+        Checks train and evaluate replies only; errors and other kinds pass unchanged.
+        """
+        kind = message_kind(reply)
+        if reply.has_error() or kind not in (MessageType.TRAIN, MessageType.EVALUATE):
+            return reply
+        try:
+            self._check_signature(reply, kind)
+        except PayloadRejected as screened:
+            self.count(f"screened/{screened.reason}")
+            node_id, code, detail = reply.metadata.src_node_id, screened.reason, screened.detail
+            logger.warning("encryption screened out the %s reply of node %d (%s): %s", kind,
+                           node_id, code, detail)  # fmt: skip
+            error = Error(SCREENED_ERROR_CODE, f"encryption rejected {code}: {detail}")
+            return Message(metadata=reply.metadata, error=error)  # type: ignore[call-overload]
+        content = RecordDict({k: v for k, v in reply.content.items() if k != SIGNATURE_KEY})
+        return Message(metadata=reply.metadata, content=content)  # type: ignore[call-overload]
+
+    def _check_signature(self, reply: Message, kind: str) -> None:
+        node_id = reply.metadata.src_node_id
+        record = reply.content.config_records.get(SIGNATURE_KEY)
+        signature = None if record is None else record.get("signature")
+        if not isinstance(signature, bytes):
+            raise PayloadRejected("unsigned", "the reply carries no device signature")
+        body = canonical_bytes(reply.content, leave_out=(SIGNATURE_KEY,))
+        statement = ReplyContext(self.run.run_id, self._round, node_id, kind).statement(body)
+        try:
+            verify(self.run.keys.signing_key(node_id), statement, signature)
+        except ValueError as error:
+            raise PayloadRejected("bad-signature", str(error)) from None
+        if not self.guard.claim(self.run.run_id, hashlib.sha256(b"reply" + signature).digest()):
+            raise PayloadRejected("replay", "this signed reply was received before")
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.start_round()
+        self._round = server_round
         messages = self.strategy.configure_train(server_round, arrays, config, grid)
         return [self._prepare(m, server_round) for m in messages]
 
@@ -262,7 +326,6 @@ class EncryptedTransport(StrategyWrapper):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._round = server_round
         messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
-        if not self.downlink:
-            return messages
         return [self._prepare(m, server_round) for m in messages]

@@ -1,32 +1,42 @@
 """Enrollment: before round 1 the server asks every node who it is, once.
 
-Each node answers a QUERY message with its user, device and the widest model it can train
-(`fedhar.wire.NodeInfo`) and its device's public keys. The answers fill the run's
-`FleetDirectory` (widths for partial models, devices for the fleet simulation) and its
-`KeyRegistry` (keys for encrypted transport). A node whose answer is malformed, names another
-node or a partition another node holds, or carries unusable keys is left out with a warning:
-it is never sampled by strategies that read the directory, and its envelopes never verify.
+Each node gets a fresh random challenge and answers with its user, device and the widest
+model it can train (`fedhar.wire.NodeInfo`), its device's public keys, and a signature over
+the challenge and its claims (`fedhar.transport.signed.enrollment_statement`). The answers
+fill the run's `FleetDirectory` (widths for partial models, devices for the fleet
+simulation) and its `KeyRegistry` (keys for encrypted transport). A node whose answer is
+malformed, names another node or a partition another node holds, carries unusable keys, or
+a signature that does not verify under them (no proof of possession) is left out with a
+warning: it is never sampled by strategies that read the directory, and its envelopes never
+verify.
 """
 
 from __future__ import annotations
 
+import os
 from logging import INFO, WARNING
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from fedhar.wire import CONFIG_KEY, node_info_from_record
+from fedhar.transport.signed import CHALLENGE_BYTES, enrollment_statement, verify
+from fedhar.wire import CHALLENGE_KEY, CONFIG_KEY, RUN_ID_KEY, node_info_from_record
 from strategies.run_info import RunInfo
 
 
-def _query() -> RecordDict:
-    return RecordDict({CONFIG_KEY: ConfigRecord({"server-round": 0})})
+def _query(run_id: str, challenge: bytes) -> RecordDict:
+    config = ConfigRecord({"server-round": 0, RUN_ID_KEY: run_id, CHALLENGE_KEY: challenge})
+    return RecordDict({CONFIG_KEY: config})
 
 
 def enroll(grid: Grid, run: RunInfo, timeout_s: float) -> None:
     """Ask every registered node who it is; fill ``run.directory`` and ``run.keys``."""
-    messages = [Message(_query(), node, MessageType.QUERY) for node in grid.get_node_ids()]
+    challenges = {node: os.urandom(CHALLENGE_BYTES) for node in grid.get_node_ids()}
+    messages = [
+        Message(_query(run.run_id, challenge), node, MessageType.QUERY)
+        for node, challenge in challenges.items()
+    ]
     partitions = {info.partition_id: n for n, info in run.directory.nodes.items()}
     for reply in grid.send_and_receive(messages, timeout=timeout_s):
         node_id = reply.metadata.src_node_id
@@ -34,9 +44,16 @@ def enroll(grid: Grid, run: RunInfo, timeout_s: float) -> None:
             log(WARNING, "node %d failed to enroll: %s", node_id, reply.error.reason)
             continue
         try:
-            info, keys = node_info_from_record(reply.content)
+            info, keys, proof = node_info_from_record(reply.content)
             if info.node_id != node_id:
                 raise ValueError(f"it answered as node {info.node_id}")
+            statement = enrollment_statement(
+                challenges[node_id], run.run_id, node_id, info.partition_id, keys
+            )
+            try:
+                verify(keys.signing, statement, proof)
+            except ValueError as error:
+                raise ValueError(f"no proof of possession of its signing key: {error}") from None
             if partitions.get(info.partition_id, node_id) != node_id:
                 raise ValueError(f"partition {info.partition_id} already enrolled as node "
                                  f"{partitions[info.partition_id]}")  # fmt: skip

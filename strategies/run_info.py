@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedhar.transport.keys import KeyRegistry
+from fedhar.transport.keystore import RunKeys
 from fedhar.wire import NodeInfo
 
 
@@ -28,11 +29,12 @@ class FleetDirectory:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """The run: its id and seed, where it writes, and who enrolled with which keys.
+    """The run: its id and seed, where it writes, its keys, and who enrolled with which keys.
 
-    ``directory`` and ``keys`` are filled once, by enrollment before round 1
-    (`strategies.enrollment.enroll`); the encryption wrapper reads device keys from ``keys``
-    only.
+    ``run_id`` is 128 random bits, kept in the checkpoint, so envelopes of one run never open
+    in another. ``key_store`` holds the server's private keys. ``directory`` and ``keys`` are
+    filled once, by enrollment before round 1 (`strategies.enrollment.enroll`); the
+    encryption wrapper reads device keys from ``keys`` only.
     """
 
     run_id: str
@@ -41,3 +43,4 @@ class RunInfo:
     directory: FleetDirectory = field(default_factory=FleetDirectory)
     device_kinds: Mapping[str, str] = field(default_factory=dict)  # device name -> kind
     keys: KeyRegistry = field(default_factory=KeyRegistry)
+    key_store: RunKeys | None = None  # None: the run cannot use encrypted transport

@@ -44,7 +44,7 @@ from clients.secagg import secagg_mod
 from experiments.compose import federation_spec, load_config
 from fedhar.federation import federation_index
 from fedhar.models import build_model
-from fedhar.transport.keys import DeviceIdentity
+from fedhar.transport.keystore import ClientKeys, RunKeys
 from fedhar.wire import (
     ARRAYS_KEY,
     ClientIdentity,
@@ -55,6 +55,7 @@ from fedhar.wire import (
     train_reply,
 )
 from strategies.encryption import EncryptedTransport
+from strategies.grid_proxy import screening
 from strategies.run_info import RunInfo
 from strategies.secagg import SecureAggregation
 
@@ -147,25 +148,28 @@ def _stand_in_app(
 def _arm(
     name: str, cohort: int, arrays: ArrayRecord, update: dict[str, torch.Tensor]
 ) -> tuple[ArmResult, ArrayRecord | None]:
-    run = RunInfo("bench", SEED, Path("."))
+    store = RunKeys(Path("."), seed=SEED)  # seeded: the benchmark writes no key files
+    keys = ClientKeys(store, store.server().fingerprint())
+    run = RunInfo("bench", SEED, Path("."), key_store=store)
     for node in range(1, cohort + 1):
-        run.keys.register(node, DeviceIdentity.from_seed(SEED, node - 1).public_keys())
+        run.keys.register(node, store.device(node - 1).public_keys())
     fedavg = FedAvg(fraction_train=1.0, min_train_nodes=cohort, min_available_nodes=cohort)
     strategy: Strategy = fedavg
     mods: list[Callable[..., Message]] = []
     if name == "encryption":
-        strategy, mods = EncryptedTransport(fedavg, run), [encryption_mod(SEED)]
+        strategy, mods = EncryptedTransport(fedavg, run), [encryption_mod(keys)]
     elif name.startswith("secagg"):
         neighbours = 16 if name == "secagg+k16" else None
         strategy = SecureAggregation(fedavg, run, neighbours=neighbours)
-        mods = [secagg_mod(SEED)]
+        mods = [secagg_mod(SEED, keys)]
     silent = set(range(1, cohort // 10 + 1)) if name == "secagg-drop10" else set()
     training: list[float] = []
     grid = MeteredGrid(_stand_in_app(mods, update, training), cohort, silent)
     config = ConfigRecord({"epochs": 1, "batch-size": 8, "lr": 0.1})
     started = time.perf_counter()
     messages = list(strategy.configure_train(1, arrays, config, grid))  # type: ignore[arg-type]
-    new_arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    replies = screening(grid, strategy).send_and_receive(messages)  # type: ignore[arg-type]
+    new_arrays, _ = strategy.aggregate_train(1, replies)
     wall = time.perf_counter() - started
     client = [grid.seconds[n] for n in grid.contexts]
     per_client_ms = 1e3 * (sum(client) - sum(training)) / cohort

@@ -5,8 +5,9 @@ and an Ed25519 key that signs the global model on the way down. Every device hol
 ``DeviceIdentity``: an Ed25519 key that signs its updates and an X25519 key that the server
 encrypts the global model to. The server keeps the devices' public halves in a ``KeyRegistry``.
 
-Keys come from the OS random generator, or, for reproducible simulations, from a seed through
-HKDF-SHA256. Seeded keys are only as secret as the seed: use them for simulation only.
+Keys come from the OS random generator (``generate``; ``fedhar.transport.keystore`` keeps a
+run's keys on disk), or, when asked for, from a seed through HKDF-SHA256. Seeded keys are only
+as secret as the seed, which every run's ``config.yaml`` shows: anyone can recompute them.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def _raw_public(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
 
 
 @dataclass(frozen=True)
-class _KeyPairs:
+class KeyPairs:
     """An Ed25519 signing key and an X25519 exchange key held together."""
 
     signing_key: Ed25519PrivateKey
@@ -110,6 +111,20 @@ class _KeyPairs:
             Ed25519PrivateKey.from_private_bytes(derive_key_bytes(seed, f"{label}/ed25519")),
             X25519PrivateKey.from_private_bytes(derive_key_bytes(seed, f"{label}/x25519")),
         )
+
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> Self:
+        """Keys from ``private_bytes()`` output (64 bytes); any other length -> ValueError."""
+        if len(raw) != 2 * KEY_BYTES:
+            raise ValueError(f"private keys must be {2 * KEY_BYTES} bytes, got {len(raw)}")
+        return cls(
+            Ed25519PrivateKey.from_private_bytes(raw[:KEY_BYTES]),
+            X25519PrivateKey.from_private_bytes(raw[KEY_BYTES:]),
+        )
+
+    def private_bytes(self) -> bytes:
+        """The raw Ed25519 then X25519 private key: 64 secret bytes."""
+        return self.signing_key.private_bytes_raw() + self.exchange_key.private_bytes_raw()
 
     def public_bytes(self) -> bytes:
         """Raw 32-byte X25519 public key: peers encrypt to it."""
@@ -129,7 +144,7 @@ class _KeyPairs:
 
 
 @dataclass(frozen=True)
-class ServerKeyPair(_KeyPairs):
+class ServerKeyPair(KeyPairs):
     """The server's keys for one run: X25519 to receive updates, Ed25519 to sign the model."""
 
     @classmethod
@@ -155,7 +170,7 @@ class DevicePublicKeys:
 
 
 @dataclass(frozen=True)
-class DeviceIdentity(_KeyPairs):
+class DeviceIdentity(KeyPairs):
     """A device's keys: Ed25519 signs its updates, X25519 receives the global model."""
 
     @classmethod

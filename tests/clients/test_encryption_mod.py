@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +21,12 @@ from fedhar.transport.envelope import (
     read_header,
 )
 from fedhar.transport.keys import DeviceIdentity, ServerKeyPair
+from fedhar.transport.keystore import ClientKeys, RunKeys
+from fedhar.transport.signed import ReplyContext, verify
 from fedhar.wire import (
     ClientIdentity,
     TrainReport,
+    canonical_bytes,
     decline_reply,
     record_from_bytes,
     record_to_bytes,
@@ -33,6 +37,7 @@ from tests.helpers.identity import task_identity
 
 SEED, NODE, PARTITION = 5, 42, 3
 SERVER = ServerKeyPair.from_seed(99)
+KEYS = ClientKeys(RunKeys(Path("unused"), seed=SEED), SERVER.fingerprint())
 STATE = {
     "w": torch.linspace(-1, 1, 64),
     "bn.num_batches_tracked": torch.tensor(2**40 + 3, dtype=torch.int64),
@@ -52,7 +57,6 @@ def server_config(**overrides: object) -> ConfigRecord:
         "lr": 0.1,
         "server-public-key": SERVER.public_bytes(),
         "server-signing-key": SERVER.signing_public_bytes(),
-        "server-key-fingerprint": SERVER.fingerprint(),
         "run-id": "run-c",
         "payload-format": 1,
     }
@@ -86,10 +90,10 @@ def server_open(blob: bytes) -> RecordDict:
 
 
 def test_reply_payload_is_sealed_and_the_rest_stays_in_clear() -> None:
-    reply = encryption_mod(SEED)(message(server_config()), context(), trains)
+    reply = encryption_mod(KEYS)(message(server_config()), context(), trains)
     content = reply.content
     assert "arrays" not in content
-    assert set(content) == {"metrics", "client", "trained", "sealed", "transport"}
+    assert set(content) == {"metrics", "client", "trained", "sealed", "transport", "signature"}
     assert content["sealed"]["inner"] == "arrays"
     assert content["metrics"]["num-examples"] == 12 and content["client"]["user"] == "u3"
     assert content["transport"]["seal-seconds"] >= 0.0
@@ -99,7 +103,7 @@ def test_reply_payload_is_sealed_and_the_rest_stays_in_clear() -> None:
 
 
 def test_the_server_recovers_the_exact_reply_integer_buffers_included() -> None:
-    reply = encryption_mod(SEED, aead="chacha20-poly1305")(message(server_config()), context(),
+    reply = encryption_mod(KEYS, aead="chacha20-poly1305")(message(server_config()), context(),
                                                            trains)  # fmt: skip
     opened = server_open(reply.content["sealed"]["envelope"])
     original = trains(message(server_config()), context()).content
@@ -108,48 +112,80 @@ def test_the_server_recovers_the_exact_reply_integer_buffers_included() -> None:
     assert counts.dtype == np.int64 and int(counts) == 2**40 + 3
 
 
-def test_declines_evaluations_and_queries_pass_unsealed() -> None:
-    mod = encryption_mod(SEED)
+def assert_signed(content: RecordDict, kind: str) -> None:
+    """``content`` carries the device's signature over everything else, bound to its round."""
+    device = DeviceIdentity.from_seed(SEED, PARTITION).signing_public_bytes()
+    body = canonical_bytes(content, leave_out=("signature",))
+    statement = ReplyContext("run-c", 4, NODE, kind).statement(body)
+    verify(device, statement, content["signature"]["signature"])
+    with pytest.raises(ValueError, match="does not verify"):
+        verify(device, ReplyContext("run-c", 5, NODE, kind).statement(body),
+               content["signature"]["signature"])  # fmt: skip
+
+
+def test_every_train_and_evaluate_reply_is_signed_and_queries_pass_untouched() -> None:
+    mod = encryption_mod(KEYS)
+    assert_signed(mod(message(server_config()), context(), trains).content, "train")
     declined = mod(
         message(server_config()),
         context(),
         lambda m, _: Message(decline_reply("no SRAM", ClientIdentity("u3", "mcu")), reply_to=m),
     )
     assert "sealed" not in declined.content and "decline" in declined.content
-    for kind in (MessageType.EVALUATE, MessageType.QUERY):
-        reply = mod(message(server_config(), kind), context(), trains)
-        assert "arrays" in reply.content and "sealed" not in reply.content
+    assert_signed(declined.content, "train")
+    evaluated = mod(message(server_config(), MessageType.EVALUATE), context(), trains)
+    assert "arrays" in evaluated.content and "sealed" not in evaluated.content
+    assert_signed(evaluated.content, "evaluate")
+    query = mod(message(server_config(), MessageType.QUERY), context(), trains)
+    assert set(query.content) == {"arrays", "metrics", "client", "trained"}
+
+
+def test_device_keys_come_from_the_os_and_stay_in_the_run_directory(tmp_path: Path) -> None:
+    store = RunKeys(tmp_path / "keys")
+    mod = encryption_mod(ClientKeys(store, SERVER.fingerprint()))
+    content = mod(message(server_config()), context(), trains).content
+    path = tmp_path / "keys" / f"device-{PARTITION}.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    identity = store.device(PARTITION)
+    assert identity.public_keys() != DeviceIdentity.from_seed(SEED, PARTITION).public_keys()
+    body = canonical_bytes(content, leave_out=("signature",))
+    verify(identity.signing_public_bytes(), ReplyContext("run-c", 4, NODE, "train").statement(
+        body), content["signature"]["signature"])  # fmt: skip
 
 
 def test_missing_server_keys_name_the_server_wrapper() -> None:
     with pytest.raises(ValueError, match="EncryptedTransport"):
-        encryption_mod(SEED)(
+        encryption_mod(KEYS)(
             message(server_config(**{"server-public-key": None})), context(), trains
         )
 
 
-def test_keys_that_do_not_match_their_fingerprint_are_refused() -> None:
-    other = ServerKeyPair.from_seed(100).public_bytes()
-    with pytest.raises(ValueError, match="fingerprint"):
-        encryption_mod(SEED)(message(server_config(**{"server-public-key": other})), context(),
-                             trains)  # fmt: skip
+def test_server_keys_other_than_the_pinned_ones_are_refused() -> None:
+    other = ServerKeyPair.from_seed(100)  # a man in the middle with a consistent key pair
+    config = server_config(**{"server-public-key": other.public_bytes(),
+                              "server-signing-key": other.signing_public_bytes(),
+                              "server-key-fingerprint": other.fingerprint()})  # fmt: skip
+    with pytest.raises(ValueError, match="not the pinned server"):
+        encryption_mod(KEYS)(message(config), context(), trains)
+    with pytest.raises(ValueError, match="not the pinned server"):
+        encryption_mod(KEYS)(message(config, MessageType.EVALUATE), context(), trains)
 
 
 def test_unknown_payload_format_and_aead_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="update the client"):
-        encryption_mod(SEED)(message(server_config(**{"payload-format": 9})), context(), trains)
+        encryption_mod(KEYS)(message(server_config(**{"payload-format": 9})), context(), trains)
     with pytest.raises(ValueError, match="aes-256-gcm"):
-        encryption_mod(SEED, aead="aes-128")
+        encryption_mod(KEYS, aead="aes-128")
 
 
 def test_a_model_in_clear_is_refused_when_the_downlink_is_sealed() -> None:
     with pytest.raises(ValueError, match="same downlink"):
-        encryption_mod(SEED, downlink=True)(message(server_config()), context(), trains)
+        encryption_mod(KEYS, downlink=True)(message(server_config()), context(), trains)
 
 
 def test_the_mod_ships_to_simulation_workers() -> None:
     from ray import cloudpickle
 
-    mod = cloudpickle.loads(cloudpickle.dumps(encryption_mod(SEED, downlink=True)))
+    mod = cloudpickle.loads(cloudpickle.dumps(encryption_mod(KEYS, downlink=True)))
     with pytest.raises(ValueError, match="same downlink"):
         mod(message(server_config()), context(), trains)

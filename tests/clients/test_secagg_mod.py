@@ -9,9 +9,12 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from clients.secagg import secagg_mod
 from clients.state_store import persisted_state_mod
+from fedhar.transport.keystore import ClientKeys, RunKeys
 from fedhar.transport.secagg import ProtocolError
 from fedhar.wire import CONFIG_KEY, RUN_ID_KEY, SECAGG_KEY, SECAGG_STATE_KEY, record_from_bytes
 from tests.helpers.identity import task_identity
+
+KEYS = ClientKeys(RunKeys(Path("unused"), seed=0), server_fingerprint="")
 
 
 def _context() -> Context:
@@ -31,7 +34,7 @@ def _never(msg: Message, context: Context) -> Message:
 
 
 def test_stages_out_of_order_are_refused() -> None:
-    mod = secagg_mod(seed=0)
+    mod = secagg_mod(seed=0, keys=KEYS)
     with pytest.raises(ProtocolError, match="out-of-order"):
         mod(_stage("unmask", active=[7], dropped=[], threshold=0.67), _context(), _never)
     with pytest.raises(ProtocolError, match="unknown-stage"):
@@ -39,7 +42,7 @@ def test_stages_out_of_order_are_refused() -> None:
 
 
 def test_advertise_keeps_fresh_keys_in_the_node_state_and_signs_them() -> None:
-    mod, context = secagg_mod(seed=0), _context()
+    mod, context = secagg_mod(seed=0, keys=KEYS), _context()
     with task_identity(node_id=7):
         reply = mod(_stage("advertise"), context, _never)
     answer = reply.content[SECAGG_KEY]
@@ -60,7 +63,7 @@ def test_a_train_message_without_secagg_instructions_is_refused() -> None:
             RecordDict({CONFIG_KEY: ConfigRecord({"server-round": 1})}), 7, MessageType.TRAIN
         )
     with pytest.raises(ProtocolError, match="not-secure"):
-        secagg_mod(seed=0)(msg, _context(), _never)
+        secagg_mod(seed=0, keys=KEYS)(msg, _context(), _never)
 
 
 def test_the_round_secrets_are_never_written_to_disk(tmp_path: Path) -> None:

@@ -18,10 +18,10 @@ def _live_federations() -> int:
     return sum(type(o) is Federation for o in gc.get_objects())
 
 
-def test_worker_settings_do_not_keep_every_users_windows() -> None:
+def test_worker_settings_do_not_keep_every_users_windows(tmp_path: Path) -> None:
     overrides = ("experiment=quickstart", "dataset.options.num_users=4", "seed=12345")
     before = _live_federations()
-    settings = flower_app._settings(overrides)
+    settings = flower_app._settings(overrides, str(tmp_path))
     assert settings.federation.options  # the spec, from which each node loads its own user
     assert _live_federations() == before
 

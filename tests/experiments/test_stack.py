@@ -15,6 +15,7 @@ from fedhar.checkpoint import load_checkpoint
 from fedhar.federation import load_federation
 from fedhar.models import build_model
 from fedhar.seeding import seed_everything
+from fedhar.transport.keystore import RunKeys
 from strategies.checkpointing import Checkpointing
 from strategies.compression import CompressedUpdates
 from strategies.encryption import EncryptedTransport
@@ -31,7 +32,9 @@ DP = "flwr.serverapp.strategy.DifferentialPrivacyServerSideFixedClipping"
 def _stack(overrides: list[str], tmp_path: Path) -> list[type]:
     cfg = load_config([*SMALL, *overrides])
     federation = load_federation(federation_spec(cfg))
-    stack = build_stack(cfg, federation, RunInfo("r", 0, tmp_path), sinks=[])
+    stack = build_stack(
+        cfg, federation, RunInfo("r", 0, tmp_path, key_store=RunKeys(tmp_path)), sinks=[]
+    )
     return [type(layer) for layer in wrapper_chain(stack)]
 
 
@@ -90,7 +93,9 @@ def _distance(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
 def test_flowers_own_dp_wrapper_can_be_listed_in_wrappers(tmp_path, in_process_grid) -> None:
     cfg = load_config([*SMALL, *_dp(0.01)])
     federation = load_federation(federation_spec(cfg))
-    stack = build_stack(cfg, federation, RunInfo("r", 0, tmp_path), sinks=[])
+    stack = build_stack(
+        cfg, federation, RunInfo("r", 0, tmp_path, key_store=RunKeys(tmp_path)), sinks=[]
+    )
     assert DifferentialPrivacyServerSideFixedClipping in [type(s) for s in wrapper_chain(stack)]
     plain = _run(tmp_path / "plain", in_process_grid, [])
     clipped = _run(tmp_path / "clipped", in_process_grid, _dp(0.01))

@@ -26,6 +26,7 @@ from fedhar.transport.envelope import (
     seal,
 )
 from fedhar.transport.keys import DeviceIdentity, DevicePublicKeys
+from fedhar.transport.keystore import ClientKeys, RunKeys
 from fedhar.wire import ClientIdentity, NodeInfo, TrainReport, record_to_bytes, train_reply
 from strategies.encryption import EncryptedTransport
 from strategies.run_info import FleetDirectory, RunInfo
@@ -35,6 +36,8 @@ SEED = 3
 NODES = {11: 0, 12: 1, 13: 2}  # Flower node id -> partition id
 VALUES = {11: 1.0, 12: 2.0, 13: 4.0}
 EXAMPLES = {11: 10, 12: 30, 13: 20}
+STORE = RunKeys(Path("unused"), seed=SEED)  # seeded: tests forge with known device keys
+KEYS = ClientKeys(STORE, STORE.server().fingerprint())
 
 
 class FakeGrid:
@@ -64,7 +67,7 @@ def make_run(
     for their keys (default: each device's own)."""
     nodes = {node: part for node, part in NODES.items() if node not in unenrolled}
     directory = {n: NodeInfo(n, part, f"u{part}", "watch", 1.0) for n, part in nodes.items()}
-    run = RunInfo("run-x", SEED, tmp_path, FleetDirectory(dict(directory)))
+    run = RunInfo("run-x", SEED, tmp_path, FleetDirectory(dict(directory)), key_store=STORE)
     for node, part in nodes.items():
         identity = (identities or {}).get(node, device(part))
         run.keys.register(node, identity.public_keys())
@@ -110,13 +113,32 @@ def client_context(node: int) -> Context:
     return Context(1, node, {"partition-id": NODES[node]}, RecordDict(), {})
 
 
-def sealed_content(
+def screened(wrapper: EncryptedTransport, content: RecordDict, node: int) -> RecordDict:
+    """``content`` as the run's grid hands it on: its device signature checked and removed."""
+    reply = wrapper.screen_reply(make_reply(content, node_id=node))
+    assert not reply.has_error(), reply.error.reason
+    return reply.content
+
+
+def signed_content(
     wrapper: EncryptedTransport, node: int, server_round: int = 1, **mod_kwargs: object
 ) -> RecordDict:
     """What ``node``'s client mod sends back for its train message of ``server_round``."""
     message = train_messages(wrapper, server_round)[node]
-    mod = encryption_mod(SEED, **mod_kwargs)  # type: ignore[arg-type]
+    mod = encryption_mod(KEYS, **mod_kwargs)  # type: ignore[arg-type]
     return mod(message, client_context(node), handler_for(node)).content
+
+
+def sealed_content(
+    wrapper: EncryptedTransport, node: int, server_round: int = 1, **mod_kwargs: object
+) -> RecordDict:
+    """``signed_content`` as screening leaves it."""
+    return screened(wrapper, signed_content(wrapper, node, server_round, **mod_kwargs), node)
+
+
+def unsigned(content: RecordDict) -> RecordDict:
+    """``content`` without its device signature: as if it had got past screening."""
+    return RecordDict({k: v for k, v in content.items() if k != "signature"})
 
 
 def clear_content(node: int) -> RecordDict:
@@ -196,25 +218,33 @@ def test_compressed_payload_is_restored_for_the_inner_wrapper(tmp_path: Path) ->
             "client": ConfigRecord({"user": "u11", "device": "watch"}),
         }
     )
-    mod = encryption_mod(SEED)
+    mod = encryption_mod(KEYS)
     reply = mod(message, client_context(11), lambda m, c: Message(compressed, reply_to=m))
     assert reply.content["sealed"]["inner"] == "compressed"
     assert "compressed" not in reply.content
-    opened = wrapper._open(1, make_reply(reply.content, node_id=11))
+    opened = wrapper._open(1, make_reply(screened(wrapper, reply.content, 11), node_id=11))
     assert record_to_bytes(opened.content) == record_to_bytes(compressed)
 
 
-def test_keys_and_fingerprint_reach_every_train_message(tmp_path: Path) -> None:
+def test_keys_reach_every_train_message_and_come_from_the_run_key_store(tmp_path: Path) -> None:
     wrapper = make_wrapper(tmp_path)
     for message in train_messages(wrapper).values():
         config = message.content["config"]
         assert config["server-public-key"] == wrapper.keys.public_bytes()
-        assert config["server-key-fingerprint"] == wrapper.keys.fingerprint()
+        assert config["server-signing-key"] == wrapper.keys.signing_public_bytes()
+        assert "server-key-fingerprint" not in config  # the device pins it; never sent
         assert config["run-id"] == "run-x" and config["lr"] == 0.1
-    assert make_wrapper(tmp_path).keys.fingerprint() == wrapper.keys.fingerprint()  # seeded
-    assert (
-        make_wrapper(tmp_path, seeded_keys=False).keys.fingerprint() != wrapper.keys.fingerprint()
-    )
+    assert wrapper.keys.fingerprint() == KEYS.server_fingerprint  # seeded store
+    fresh = dataclasses.replace(make_run(tmp_path), key_store=RunKeys(tmp_path / "keys"))
+    os_keys = EncryptedTransport(Recorder(), fresh).keys
+    assert os_keys.fingerprint() != wrapper.keys.fingerprint()
+    assert EncryptedTransport(Recorder(), fresh).keys.fingerprint() == os_keys.fingerprint()
+
+
+def test_a_run_without_a_key_store_cannot_encrypt(tmp_path: Path) -> None:
+    run = dataclasses.replace(make_run(tmp_path), key_store=None)
+    with pytest.raises(ValueError, match="no key store"):
+        EncryptedTransport(Recorder(), run)
 
 
 def test_fingerprint_is_logged_at_construction(
@@ -223,10 +253,7 @@ def test_fingerprint_is_logged_at_construction(
     with caplog.at_level(logging.INFO, logger="fedhar"):
         wrapper = make_wrapper(tmp_path)
     logged = [r.getMessage() for r in caplog.records if r.name == "fedhar"]
-    messages = train_messages(wrapper).values()
-    (sent,) = {m.content["config"]["server-key-fingerprint"] for m in messages}
-    assert sent == wrapper.keys.fingerprint()
-    assert logged == [f"run run-x: server key fingerprint {sent}"]
+    assert logged == [f"run run-x: server key fingerprint {wrapper.keys.fingerprint()}"]
 
 
 def test_replay_of_the_same_envelope_in_the_same_round(tmp_path: Path) -> None:
@@ -278,18 +305,23 @@ def test_truncation_is_rejected(tmp_path: Path, keep: int) -> None:
     assert_rejected_without_effect(tmp_path, bad, "truncated", wrapper)
 
 
-def test_wrong_signing_key_is_rejected(tmp_path: Path) -> None:
+def test_wrong_signing_key_is_screened_out_and_its_envelope_rejected(tmp_path: Path) -> None:
     run = make_run(tmp_path, identities={13: device(9)})
     wrapper = make_wrapper(tmp_path, run=run)
-    bad = make_reply(sealed_content(wrapper, 13), node_id=13)
+    signed = signed_content(wrapper, 13)
+    out = wrapper.screen_reply(make_reply(signed, node_id=13))
+    assert out.has_error() and out.error.reason.startswith("encryption rejected bad-signature")
+    bad = make_reply(unsigned(signed), node_id=13)  # past the screen, the envelope still fails
     assert_rejected_without_effect(tmp_path, bad, "bad-signature", wrapper)
 
 
-def test_unknown_node_is_rejected(tmp_path: Path) -> None:
+def test_unknown_node_is_screened_out_and_its_envelope_rejected(tmp_path: Path) -> None:
     wrapper = make_wrapper(tmp_path, run=make_run(tmp_path, unenrolled=(13,)))
-    content = sealed_content(wrapper, 13)
+    signed = signed_content(wrapper, 13)
+    out = wrapper.screen_reply(make_reply(signed, node_id=13))
+    assert out.has_error() and "no enrolled signing key" in out.error.reason
     assert_rejected_without_effect(
-        tmp_path, make_reply(content, node_id=13), "unknown-signer", wrapper
+        tmp_path, make_reply(unsigned(signed), node_id=13), "unknown-signer", wrapper
     )
 
 
@@ -298,7 +330,7 @@ def test_oversize_payload_is_rejected(tmp_path: Path) -> None:
     message = train_messages(wrapper)[13]
     big = clear_content(13)
     big["arrays"]["extra"] = Array(np.zeros(2000, dtype=np.float32))
-    sealed = encryption_mod(SEED)(
+    sealed = encryption_mod(KEYS)(
         message, client_context(13), lambda m, c: Message(big, reply_to=m)
     )
     bad = make_reply(sealed.content, node_id=13)
@@ -384,7 +416,7 @@ def test_signed_object_array_is_rejected_without_unpickling(tmp_path: Path) -> N
     content.array_records["arrays"]["trap"] = trap
     wrapper = make_wrapper(tmp_path)
     message = train_messages(wrapper)[13]
-    sealed = encryption_mod(SEED)(
+    sealed = encryption_mod(KEYS)(
         message, client_context(13), lambda m, c: Message(content, reply_to=m)
     )
     bad = make_reply(sealed.content, node_id=13)
@@ -435,11 +467,11 @@ def test_downlink_model_is_sealed_and_opened_by_the_device(tmp_path: Path) -> No
     message = train_messages(wrapper, 1, model)[12]
     assert "arrays" not in message.content and "sealed-model" in message.content
     seen: list[Message] = []
-    reply = encryption_mod(SEED, downlink=True)(message, client_context(12), handler_for(12, seen))
+    reply = encryption_mod(KEYS, downlink=True)(message, client_context(12), handler_for(12, seen))
     assert record_to_bytes(RecordDict({"arrays": seen[0].content["arrays"]})) == record_to_bytes(
         RecordDict({"arrays": model})
     )
-    wrapper.aggregate_train(1, [make_reply(reply.content, node_id=12)])
+    wrapper.aggregate_train(1, [make_reply(screened(wrapper, reply.content, 12), node_id=12)])
     assert wrapper.round_stats()["encryption/accepted"] == 1
 
 
@@ -449,7 +481,7 @@ def test_downlink_for_another_device_cannot_be_opened(tmp_path: Path) -> None:
     wrapper = make_wrapper(tmp_path, downlink=True)
     message = train_messages(wrapper)[12]
     with pytest.raises(EnvelopeRejected, match=r"context-mismatch|bad-signature|decryption"):
-        encryption_mod(SEED, downlink=True)(message, client_context(11), handler_for(11))
+        encryption_mod(KEYS, downlink=True)(message, client_context(11), handler_for(11))
 
 
 def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
@@ -523,7 +555,7 @@ def compressed_client(message: Message, encrypted: bool) -> Message:
 
     if not encrypted:
         return compressed(message, client_context(node))
-    return encryption_mod(SEED, downlink=True)(message, client_context(node), compressed)
+    return encryption_mod(KEYS, downlink=True)(message, client_context(node), compressed)
 
 
 def test_composes_with_compression_both_ways(tmp_path: Path) -> None:
@@ -543,7 +575,9 @@ def test_composes_with_compression_both_ways(tmp_path: Path) -> None:
             assert ("sealed-model" in message.content) == encrypted
             reply = compressed_client(message, encrypted)
             assert ("compressed" in reply.content) != encrypted
-            replies.append(make_reply(reply.content, node_id=message.metadata.dst_node_id))
+            node = message.metadata.dst_node_id
+            content = screened(strategy, reply.content, node) if encrypted else reply.content  # type: ignore[arg-type]
+            replies.append(make_reply(content, node_id=node))
         arrays, _ = strategy.aggregate_train(1, replies)
         assert arrays is not None
         results.append({k: v.numpy() for k, v in arrays.items()})

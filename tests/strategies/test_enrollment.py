@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedhar.transport.keys import DeviceIdentity
+from fedhar.transport.signed import enrollment_statement
 from fedhar.wire import NODE_KEY, NODE_KEYS_KEY, NodeInfo, node_info_record
 from strategies.enrollment import enroll
 from strategies.run_info import RunInfo
 from tests.helpers.replies import make_reply
 
+Answer = Callable[[ConfigRecord], RecordDict] | None  # query config -> answer; None: crash
+
 
 class AnsweringGrid:
-    """A grid whose nodes answer enrollment with the given contents (None: an error reply)."""
+    """A grid whose nodes answer enrollment's query with the given functions."""
 
-    def __init__(self, answers: dict[int, RecordDict | None]) -> None:
+    def __init__(self, answers: dict[int, Answer]) -> None:
         self.answers = answers
+        self.queries: dict[int, ConfigRecord] = {}
 
     def get_node_ids(self) -> list[int]:
         return list(self.answers)
@@ -27,24 +32,47 @@ class AnsweringGrid:
         for message in messages:
             node = message.metadata.dst_node_id
             answer = self.answers[node]
+            query = message.content["config"]
+            self.queries[node] = query
             replies.append(
                 make_reply(node_id=node, error_reason="crashed")
                 if answer is None
-                else make_reply(answer, node_id=node)
+                else make_reply(answer(query), node_id=node)
             )
         return replies
 
 
-def _answer(node: int, partition: int, seed: int = 0) -> RecordDict:
-    info = NodeInfo(node, partition, f"u{partition}", "watch", 0.75)
-    return node_info_record(info, DeviceIdentity.from_seed(seed, partition).public_keys())
+def _answer(
+    node: int, partition: int, seed: int = 0, signer: DeviceIdentity | None = None
+) -> Answer:
+    """An honest answer of ``node`` (the device of ``partition`` under ``seed``), its proof
+    signed by ``signer`` (default: the device itself)."""
+    identity = DeviceIdentity.from_seed(seed, partition)
+
+    def answer(query: ConfigRecord) -> RecordDict:
+        info = NodeInfo(node, partition, f"u{partition}", "watch", 0.75)
+        keys = identity.public_keys()
+        statement = enrollment_statement(
+            query["enroll-challenge"],
+            str(query["run-id"]),
+            node,
+            partition,
+            keys,  # type: ignore[arg-type]
+        )
+        return node_info_record(info, keys, (signer or identity).sign(statement))
+
+    return answer
 
 
-def _with_keys(content: RecordDict, signing: bytes) -> RecordDict:
-    keys = content[NODE_KEYS_KEY]
-    return RecordDict(
-        {NODE_KEY: content[NODE_KEY], NODE_KEYS_KEY: ConfigRecord({**keys, "signing": signing})}
-    )
+def _with_keys(answer: Answer, signing: bytes) -> Answer:
+    def swapped(query: ConfigRecord) -> RecordDict:
+        content = answer(query)  # type: ignore[misc]
+        keys = content[NODE_KEYS_KEY]
+        return RecordDict(
+            {NODE_KEY: content[NODE_KEY], NODE_KEYS_KEY: ConfigRecord({**keys, "signing": signing})}
+        )
+
+    return swapped
 
 
 def test_every_honest_node_is_enrolled_with_its_own_keys() -> None:
@@ -65,7 +93,7 @@ def test_malformed_impostor_and_crashed_nodes_are_left_out() -> None:
         12: _with_keys(_answer(12, 1), small_order),
         13: _answer(99, 2),  # answers as another node
         14: None,
-        15: RecordDict({NODE_KEY: _answer(15, 4)[NODE_KEY]}),  # no keys at all
+        15: lambda q: RecordDict({NODE_KEY: _answer(15, 4)(q)[NODE_KEY]}),  # no keys at all
         16: _answer(16, 0),  # claims node 11's partition
     }
     enroll(AnsweringGrid(answers), run, timeout_s=1.0)
@@ -79,3 +107,29 @@ def test_a_node_cannot_swap_its_keys_by_enrolling_again() -> None:
     original = run.keys.signing_key(11)
     enroll(AnsweringGrid({11: _answer(11, 0, seed=999)}), run, timeout_s=1.0)
     assert run.keys.signing_key(11) == original
+
+
+def test_a_node_without_its_private_key_is_left_out() -> None:
+    run = RunInfo("r", 0, Path("."))
+    thief = DeviceIdentity.from_seed(0, 7)  # claims device 1's public keys, signs with its own
+    enroll(AnsweringGrid({11: _answer(11, 0), 12: _answer(12, 1, signer=thief)}), run, 1.0)
+    assert sorted(run.directory.nodes) == [11] and run.keys.signing_key(12) is None
+
+
+def test_a_proof_for_another_challenge_is_left_out() -> None:
+    first = AnsweringGrid({11: _answer(11, 0)})
+    enroll(first, RunInfo("r", 0, Path(".")), 1.0)
+    recorded = _answer(11, 0)(first.queries[11])  # a proof over the first enrollment's challenge
+    run = RunInfo("r", 0, Path("."))
+    second = AnsweringGrid({11: lambda _: recorded})
+    enroll(second, run, 1.0)
+    assert second.queries[11]["enroll-challenge"] != first.queries[11]["enroll-challenge"]
+    assert len(run.directory) == 0
+
+
+def test_every_node_gets_its_own_fresh_challenge_bound_to_the_run() -> None:
+    grid = AnsweringGrid({11: _answer(11, 0), 12: _answer(12, 1)})
+    enroll(grid, RunInfo("run-7", 0, Path(".")), 1.0)
+    challenges = {bytes(q["enroll-challenge"]) for q in grid.queries.values()}  # type: ignore[arg-type]
+    assert len(challenges) == 2 and all(len(c) == 32 for c in challenges)
+    assert {q["run-id"] for q in grid.queries.values()} == {"run-7"}

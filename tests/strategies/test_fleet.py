@@ -17,6 +17,7 @@ from fedhar.federation import FederationSpec, load_federation
 from fedhar.models import build_model
 from fedhar.records import RoundRecord
 from fedhar.transport.keys import DeviceIdentity
+from fedhar.transport.keystore import RunKeys
 from fedhar.wire import arrays_to_numpy, state_to_arrays
 from strategies.enrollment import enroll
 from strategies.fleet import FleetSimulation
@@ -37,7 +38,11 @@ def _settings(device: str, **changes: object) -> ClientSettings:
     users = load_federation(SPEC).clients
     profile = replace(CATALOGUE[device], **changes)
     return ClientSettings(
-        SPEC, "microbi_convlstm", seed=7, devices=tuple((u, profile) for u in users)
+        SPEC,
+        "microbi_convlstm",
+        seed=7,
+        devices=tuple((u, profile) for u in users),
+        keys=RunKeys(Path("unused"), seed=7),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
 from clients.secagg import secagg_mod
-from fedhar.transport.keys import DeviceIdentity
+from fedhar.transport.keystore import ClientKeys, RunKeys
 from fedhar.transport.masking import RingSpec
 from fedhar.wire import (
     MASKED_KEY,
@@ -28,6 +29,7 @@ from tests.helpers.grids import InProcessGrid
 from tests.helpers.replies import trained_reply
 
 SEED, NODES, FIRST = 7, 6, 101
+KEYS = ClientKeys(RunKeys(Path("unused"), seed=SEED), server_fingerprint="")
 RING = RingSpec.for_cohort(NODES, 16, 4.0, 65536)
 WIDTHS = {FIRST + i: w for i, w in enumerate((1.0, 0.5, 0.25, 1.0, 0.75, 0.5))}
 
@@ -48,7 +50,7 @@ def grid_update(partition: int) -> Callable[[str, torch.Tensor], torch.Tensor]:
 def stand_in_app(secure: bool, head_only: set[int] = frozenset(), mods: tuple = ()) -> ClientApp:
     """A ClientApp whose 'training' adds a seeded on-grid update; ``head_only`` partitions
     list only the head as trained; ``mods`` sit inside the secagg mod."""
-    app = ClientApp(mods=[secagg_mod(SEED), *mods] if secure else list(mods))
+    app = ClientApp(mods=[secagg_mod(SEED, KEYS), *mods] if secure else list(mods))
 
     @app.train()
     def train(msg: Message, context) -> Message:
@@ -105,7 +107,7 @@ def _run(strategy, grid) -> tuple[ArrayRecord | None, object]:
 def _secure(inner, **kwargs) -> SecureAggregation:
     run = run_with(WIDTHS, seed=SEED)
     for i, node in enumerate(sorted(WIDTHS)):
-        run.keys.register(node, DeviceIdentity.from_seed(SEED, i).public_keys())
+        run.keys.register(node, KEYS.store.device(i).public_keys())
     return SecureAggregation(inner, run, **kwargs)
 
 
@@ -280,7 +282,7 @@ def test_secagg_plus_neighbour_graphs_aggregate_exactly() -> None:
 def test_round_secrets_never_reach_the_saved_client_state(tmp_path) -> None:
     from clients.state_store import persisted_state_mod
 
-    app = ClientApp(mods=[persisted_state_mod(str(tmp_path)), secagg_mod(SEED)])
+    app = ClientApp(mods=[persisted_state_mod(str(tmp_path)), secagg_mod(SEED, KEYS)])
 
     @app.train()
     def train(msg: Message, context) -> Message:
