@@ -94,7 +94,7 @@ def _plain(node: Any) -> Any:
 def run_keys(cfg: DictConfig, run_dir: Path) -> RunKeys:
     """The run's keys: OS-random, kept in ``run_dir/keys/``; seed-derived only when
     ``transport.seeded_keys`` asks for it (insecure)."""
-    seeded = bool(cfg.get("transport", {}).get("seeded_keys", False))
+    seeded = bool(cfg.transport.seeded_keys)
     return RunKeys(Path(run_dir) / KEYS_DIR, seed=cfg.seed if seeded else None)
 
 

@@ -9,7 +9,9 @@ Run: ``python -m experiments.bench.memory [--length 128]``. Two tables:
   activation bits (``fedhar.device.reference_step``, counted with ``saved_tensors_hooks``), with
   the relative error of the reference step's gradients against the float step;
 - ``torch-cpu``: the PyTorch-on-this-host estimate (``fedhar.device.memory``) against PyTorch's
-  own saved tensors of a real fp32 step (weights, gradients, optimizer state included).
+  own saved tensors of a real fp32 step (weights, gradients, optimizer state included), and
+  its peak against ``torch.profiler``'s peak of a real step (forward transients, kernel
+  workspaces and backward buffers included), with oneDNN's kernels and with native ones.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ import torch
 from torch.nn import functional as F
 
 from fedhar.device.engine_memory import estimate_device_memory
-from fedhar.device.memory import BitWidths, estimate_training_memory, measure_training_memory
+from fedhar.device.memory import (
+    BitWidths,
+    estimate_training_memory,
+    measure_peak_bytes,
+    measure_training_memory,
+)
 from fedhar.device.planner import TrainingPlan, trainable_names
 from fedhar.device.reference_step import measure_device_step
 from fedhar.models import MODEL_NAMES, build_model
@@ -83,11 +90,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     device_table(args)
+    torch_cpu_table(args)
+
+
+def torch_cpu_table(args: argparse.Namespace) -> None:
+    """The torch-cpu model against PyTorch: saved tensors, and the profiler's peak of a real
+    step with oneDNN's kernels and with PyTorch's native ones."""
     shape = (args.channels, args.length)
     window = f"{args.channels}x{args.length}"
-    print(f"\ntorch-cpu model: fp32, SGD momentum, windows of {window}; KiB = 1024 bytes\n")
-    print("| model | plan | batch | estimated KiB | measured KiB | rel. error | est. peak KiB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(f"\ntorch-cpu model: fp32, SGD momentum, windows of {window}; KiB = 1024 bytes; "
+          "peak = torch.profiler allocations of a second step + resident tensors\n")  # fmt: skip
+    print("| model | plan | batch | saved est. KiB | saved meas. KiB | rel. error | "
+          "peak est. KiB (oneDNN) | profiler peak KiB (oneDNN) | rel. error | "
+          "peak est. KiB (native) | profiler peak KiB (native) | rel. error |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in MODEL_NAMES:
         model = build_model(name, args.channels, args.classes)
         for label, plan in PLANS.items():
@@ -95,12 +111,19 @@ def main(argv: list[str] | None = None) -> None:
             for batch in args.batch_sizes:
                 est = estimate_training_memory(model, batch, shape, trainable)
                 meas = measure_training_memory(model, batch, shape, trainable)
-                error = est.comparable_bytes / meas.comparable_bytes - 1
-                print(
-                    f"| {name} | {label} | {batch} | {est.comparable_bytes / 1024:,.1f} | "
-                    f"{meas.comparable_bytes / 1024:,.1f} | {error:+.1%} | "
-                    f"{est.peak_bytes / 1024:,.1f} |"
-                )
+                cells = [
+                    f"{est.comparable_bytes / 1024:,.1f}",
+                    f"{meas.comparable_bytes / 1024:,.1f}",
+                    f"{est.comparable_bytes / meas.comparable_bytes - 1:+.1%}",
+                ]
+                for onednn in (True, False):
+                    peak = estimate_training_memory(
+                        model, batch, shape, trainable, onednn=onednn
+                    ).peak_bytes
+                    profiled = measure_peak_bytes(model, batch, shape, trainable, onednn=onednn)
+                    cells += [f"{peak / 1024:,.1f}", f"{profiled / 1024:,.1f}",
+                              f"{peak / profiled - 1:+.1%}"]  # fmt: skip
+                print(f"| {name} | {label} | {batch} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from fedhar.device.memory import (
     BitWidths,
     estimate_training_memory,
     flash_bytes,
+    measure_peak_bytes,
     measure_training_memory,
 )
 from fedhar.models import MODEL_NAMES, build_model, count_parameters
@@ -47,6 +48,51 @@ def test_estimate_within_ten_percent_of_measurement(name: str, batch: int, plan:
 @pytest.mark.parametrize("plan", ["full", "last_layer", "bias_only"])
 def test_full_width_deepconvlstm_within_ten_percent(batch: int, plan: str) -> None:
     _assert_within_ten_percent(build_model("deepconvlstm", 9, 6, width=1.0), batch, plan)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("plan", ["full", "last_layer", "bias_only"])
+def test_native_kernel_saved_tensors_equal_the_measurement(name: str, plan: str) -> None:
+    model = build_model(name, 9, 6)
+    trainable = _plans(model)[plan]
+    estimate = estimate_training_memory(model, 4, WINDOW, trainable, onednn=False)
+    measured = measure_training_memory(model, 4, WINDOW, trainable, onednn=False)
+    assert estimate.saved_activation_bytes == measured.saved_activation_bytes
+
+
+# The profiler's peak of a real step (torch.profiler allocation events), against the estimate.
+# Native kernels: within 10% everywhere. oneDNN: within 10% from batch 16 on but for DS-CNN's
+# last-layer plan (oneDNN's convolution scratchpad, not modelled); at batch 4 the LSTM models'
+# are up to 17% low (oneDNN's LSTM allocates more than its workspace at small batches).
+ONEDNN_TOLERANCE = {("dscnn", "last_layer", 16): 0.20, **{
+    (name, plan, 4): 0.20 for name in ("microbi_convlstm", "deepconvlstm")
+    for plan in ("full", "last_layer", "bias_only")
+}}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("plan", ["full", "last_layer", "bias_only"])
+@pytest.mark.parametrize("batch", [4, 16])
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "native"])
+def test_peak_tracks_the_profilers_peak_of_a_real_step(
+    name: str, plan: str, batch: int, onednn: bool
+) -> None:
+    model = build_model(name, 9, 6)
+    trainable = _plans(model)[plan]
+    estimate = estimate_training_memory(model, batch, WINDOW, trainable, onednn=onednn)
+    measured = measure_peak_bytes(model, batch, WINDOW, trainable, onednn=onednn)
+    tolerance = ONEDNN_TOLERANCE.get((name, plan, batch), 0.10) if onednn else 0.10
+    assert estimate.peak_bytes == pytest.approx(measured, rel=tolerance)
+
+
+def test_a_frozen_lstm_still_costs_its_training_workspace_in_the_forward_pass() -> None:
+    model = build_model("deepconvlstm", 9, 6)
+    head_only = _plans(model)["last_layer"]
+    estimate = estimate_training_memory(model, 16, WINDOW, head_only)
+    assert estimate.forward_peak_bytes > 10 * estimate.saved_activation_bytes
+    assert estimate.peak_bytes == pytest.approx(
+        measure_peak_bytes(model, 16, WINDOW, head_only), rel=0.10
+    )
 
 
 @pytest.mark.parametrize("states", [0, 2])
