@@ -354,6 +354,36 @@ def estimate_training_memory(
     )
 
 
+def _training_copy(
+    model: nn.Module,
+    batch_size: int,
+    input_shape: tuple[int, int],
+    trainable: Collection[str],
+    optimizer_states: int,
+    seed: int,
+) -> tuple[nn.Module, list[nn.Parameter], torch.optim.Optimizer, torch.Tensor, torch.Generator]:
+    """A training-mode copy of ``model`` with only ``trainable`` requiring grad, its
+    optimizer, a random ``(B, C, T)`` batch and the generator that drew it."""
+    check_trainable(model, trainable)
+    clone = copy.deepcopy(model).train()
+    for name, param in clone.named_parameters():
+        param.requires_grad_(name in trainable)
+    params = [p for p in clone.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, *input_shape, generator=gen)
+    return clone, params, _optimizer_for(params, optimizer_states), x, gen
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimizer's state tensors (momentum, Adam moments), step counters left out."""
+    return [
+        value
+        for state in optimizer.state.values()
+        for key, value in state.items()
+        if key != "step" and isinstance(value, torch.Tensor)
+    ]
+
+
 @contextlib.contextmanager
 def kernels(onednn: bool) -> Iterator[None]:
     """Run PyTorch with oneDNN's kernels (its default on x86) or its native ones."""
@@ -380,14 +410,9 @@ def measure_training_memory(
     working-buffer term is not observable this way and is reported as 0. ``onednn=False``
     runs the step on PyTorch's native kernels.
     """
-    check_trainable(model, trainable)
-    clone = copy.deepcopy(model).train()
-    for name, param in clone.named_parameters():
-        param.requires_grad_(name in trainable)
-    params = [p for p in clone.parameters() if p.requires_grad]
-    optimizer = _optimizer_for(params, optimizer_states)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, *input_shape, generator=gen)  # (B, C, T)
+    clone, params, optimizer, x, gen = _training_copy(
+        model, batch_size, input_shape, trainable, optimizer_states, seed
+    )
     kept = [*clone.parameters(), *clone.buffers(), x]
     persistent = {t.untyped_storage().data_ptr() for t in kept}
     saved: dict[int, int] = {}
@@ -406,12 +431,7 @@ def measure_training_memory(
         optimizer.step()
     weights = sum(t.numel() * t.element_size() for t in [*clone.parameters(), *clone.buffers()])
     grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
-    states = sum(
-        v.numel() * v.element_size()
-        for state in optimizer.state.values()
-        for k, v in state.items()
-        if k != "step" and isinstance(v, torch.Tensor)
-    )
+    states = sum(v.numel() * v.element_size() for v in _optimizer_state(optimizer))
     return MemoryEstimate(
         weight_bytes=weights,
         gradient_bytes=grads,
@@ -440,15 +460,12 @@ def measure_peak_bytes(
     saved tensors, kernel workspaces and backward buffers alike. ``onednn=False`` runs the step
     on PyTorch's native kernels.
     """
-    check_trainable(model, trainable)
-    clone = copy.deepcopy(model).train()
-    for name, param in clone.named_parameters():
-        param.requires_grad_(name in trainable)
-    params = [p for p in clone.parameters() if p.requires_grad]
-    optimizer = _optimizer_for(params, optimizer_states)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, *input_shape, generator=gen)
-    target = torch.randint(0, int(clone(x[:1]).shape[1]), (batch_size,), generator=gen)
+    clone, params, optimizer, x, gen = _training_copy(
+        model, batch_size, input_shape, trainable, optimizer_states, seed
+    )
+    with torch.no_grad():
+        classes = int(clone(x[:1]).shape[1])
+    target = torch.randint(0, classes, (batch_size,), generator=gen)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=False)
@@ -468,12 +485,7 @@ def measure_peak_bytes(
         highest = max(highest, running)
     resident = [*clone.parameters(), *clone.buffers(), x]
     resident += [p.grad for p in params if p.grad is not None]
-    resident += [
-        value
-        for state in optimizer.state.values()
-        for key, value in state.items()
-        if key != "step" and isinstance(value, torch.Tensor)
-    ]
+    resident += _optimizer_state(optimizer)
     return sum(t.numel() * t.element_size() for t in resident) + highest
 
 
