@@ -53,7 +53,9 @@ from fedhar.wire import (
     eval_instructions_from_config,
     eval_reply,
     instructions_from_config,
+    node_claims,
     node_info_record,
+    to_config_record,
     train_reply,
 )
 
@@ -255,7 +257,7 @@ def describe_node(
     public = identity.public_keys()
     statement = enrollment_statement(
         config_bytes(query, CHALLENGE_KEY), str(query[RUN_ID_KEY]), context.node_id,
-        partition_id, public,
+        node_claims(to_config_record(info)), public,
     )  # fmt: skip
     return node_info_record(info, public, identity.sign(statement))
 

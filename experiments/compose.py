@@ -169,10 +169,10 @@ def instantiate_with(node: DictConfig, name: str, value: Any, **kwargs: Any) -> 
 
     ``_partial_``: Hydra would turn a dataclass argument (RunInfo) into a config copy.
     """
-    build = instantiate(node, _partial_=True)
     target = hydra.utils.get_object(node._target_)
-    takes = name in inspect.signature(target).parameters
-    return build(**kwargs, **{name: value}) if takes else build(**kwargs)
+    if name not in inspect.signature(target).parameters:
+        return instantiate(node, **kwargs)
+    return instantiate(node, _partial_=True)(**kwargs, **{name: value})
 
 
 def instantiate_with_run(node: DictConfig, run: RunInfo, **kwargs: Any) -> Any:
@@ -261,15 +261,14 @@ def build_stack(
     return Checkpointing(tracked, run.run_dir, cfg.seed, rounds_done, run.directory, run.run_id)
 
 
-def client_mods(cfg: DictConfig, run_dir: Path) -> list[Mod]:
+def client_mods(cfg: DictConfig, run_dir: Path, server_fingerprint: str) -> list[Mod]:
     """Client mods, outermost first: the outermost server wrapper pairs with the first mod.
 
     Outside them all, the node's state is kept in ``run_dir`` so that resumed runs resume it;
     inside them, the privacy mechanism's mod (clipping, local noise) sees the plain update.
-    Mods that take ``keys=`` get the devices' keys and the server fingerprint they pin.
+    Mods that take ``keys=`` get the devices' keys and ``server_fingerprint`` to pin.
     """
-    store = run_keys(cfg, run_dir)
-    keys = ClientKeys(store, store.server().fingerprint())
+    keys = ClientKeys(run_keys(cfg, run_dir), server_fingerprint)
     wrapper_mods = [
         instantiate_with(spec.client_mod, "keys", keys)
         for spec in (cfg.get("wrappers") or {}).values()

@@ -5,7 +5,9 @@ the Hydra config: ``experiment`` names a preset in ``configs/experiment/``, Flow
 (`FLOWER_KEYS`: ``num-server-rounds``, ``local-epochs``, ...) set their Hydra keys when not
 empty, ``overrides`` adds space-separated Hydra overrides (applied last), and ``run-dir`` is
 where outputs go: empty, each ``flwr run`` gets its own ``outputs/flwr-run-<run id>``; name a
-directory to resume a run there.
+directory to resume a run there. ``server-fingerprint`` pins the server key that clients
+accept; empty, they pin the fingerprint the server published in the run directory, which
+only works where clients share the server's filesystem (simulation).
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig
 
 from clients.app import ClientSettings, make_client_app
-from experiments.compose import client_mods, client_settings, federation_spec, load_config
+from experiments.compose import (
+    client_mods,
+    client_settings,
+    federation_spec,
+    load_config,
+    run_keys,
+)
 from experiments.report import print_summary
 from experiments.server import prepare_run
 from fedhar.federation import open_federation
@@ -78,14 +86,21 @@ def main(grid: Grid, context: Context) -> None:
 def configured_mods(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Apply the client mods the run config's wrappers and strategy name, outermost first."""
     handler = call_next
-    for mod in reversed(_mods(_overrides(context.run_config), _run_dir(context))):
+    overrides, run_dir = _overrides(context.run_config), _run_dir(context)
+    pinned = str(context.run_config.get("server-fingerprint", "") or "")
+    for mod in reversed(_mods(overrides, run_dir, pinned or _published(overrides, run_dir))):
         handler = _bind(mod, handler)
     return handler(msg, context)
 
 
+def _published(overrides: tuple[str, ...], run_dir: str) -> str:
+    """The fingerprint the server published in the (shared) run directory."""
+    return run_keys(_config(overrides), Path(run_dir)).published_server_fingerprint()
+
+
 @lru_cache(maxsize=4)
-def _mods(overrides: tuple[str, ...], run_dir: str) -> tuple[Mod, ...]:
-    return tuple(client_mods(_config(overrides), Path(run_dir)))
+def _mods(overrides: tuple[str, ...], run_dir: str, fingerprint: str) -> tuple[Mod, ...]:
+    return tuple(client_mods(_config(overrides), Path(run_dir), fingerprint))
 
 
 def _run_dir(context: Context) -> str:

@@ -56,7 +56,7 @@ def run_experiment(
         raise ConfigError(str(error)) from error
     try:
         if run.rounds_done < cfg.num_rounds:
-            mods = client_mods(cfg, run_dir)
+            mods = client_mods(cfg, run_dir, run.server_fingerprint)
             if backend == "ray-fast":
                 serve_on_ray(run, mods)
             else:

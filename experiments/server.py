@@ -76,6 +76,7 @@ class ServerRun:
     initial_arrays: ArrayRecord
     rounds_done: int
     sinks: list[RoundSink]
+    server_fingerprint: str  # of the server's key: what the clients pin
 
     def serve(
         self, grid: Grid, runtime_stats: Callable[[], dict[str, float]] | None = None
@@ -141,12 +142,13 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
     catalogue, _ = fleet_config(cfg)
     checkpoint, initial_arrays = _start_state(cfg, run_dir, federation)
     rounds_done = 0 if checkpoint is None else checkpoint.server_round
+    key_store = run_keys(cfg, run_dir)
     run = RunInfo(
         run_id=checkpoint.run_id if checkpoint and checkpoint.run_id else secrets.token_hex(16),
         seed=cfg.seed,
         run_dir=run_dir,
         device_kinds={name: profile.kind for name, profile in catalogue.items()},
-        key_store=run_keys(cfg, run_dir),
+        key_store=key_store,
     )
     sinks = _sinks(cfg, run_dir, rounds_done)
     strategy = build_stack(cfg, federation, run, sinks, rounds_done)
@@ -171,6 +173,7 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
         initial_arrays=initial_arrays,
         rounds_done=rounds_done,
         sinks=sinks,
+        server_fingerprint=key_store.publish_server_fingerprint(),
     )
 
 

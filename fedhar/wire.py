@@ -301,6 +301,11 @@ def node_info_from_record(content: RecordDict) -> tuple[NodeInfo, DevicePublicKe
     return info, DevicePublicKeys(signing, exchange), proof  # type: ignore[arg-type, return-value]
 
 
+def node_claims(record: ConfigRecord) -> bytes:
+    """The canonical bytes of an enrollment record (``NODE_KEY``): what the node signs."""
+    return canonical_bytes(RecordDict({NODE_KEY: record}))
+
+
 def canonical_bytes(content: RecordDict, leave_out: tuple[str, ...] = ()) -> bytes:
     """``content`` serialized with records and their items in sorted order: the same bytes
     for the same records, whatever order they were built or carried in."""

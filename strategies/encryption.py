@@ -127,6 +127,11 @@ def restore_reply(clear: RecordDict, opened: RecordDict) -> RecordDict:
     return opened
 
 
+def _unsigned(reply: Message) -> Message:
+    content = RecordDict({k: v for k, v in reply.content.items() if k != SIGNATURE_KEY})
+    return Message(metadata=reply.metadata, content=content)  # type: ignore[call-overload]
+
+
 class EncryptedTransport(StrategyWrapper):
     """Wraps ``strategy``; only verified, decrypted updates reach it.
 
@@ -176,6 +181,7 @@ class EncryptedTransport(StrategyWrapper):
         self.keys = run.key_store.server()
         self.guard = ReplayGuard()  # one per run: an envelope opens once
         self._round = 0  # the round whose replies are arriving
+        self._passed: set[int] = set()  # ids of the replies screen_reply let through
         logger.info("run %s: server key fingerprint %s", run.run_id, self.keys.fingerprint())
 
     def summary(self) -> None:
@@ -245,8 +251,25 @@ class EncryptedTransport(StrategyWrapper):
                            node_id, code, detail)  # fmt: skip
             error = Error(SCREENED_ERROR_CODE, f"encryption rejected {code}: {detail}")
             return Message(metadata=reply.metadata, error=error)  # type: ignore[call-overload]
-        content = RecordDict({k: v for k, v in reply.content.items() if k != SIGNATURE_KEY})
-        return Message(metadata=reply.metadata, content=content)  # type: ignore[call-overload]
+        passed = _unsigned(reply)
+        self._passed.add(id(passed))
+        return passed
+
+    def _checked(self, replies: Iterable[Message]) -> list[Message]:
+        """``replies`` with those the grid did not screen (a stack started on a plain grid,
+        without `strategies.grid_proxy.screening`) checked here: a bad one is rejected."""
+        kept: list[Message] = []
+        for reply in replies:
+            if reply.has_error() or id(reply) in self._passed:
+                kept.append(reply)
+                continue
+            try:
+                self._check_signature(reply, message_kind(reply))
+            except PayloadRejected as rejection:
+                self.reject(reply.metadata.src_node_id, rejection.reason, rejection.detail)
+                continue
+            kept.append(_unsigned(reply))
+        return kept
 
     def _check_signature(self, reply: Message, kind: str) -> None:
         node_id = reply.metadata.src_node_id
@@ -267,7 +290,7 @@ class EncryptedTransport(StrategyWrapper):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.start_round()
-        self._round = server_round
+        self._round, self._passed = server_round, set()
         messages = self.strategy.configure_train(server_round, arrays, config, grid)
         return [self._prepare(m, server_round) for m in messages]
 
@@ -301,7 +324,7 @@ class EncryptedTransport(StrategyWrapper):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         kept: list[Message] = []
-        for reply in replies:
+        for reply in self._checked(replies):
             if reply.has_error():
                 kept.append(reply)
                 continue
@@ -326,6 +349,11 @@ class EncryptedTransport(StrategyWrapper):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._round = server_round
+        self._round, self._passed = server_round, set()
         messages = self.strategy.configure_evaluate(server_round, arrays, config, grid)
         return [self._prepare(m, server_round) for m in messages]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, self._checked(replies))

@@ -21,7 +21,14 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from fedhar.transport.signed import CHALLENGE_BYTES, enrollment_statement, verify
-from fedhar.wire import CHALLENGE_KEY, CONFIG_KEY, RUN_ID_KEY, node_info_from_record
+from fedhar.wire import (
+    CHALLENGE_KEY,
+    CONFIG_KEY,
+    NODE_KEY,
+    RUN_ID_KEY,
+    node_claims,
+    node_info_from_record,
+)
 from strategies.run_info import RunInfo
 
 
@@ -47,9 +54,9 @@ def enroll(grid: Grid, run: RunInfo, timeout_s: float) -> None:
             info, keys, proof = node_info_from_record(reply.content)
             if info.node_id != node_id:
                 raise ValueError(f"it answered as node {info.node_id}")
-            statement = enrollment_statement(
-                challenges[node_id], run.run_id, node_id, info.partition_id, keys
-            )
+            claims = node_claims(reply.content.config_records[NODE_KEY])
+            statement = enrollment_statement(challenges[node_id], run.run_id, node_id, claims,
+                                             keys)  # fmt: skip
             try:
                 verify(keys.signing, statement, proof)
             except ValueError as error:

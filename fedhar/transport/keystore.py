@@ -14,6 +14,7 @@ reproducible across directories, and insecure, because the seed is in every run'
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +22,7 @@ from typing import TypeVar
 from fedhar.transport.keys import DeviceIdentity, KeyPairs, ServerKeyPair
 
 KEYS_DIR = "keys"  # under the run directory
+FINGERPRINT_FILE = "server.fingerprint"  # the server key's public fingerprint, for clients
 MAGIC = b"fedhar-private-keys-v1\n"
 _K = TypeVar("_K", bound=KeyPairs)
 
@@ -28,10 +30,12 @@ _K = TypeVar("_K", bound=KeyPairs)
 def _create(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` unless it exists; mode 0600; never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as file:
         file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
     try:
         os.link(tmp, path)  # fails if another process created the key first
     except FileExistsError:
@@ -76,6 +80,27 @@ class RunKeys:
             return ServerKeyPair.from_seed(self.seed)
         return _load_or_create(self.directory / "server.key", ServerKeyPair)
 
+    def publish_server_fingerprint(self) -> str:
+        """The server key's fingerprint, also written (public, no secret) for clients that
+        start later on this host to pin; the server calls this when it composes the run."""
+        fingerprint = self.server().fingerprint()
+        if self.seed is None:
+            (self.directory / FINGERPRINT_FILE).write_text(fingerprint + "\n")
+        return fingerprint
+
+    def published_server_fingerprint(self) -> str:
+        """The fingerprint the server published in ``directory``; missing -> ValueError."""
+        if self.seed is not None:
+            return ServerKeyPair.from_seed(self.seed).fingerprint()
+        path = self.directory / FINGERPRINT_FILE
+        if not path.exists():
+            raise ValueError(
+                f"no server fingerprint at {path}: start the server first, or give clients "
+                "the fingerprint the server logs (flwr run: --run-config "
+                "\"server-fingerprint='<hex>'\")"
+            )
+        return path.read_text().strip()
+
     def device(self, device_id: int) -> DeviceIdentity:
         """The identity of device ``device_id`` (its partition id) in this run."""
         if self.seed is not None:
@@ -87,8 +112,11 @@ class RunKeys:
 class ClientKeys:
     """What a device knows before it talks to the server: its keys and the server it trusts.
 
-    ``server_fingerprint`` is pinned when the run is composed (it travels in the clients'
-    run config), so a message cannot bring its own server keys and vouch for them.
+    ``server_fingerprint`` is pinned before the device talks to the server: handed over by
+    the composition root (``fedhar`` runs), or given in the run config (``flwr run``:
+    ``server-fingerprint``, else the one the server published in the run directory). A message
+    cannot bring its own server keys and vouch for them, and clients never read the server's
+    private key.
     """
 
     store: RunKeys

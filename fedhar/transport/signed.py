@@ -2,7 +2,8 @@
 
 **Enrollment.** The server sends each node a fresh random challenge; the node answers with
 its public keys and a signature, under its signing key, over the challenge, the run id, its
-node and partition ids and both public keys. A node that cannot sign does not hold the
+node id, its whole enrollment record (partition, user, device, widest width) and both
+public keys. A node that cannot sign does not hold the
 private key it claims, and is left out of the fleet.
 
 **Replies.** With encrypted transport, every reply a device sends in clear (evaluation
@@ -33,14 +34,24 @@ def _fields(*parts: bytes) -> bytes:
     return b"".join(struct.pack(">I", len(part)) + part for part in parts)
 
 
+def _ids(*values: int) -> bytes:
+    if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**64 for v in values):
+        raise ValueError(f"ids must be ints in [0, 2**64), got {values}")
+    return struct.pack(f">{len(values)}Q", *values)
+
+
 def enrollment_statement(
-    challenge: bytes, run_id: str, node_id: int, partition_id: int, keys: DevicePublicKeys
+    challenge: bytes, run_id: str, node_id: int, claims: bytes, keys: DevicePublicKeys
 ) -> bytes:
-    """What a node signs to enroll: the server's challenge and who it claims to be."""
-    if len(challenge) != CHALLENGE_BYTES:
-        raise ValueError(f"challenge must be {CHALLENGE_BYTES} bytes, got {len(challenge)}")
-    ids = struct.pack(">QQ", node_id, partition_id)
-    return _fields(_ENROLL_LABEL, challenge, run_id.encode(), ids, keys.signing, keys.exchange)
+    """What a node signs to enroll: the server's challenge, its node id, everything it claims
+    to be (``claims``: the canonical bytes of its enrollment record: partition, user, device,
+    widest width) and its public keys."""
+    if not isinstance(challenge, bytes) or len(challenge) != CHALLENGE_BYTES:
+        raise ValueError(f"challenge must be {CHALLENGE_BYTES} bytes")
+    return _fields(
+        _ENROLL_LABEL, challenge, run_id.encode(), _ids(node_id), claims, keys.signing,
+        keys.exchange,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,7 @@ class ReplyContext:
 
     def statement(self, body: bytes) -> bytes:
         """The bytes signed for a reply whose canonical content is ``body``."""
-        ids = struct.pack(">QQ", self.server_round, self.node_id)
+        ids = _ids(self.server_round, self.node_id)
         digest = hashlib.sha256(body).digest()
         return _fields(_REPLY_LABEL, self.run_id.encode(), ids, self.kind.encode(), digest)
 

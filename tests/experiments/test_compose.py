@@ -45,6 +45,6 @@ def test_unknown_device_in_a_fleet_lists_the_valid_names() -> None:
 
 
 def test_wrapper_mods_pair_outermost_first(tmp_path) -> None:
-    mods = client_mods(load_config(["wrappers=[compression,encryption]"]), tmp_path)
+    mods = client_mods(load_config(["wrappers=[compression,encryption]"]), tmp_path, "0" * 32)
     names = [m.__qualname__.split(".")[0] for m in mods]
     assert names == ["persisted_state_mod", "encryption_mod", "compression_mod"]

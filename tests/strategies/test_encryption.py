@@ -40,6 +40,13 @@ STORE = RunKeys(Path("unused"), seed=SEED)  # seeded: tests forge with known dev
 KEYS = ClientKeys(STORE, STORE.server().fingerprint())
 
 
+@pytest.fixture(autouse=True)
+def replies_arrive_screened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests hand aggregation replies as the run's grid leaves them, screened: the
+    envelope checks are what they test. ``test_signed_replies`` tests the screen."""
+    monkeypatch.setattr(EncryptedTransport, "_checked", lambda self, replies: list(replies))
+
+
 class FakeGrid:
     """Just enough Grid for FedAvg to sample every node."""
 

@@ -9,7 +9,14 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedhar.transport.keys import DeviceIdentity
 from fedhar.transport.signed import enrollment_statement
-from fedhar.wire import NODE_KEY, NODE_KEYS_KEY, NodeInfo, node_info_record
+from fedhar.wire import (
+    NODE_KEY,
+    NODE_KEYS_KEY,
+    NodeInfo,
+    node_claims,
+    node_info_record,
+    to_config_record,
+)
 from strategies.enrollment import enroll
 from strategies.run_info import RunInfo
 from tests.helpers.replies import make_reply
@@ -52,13 +59,9 @@ def _answer(
     def answer(query: ConfigRecord) -> RecordDict:
         info = NodeInfo(node, partition, f"u{partition}", "watch", 0.75)
         keys = identity.public_keys()
-        statement = enrollment_statement(
-            query["enroll-challenge"],
-            str(query["run-id"]),
-            node,
-            partition,
-            keys,  # type: ignore[arg-type]
-        )
+        challenge = query["enroll-challenge"]
+        claims = node_claims(to_config_record(info))
+        statement = enrollment_statement(challenge, str(query["run-id"]), node, claims, keys)  # type: ignore[arg-type]
         return node_info_record(info, keys, (signer or identity).sign(statement))
 
     return answer
@@ -133,3 +136,29 @@ def test_every_node_gets_its_own_fresh_challenge_bound_to_the_run() -> None:
     challenges = {bytes(q["enroll-challenge"]) for q in grid.queries.values()}  # type: ignore[arg-type]
     assert len(challenges) == 2 and all(len(c) == 32 for c in challenges)
     assert {q["run-id"] for q in grid.queries.values()} == {"run-7"}
+
+
+def test_claims_changed_on_the_way_break_the_proof() -> None:
+    def wider(query: ConfigRecord) -> RecordDict:
+        content = _answer(12, 1)(query)  # type: ignore[misc]
+        node = ConfigRecord({**content[NODE_KEY], "max-width": 1.0})  # was 0.75
+        return RecordDict({NODE_KEY: node, NODE_KEYS_KEY: content[NODE_KEYS_KEY]})
+
+    run = RunInfo("r", 0, Path("."))
+    enroll(AnsweringGrid({11: _answer(11, 0), 12: wider}), run, 1.0)
+    assert sorted(run.directory.nodes) == [11]
+
+
+def test_a_malformed_partition_id_leaves_that_node_out_and_enrollment_goes_on() -> None:
+    def bad(partition: object) -> Answer:
+        def answer(query: ConfigRecord) -> RecordDict:
+            content = _answer(12, 1)(query)  # type: ignore[misc]
+            node = ConfigRecord({**content[NODE_KEY], "partition-id": partition})  # type: ignore[dict-item]
+            return RecordDict({NODE_KEY: node, NODE_KEYS_KEY: content[NODE_KEYS_KEY]})
+
+        return answer
+
+    for partition in (-1, 1.5, "3", 2**70):
+        run = RunInfo("r", 0, Path("."))
+        enroll(AnsweringGrid({11: _answer(11, 0), 12: bad(partition)}), run, 1.0)
+        assert sorted(run.directory.nodes) == [11], partition

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import (
@@ -20,7 +21,9 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg
 
 from clients.encryption import encryption_mod
+from fedhar.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedhar.wire import ClientIdentity, EvalReport, decline_reply, eval_reply
+from strategies.checkpointing import export_wrapper_state, restore_wrapper_state
 from strategies.encryption import EncryptedTransport
 from strategies.grid_proxy import screening
 from tests.helpers.replies import make_reply
@@ -171,18 +174,22 @@ def test_the_run_grid_screens_every_reply_before_the_stack_sees_it(tmp_path: Pat
 def test_the_replay_guard_survives_a_checkpoint(tmp_path: Path) -> None:
     first = make_wrapper(tmp_path)
     content = signed_content(first, 11)
-    replies = [first.screen_reply(make_reply(content, node_id=11))]
-    first.aggregate_train(1, replies)
+    first.aggregate_train(1, [first.screen_reply(make_reply(content, node_id=11))])
     assert first.round_stats()["encryption/accepted"] == 1
-    saved = first.checkpoint_state()
-    assert saved["replay-ids"].shape == (2, 32)  # the reply's signature and its envelope
+    saved = export_wrapper_state(first)
+    assert saved["EncryptedTransport"]["replay-ids"].shape == (2, 32)  # signature, envelope
+    save_checkpoint(tmp_path, Checkpoint(1, {"w": np.zeros(3)}, {}, "run-x", saved))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded is not None
 
     resumed = make_wrapper(tmp_path)
-    resumed.restore_checkpoint_state(saved)
+    restore_wrapper_state(resumed, loaded.wrapper_state)
     resumed.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid())
     replayed = resumed.screen_reply(make_reply(content, node_id=11))
     assert replayed.has_error() and "replay" in replayed.error.reason
-    resumed.aggregate_train(1, [make_reply(unsigned(content), node_id=11)])
+    past_screen = make_reply(unsigned(content), node_id=11)
+    resumed._passed.add(id(past_screen))  # as if the screen had let it through
+    resumed.aggregate_train(1, [past_screen])
     assert resumed.round_stats()["encryption/rejected/replay"] == 1
 
     forgetful = make_wrapper(tmp_path)  # without the checkpoint's memory the replay opens
@@ -203,3 +210,28 @@ def test_train_metrics_record_is_untouched_by_screening(tmp_path: Path) -> None:
     reply = screen(wrapper, signed, 12, MessageType.TRAIN)
     assert isinstance(reply.content["metrics"], MetricRecord)
     assert reply.content["metrics"] == signed["metrics"]
+
+
+def test_a_stack_started_without_the_screening_grid_still_fails_closed(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    honest = make_reply(evaluated(wrapper, 11), node_id=11, message_type=MessageType.EVALUATE)
+    fake_scores = forged(evaluated(wrapper, 12), "metrics", **{"eval-macro-f1": 0.99})
+    fake = make_reply(fake_scores, node_id=12, message_type=MessageType.EVALUATE)
+    unsigned_eval = make_reply(
+        unsigned(evaluated(wrapper, 13)), node_id=13, message_type=MessageType.EVALUATE
+    )
+    metrics = wrapper.aggregate_evaluate(1, [honest, fake, unsigned_eval])
+    assert metrics is not None and metrics["eval-macro-f1"] == pytest.approx(0.6)
+    assert sorted(node for node, _ in wrapper.round_rejections()) == [12, 13]
+
+    wrapper.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid())
+    decline = decline_reply("no-plan: forged", ClientIdentity("u13", "watch"))
+    wrapper.aggregate_train(1, [make_reply(decline, node_id=13)])
+    assert wrapper.round_stats()["encryption/rejected/unsigned"] == 1
+
+
+def test_screened_replies_are_not_checked_twice(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    screened = screen(wrapper, evaluated(wrapper, 11), 11, MessageType.EVALUATE)
+    metrics = wrapper.aggregate_evaluate(1, [screened])  # its signature is gone: no replay
+    assert metrics is not None and not wrapper.round_rejections()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,12 +58,29 @@ def test_a_damaged_key_file_names_itself_and_the_fix(tmp_path: Path, content: by
         RunKeys(tmp_path).device(1)
 
 
-def _public_signing_key(directory: str) -> bytes:
-    return RunKeys(Path(directory)).device(7).signing_public_bytes()
+def _create_after(barrier: Any, directory: str, results: Any) -> None:
+    barrier.wait()  # every process reaches the creation at the same moment
+    results.put(RunKeys(Path(directory)).device(7).signing_public_bytes())
 
 
 def test_processes_racing_to_create_a_key_all_get_the_same_one(tmp_path: Path) -> None:
-    with ProcessPoolExecutor(max_workers=4) as pool:
-        keys = set(pool.map(_public_signing_key, [str(tmp_path)] * 16))
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(4), context.Queue()
+    workers = [
+        context.Process(target=_create_after, args=(barrier, str(tmp_path), results))
+        for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    keys = {results.get(timeout=60) for _ in workers}
+    for worker in workers:
+        worker.join(timeout=60)
     assert len(keys) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["device-7.key"]  # no temp files left
+
+
+def test_threads_racing_in_one_process_get_the_same_key(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        keys = set(pool.map(lambda _: RunKeys(tmp_path).device(3).signing_public_bytes(),
+                            range(32)))  # fmt: skip
+    assert len(keys) == 1 and [p.name for p in tmp_path.iterdir()] == ["device-3.key"]
