@@ -18,7 +18,8 @@ records equal their sealed copies, so they are readable but not forgeable. A ``t
 MetricRecord with the seal time rides in clear too; it is telemetry. Declines carry no update
 and are not sealed. Every train and evaluate reply (scores, declines, clear records and
 telemetry included) is then signed as a whole (``fedhar.transport.signed``), bound to run,
-round, node and kind; error replies carry nothing to sign.
+round, node and kind; error replies carry nothing to sign. So are static-BatchNorm answers
+(``query.bn_stats``), bound to the round the node last trained in.
 
 Downlink (``downlink=True``): the server seals the global model (its ``arrays`` and, with
 compression, ``compressed`` records) to the device's X25519 key and the mod opens it before
@@ -51,6 +52,7 @@ from fedhar.transport.keys import DeviceIdentity, fingerprint
 from fedhar.transport.keystore import ClientKeys
 from fedhar.transport.signed import ReplyContext
 from fedhar.wire import (
+    BN_STATS_ACTION,
     CONFIG_KEY,
     PAYLOAD_FORMAT,
     PAYLOAD_FORMAT_KEY,
@@ -70,6 +72,8 @@ from fedhar.wire import (
 )
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
+BN_STATS_QUERY = f"{MessageType.QUERY}.{BN_STATS_ACTION}"
+BINDING_KEY = "transport-round"  # context.state: run id and round of the node's last training
 
 
 def _server_keys(config: ConfigRecord, pinned: str) -> tuple[bytes, bytes]:
@@ -164,6 +168,15 @@ def _seal_reply(
     return reply
 
 
+def _sign_bn_sums(reply: Message, context: Context, identity: DeviceIdentity) -> Message:
+    """Sign a static-BatchNorm answer, bound to the round the node last trained in (the
+    server asks a round's contributors right after they trained)."""
+    binding = context.state.config_records.get(BINDING_KEY)
+    if reply.has_error() or binding is None:
+        return reply  # unsigned: the server drops it
+    return _sign_reply(reply, binding, context, identity, BN_STATS_QUERY)
+
+
 def _sign_reply(
     reply: Message, config: ConfigRecord, context: Context, identity: DeviceIdentity, kind: str
 ) -> Message:
@@ -194,6 +207,8 @@ def encryption_mod(keys: ClientKeys, aead: str = "aes-256-gcm", downlink: bool =
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
             ) -> Message:  # fmt: skip
         kind = message_kind(msg)
+        if msg.metadata.message_type == BN_STATS_QUERY and not msg.has_error():
+            return _sign_bn_sums(call_next(msg, context), context, _identity(keys, context))
         if kind not in (MessageType.TRAIN, MessageType.EVALUATE) or msg.has_error():
             return call_next(msg, context)
         identity = _identity(keys, context)
@@ -210,6 +225,12 @@ def encryption_mod(keys: ClientKeys, aead: str = "aes-256-gcm", downlink: bool =
         if reply.has_error():
             return reply
         if kind == MessageType.TRAIN:
+            context.state[BINDING_KEY] = ConfigRecord(
+                {
+                    RUN_ID_KEY: str(config[RUN_ID_KEY]),
+                    "server-round": config_int(config, "server-round"),
+                }
+            )
             transport: dict[str, int | float | list[int] | list[float]] = (
                 {"open-seconds": open_seconds} if downlink else {}
             )

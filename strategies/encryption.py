@@ -58,6 +58,7 @@ from fedhar.transport.envelope import (
 )
 from fedhar.transport.signed import ReplyContext, verify
 from fedhar.wire import (
+    BN_STATS_ACTION,
     CONFIG_KEY,
     PAYLOAD_FORMAT,
     PAYLOAD_FORMAT_KEY,
@@ -82,6 +83,7 @@ from strategies.wrapper import StrategyWrapper
 logger = logging.getLogger("fedhar")
 
 _NUMERIC_KINDS = "biuf"  # bool, int, uint, float arrays only
+BN_STATS_QUERY = f"{MessageType.QUERY}.{BN_STATS_ACTION}"
 SCREENED_ERROR_CODE = 801  # error code of a reply turned into a failure by ``screen_reply``
 
 
@@ -237,10 +239,15 @@ class EncryptedTransport(StrategyWrapper):
     def screen_reply(self, reply: Message) -> Message:
         """``reply`` without its signature if the signature verifies, else an error reply.
 
-        Checks train and evaluate replies only; errors and other kinds pass unchanged.
+        Checks train and evaluate replies and static-BatchNorm answers; errors and other
+        kinds (secure aggregation's stages sign their own) pass unchanged.
         """
         kind = message_kind(reply)
-        if reply.has_error() or kind not in (MessageType.TRAIN, MessageType.EVALUATE):
+        if reply.metadata.message_type == BN_STATS_QUERY:
+            kind = BN_STATS_QUERY  # BatchNorm sums become the global model's statistics
+        elif kind not in (MessageType.TRAIN, MessageType.EVALUATE):
+            return reply
+        if reply.has_error():
             return reply
         try:
             self._check_signature(reply, kind)

@@ -31,6 +31,7 @@ CASES = {
     "heterofl": "strategy=heterofl fleet=mcu_heavy model=dscnn",
     "compression-ef": "wrappers=[compression] wrappers.compression.client_mod.error_feedback=true",
     "encryption": "strategy=fedper wrappers=[encryption] wrappers.encryption.server.downlink=true",
+    "heterofl-encryption": "strategy=heterofl fleet=mcu_heavy model=dscnn wrappers=[encryption]",
 }
 
 
@@ -107,3 +108,12 @@ def test_a_run_killed_inside_a_round_resumes_to_the_same_numbers(
         before = {bytes(i) for i in killed.wrapper_state["EncryptedTransport"]["replay-ids"]}
         after = {bytes(i) for i in finished.wrapper_state["EncryptedTransport"]["replay-ids"]}
         assert before and before < after
+
+
+@pytest.mark.e2e
+def test_signed_batchnorm_sums_all_reach_the_server(tmp_path: Path, in_process_grid) -> None:
+    _run(tmp_path, in_process_grid, CASES["heterofl-encryption"], 2)
+    for record in read_metrics(tmp_path):
+        extra = record["extra"]
+        assert extra["partial/bn-stats/answers"] == record["succeeded"] > 0
+        assert not any(key.startswith("encryption/screened") for key in extra), extra

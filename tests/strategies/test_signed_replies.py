@@ -22,15 +22,17 @@ from flwr.serverapp.strategy import FedAvg
 
 from clients.encryption import encryption_mod
 from fedhar.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fedhar.wire import ClientIdentity, EvalReport, decline_reply, eval_reply
+from fedhar.partial.static_bn import MomentSums
+from fedhar.wire import ClientIdentity, EvalReport, bn_sums_reply, decline_reply, eval_reply
 from strategies.checkpointing import export_wrapper_state, restore_wrapper_state
-from strategies.encryption import EncryptedTransport
+from strategies.encryption import BN_STATS_QUERY, EncryptedTransport
 from strategies.grid_proxy import screening
 from tests.helpers.replies import make_reply
 from tests.strategies.test_encryption import (
     KEYS,
     FakeGrid,
     client_context,
+    handler_for,
     make_run,
     signed_content,
     train_messages,
@@ -235,3 +237,40 @@ def test_screened_replies_are_not_checked_twice(tmp_path: Path) -> None:
     screened = screen(wrapper, evaluated(wrapper, 11), 11, MessageType.EVALUATE)
     metrics = wrapper.aggregate_evaluate(1, [screened])  # its signature is gone: no replay
     assert metrics is not None and not wrapper.round_rejections()
+
+
+def _bn_answer(msg: Message, context: Context) -> Message:
+    sums = {1.0: {"bn": MomentSums(10.0, torch.ones(4, dtype=torch.float64),
+                                   torch.ones(4, dtype=torch.float64))}}  # fmt: skip
+    return Message(bn_sums_reply(sums), reply_to=msg)
+
+
+def test_batchnorm_sums_are_signed_for_the_round_the_node_trained_in(tmp_path: Path) -> None:
+    wrapper = make_wrapper(tmp_path)
+    context = client_context(11)
+    message = train_messages(wrapper)[11]
+    encryption_mod(KEYS)(message, context, handler_for(11))  # trains: the mod notes the round
+    query = Message(RecordDict(), 11, BN_STATS_QUERY)
+    answer = encryption_mod(KEYS)(query, context, _bn_answer).content
+    honest = screen(wrapper, answer, 11, BN_STATS_QUERY)
+    assert not honest.has_error() and "signature" not in honest.content
+
+    records = dict(answer.items())
+    first = next(k for k in records if k != "signature")
+    poisoned = ArrayRecord({k: torch.full((4,), 1e6, dtype=torch.float64)
+                            for k in records[first]})  # type: ignore[union-attr]  # fmt: skip
+    records[first] = poisoned
+    forged_sums = screen(wrapper, RecordDict(records), 11, BN_STATS_QUERY)
+    assert forged_sums.has_error() and "bad-signature" in forged_sums.error.reason
+    unsigned_sums = screen(wrapper, unsigned(answer), 11, BN_STATS_QUERY)
+    assert unsigned_sums.has_error() and "unsigned" in unsigned_sums.error.reason
+
+
+def test_a_node_that_never_trained_sends_unsigned_sums_and_is_screened_out(
+    tmp_path: Path,
+) -> None:
+    wrapper = make_wrapper(tmp_path)
+    wrapper.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid())
+    query = Message(RecordDict(), 12, BN_STATS_QUERY)
+    answer = encryption_mod(KEYS)(query, client_context(12), _bn_answer).content
+    assert screen(wrapper, answer, 12, BN_STATS_QUERY).has_error()
