@@ -33,9 +33,7 @@ def _create(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
+        file.write(data)  # no fsync: keys of a simulated fleet need not survive a power cut
     try:
         os.link(tmp, path)  # fails if another process created the key first
     except FileExistsError:
