@@ -54,7 +54,7 @@ def test_proximal_term_keeps_weights_closer_to_the_global_model() -> None:
         model = _model()
         train_local(model, x, y, TrainConfig(epochs=3, batch_size=16, lr=0.1, proximal_mu=mu), 0)
         drift[mu] = sum(
-            float((p - s).norm()) for p, s in zip(model.parameters(), start, strict=True)
+            float((p - s).detach().norm()) for p, s in zip(model.parameters(), start, strict=True)
         )
     assert drift[5.0] < drift[0.0]
 
