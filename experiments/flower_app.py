@@ -88,13 +88,16 @@ def configured_mods(msg: Message, context: Context, call_next: ClientAppCallable
     handler = call_next
     overrides, run_dir = _overrides(context.run_config), _run_dir(context)
     pinned = str(context.run_config.get("server-fingerprint", "") or "")
-    for mod in reversed(_mods(overrides, run_dir, pinned or _published(overrides, run_dir))):
+    fingerprint = pinned or _published(overrides, run_dir, context.run_id)
+    for mod in reversed(_mods(overrides, run_dir, fingerprint)):
         handler = _bind(mod, handler)
     return handler(msg, context)
 
 
-def _published(overrides: tuple[str, ...], run_dir: str) -> str:
-    """The fingerprint the server published in the (shared) run directory."""
+@lru_cache(maxsize=4)
+def _published(overrides: tuple[str, ...], run_dir: str, run_id: int) -> str:
+    """The fingerprint the server published in the (shared) run directory, read once per
+    Flower run."""
     return run_keys(_config(overrides), Path(run_dir)).published_server_fingerprint()
 
 

@@ -129,6 +129,15 @@ def restore_reply(clear: RecordDict, opened: RecordDict) -> RecordDict:
     return opened
 
 
+def _signed_kind(reply: Message) -> str | None:
+    """What a device signs this reply as: train, evaluate or static-BatchNorm sums (they
+    become the global model's statistics); None for kinds it does not sign."""
+    if reply.metadata.message_type == BN_STATS_QUERY:
+        return BN_STATS_QUERY
+    kind = message_kind(reply)
+    return kind if kind in (MessageType.TRAIN, MessageType.EVALUATE) else None
+
+
 def _unsigned(reply: Message) -> Message:
     content = RecordDict({k: v for k, v in reply.content.items() if k != SIGNATURE_KEY})
     return Message(metadata=reply.metadata, content=content)  # type: ignore[call-overload]
@@ -242,12 +251,8 @@ class EncryptedTransport(StrategyWrapper):
         Checks train and evaluate replies and static-BatchNorm answers; errors and other
         kinds (secure aggregation's stages sign their own) pass unchanged.
         """
-        kind = message_kind(reply)
-        if reply.metadata.message_type == BN_STATS_QUERY:
-            kind = BN_STATS_QUERY  # BatchNorm sums become the global model's statistics
-        elif kind not in (MessageType.TRAIN, MessageType.EVALUATE):
-            return reply
-        if reply.has_error():
+        kind = _signed_kind(reply)
+        if kind is None or reply.has_error():
             return reply
         try:
             self._check_signature(reply, kind)
@@ -271,7 +276,7 @@ class EncryptedTransport(StrategyWrapper):
                 kept.append(reply)
                 continue
             try:
-                self._check_signature(reply, message_kind(reply))
+                self._check_signature(reply, _signed_kind(reply) or message_kind(reply))
             except PayloadRejected as rejection:
                 self.reject(reply.metadata.src_node_id, rejection.reason, rejection.detail)
                 continue

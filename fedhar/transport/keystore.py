@@ -13,6 +13,7 @@ reproducible across directories, and insecure, because the seed is in every run'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import dataclass
@@ -35,9 +36,8 @@ def _create(path: Path, data: bytes) -> None:
     with os.fdopen(descriptor, "wb") as file:
         file.write(data)  # no fsync: keys of a simulated fleet need not survive a power cut
     try:
-        os.link(tmp, path)  # fails if another process created the key first
-    except FileExistsError:
-        pass
+        with contextlib.suppress(FileExistsError):  # another process created the key first
+            os.link(tmp, path)
     finally:
         tmp.unlink()
 

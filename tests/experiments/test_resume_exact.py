@@ -50,7 +50,7 @@ class DiesInRound:
             raise Killed(f"killed in round {record.server_round}")
 
     def close(self) -> None:
-        pass
+        """Nothing to flush."""
 
 
 def _run(run_dir: Path, grid_type, overrides: str, rounds: int) -> None:
