@@ -230,11 +230,12 @@ def batchnorm_sums_of_user(settings: ClientSettings, node: _Node, msg: Message) 
 def describe_node(
     settings: ClientSettings, partition_id: int, context: Context, query: ConfigRecord
 ) -> RecordDict:
-    """Enrollment: who this node is, what it can train, its device's public keys, and its
-    signature over the server's challenge (``query``), which proves it holds the private key.
+    """Enrollment: who this node is, what it can train, how many windows it holds, its
+    device's public keys, and its signature over the server's challenge (``query``), which
+    proves it holds the private key.
 
-    Answered from the federation's user list and the model's shape, without reading the
-    user's windows.
+    Answered from the federation's user list, window counts and the model's shape, without
+    reading the user's windows.
     """
     if settings.keys is None:
         raise ValueError(
@@ -252,6 +253,7 @@ def describe_node(
         user=user,
         device=index.devices[user] if device is None else device.name,
         max_width=width,
+        num_windows=index.windows[user],
     )
     identity = settings.keys.device(partition_id)
     public = identity.public_keys()

@@ -245,7 +245,7 @@ def build_stack(
     checkpointing.
     """
     strategy = build_strategy(cfg, len(federation.clients), run)
-    sanitized = SanitizedUpdates(strategy, **_plain(cfg.sanitize))
+    sanitized = SanitizedUpdates(strategy, run.directory, **_plain(cfg.sanitize))
     private = wrap_privacy(cfg, sanitized, run, len(federation.clients))
     wrapped = wrap_strategy(cfg, private, run)
     statistics = getattr(strategy, "width_statistics", None)  # static BatchNorm, per width

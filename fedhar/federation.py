@@ -145,15 +145,18 @@ class FederationIndex:
     clients: tuple[str, ...]  # by partition id
     devices: dict[str, str]  # user -> device label
     shape: tuple[int, int, int]  # (channels, classes, window length)
+    windows: dict[str, int]  # user -> windows held, train and test
 
 
 @lru_cache(maxsize=4)
 def federation_index(spec: FederationSpec) -> FederationIndex:
-    """The federation's clients, their devices and the windows' shape (once per process)."""
+    """The federation's clients, their devices, window counts and the windows' shape (once per
+    process)."""
     federation = client_view(spec)
     clients = tuple(federation.clients)
     devices = {user: federation.device_of(user) for user in clients}
-    return FederationIndex(clients, devices, federation.source.shape)
+    windows = {user: federation.source.window_count(user) for user in clients}
+    return FederationIndex(clients, devices, federation.source.shape, windows)
 
 
 def load_client(spec: FederationSpec, partition_id: int) -> ClientData:

@@ -125,6 +125,7 @@ class NodeInfo:
     user: str
     device: str
     max_width: float  # widest width its SRAM allows; 0.0 when nothing fits
+    num_windows: int  # windows it holds (train and test): no update stands for more examples
 
 
 @dataclass(frozen=True)

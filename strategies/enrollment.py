@@ -1,14 +1,15 @@
 """Enrollment: before round 1 the server asks every node who it is, once.
 
-Each node gets a fresh random challenge and answers with its user, device and the widest
-model it can train (`fedhar.wire.NodeInfo`), its device's public keys, and a signature over
-the challenge and its claims (`fedhar.transport.signed.enrollment_statement`). The answers
-fill the run's `FleetDirectory` (widths for partial models, devices for the fleet
-simulation) and its `KeyRegistry` (keys for encrypted transport). A node whose answer is
-malformed, names another node or a partition another node holds, carries unusable keys, or
-a signature that does not verify under them (no proof of possession) is left out with a
-warning: it is never sampled by strategies that read the directory, and its envelopes never
-verify.
+Each node gets a fresh random challenge and answers with its user, device, the widest model
+it can train and how many windows it holds (`fedhar.wire.NodeInfo`; the count bounds the
+example count of its updates, `strategies.sanitize`), its device's public keys, and a
+signature over the challenge and its claims (`fedhar.transport.signed.enrollment_statement`).
+The answers fill the run's `FleetDirectory` (widths for partial models, devices for the
+fleet simulation) and its `KeyRegistry` (keys for encrypted transport). A node whose answer
+is malformed, names another node or a partition another node holds, claims no positive whole
+number of windows, carries unusable keys, or a signature that does not verify under them (no
+proof of possession) is left out with a warning: it is never sampled by strategies that read
+the directory, and its envelopes never verify.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def _query(run_id: str, challenge: bytes) -> RecordDict:
     return RecordDict({CONFIG_KEY: config})
 
 
+def _check_window_count(count: object) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"it claims {count!r} windows; a node holds a positive whole number")
+
+
 def enroll(grid: Grid, run: RunInfo, timeout_s: float) -> None:
     """Ask every registered node who it is; fill ``run.directory`` and ``run.keys``."""
     challenges = {node: os.urandom(CHALLENGE_BYTES) for node in grid.get_node_ids()}
@@ -54,6 +60,7 @@ def enroll(grid: Grid, run: RunInfo, timeout_s: float) -> None:
             info, keys, proof = node_info_from_record(reply.content)
             if info.node_id != node_id:
                 raise ValueError(f"it answered as node {info.node_id}")
+            _check_window_count(info.num_windows)
             claims = node_claims(reply.content.config_records[NODE_KEY])
             statement = enrollment_statement(challenges[node_id], run.run_id, node_id, claims,
                                              keys)  # fmt: skip

@@ -13,10 +13,12 @@ as the outer wrappers left them: decoded, opened, unmasked. A train reply is rej
   L2 norm;
 - ``num-examples``: its example count is missing, negative or not a number.
 
-An example count above ``max_examples_ratio`` times the round's median count is cut to that
-bound (``capped``), so that no single claim takes over the weighted average. A secure-sum
-reply (one aggregate standing for many nodes, `strategies.summed`) is checked for finite
-values only.
+No update stands for more examples than its node holds: an example count above the windows
+the node enrolled with (`strategies.enrollment`) is cut to that count (``capped``), and so is
+one above ``max_examples_ratio`` times the fleet's median enrolled count, so that a node
+cannot enroll its way to a larger weight either. A node that did not enroll is cut to that
+ratio times the round's median count. A secure-sum reply (one aggregate standing for many
+nodes, `strategies.summed`) is checked for finite values only.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from fedhar.wire import (
     arrays_to_numpy,
     metric_value,
 )
+from strategies.run_info import FleetDirectory
 from strategies.wrapper import StrategyWrapper
 
 Layout = dict[str, tuple[tuple[int, ...], str]]  # entry -> (shape, dtype)
@@ -92,10 +95,13 @@ class SanitizedUpdates(StrategyWrapper):
     ----------
     strategy : Strategy
         The algorithm (the innermost strategy).
+    directory : FleetDirectory
+        The enrolled nodes: their window counts bound their example counts.
     max_update_norm : float | None
         Largest L2 norm of an update (reply minus what the node was sent); None: no bound.
     max_examples_ratio : float
-        An example count is cut to this multiple of the round's median count.
+        An example count is cut to this multiple of the fleet's median enrolled count (of the
+        round's median count, for a node that did not enroll).
     """
 
     prefix = "sanitize"
@@ -103,6 +109,7 @@ class SanitizedUpdates(StrategyWrapper):
     def __init__(
         self,
         strategy: Strategy,
+        directory: FleetDirectory,
         max_update_norm: float | None = None,
         max_examples_ratio: float = 10.0,
     ) -> None:
@@ -111,6 +118,7 @@ class SanitizedUpdates(StrategyWrapper):
             raise ValueError(f"max_update_norm must be > 0 or None, got {max_update_norm}")
         if not max_examples_ratio >= 1:
             raise ValueError(f"max_examples_ratio must be >= 1, got {max_examples_ratio}")
+        self.directory = directory
         self.max_update_norm = max_update_norm
         self.max_examples_ratio = float(max_examples_ratio)
         self.weight_key = str(getattr(strategy, "weighted_by_key", "num-examples"))
@@ -118,10 +126,12 @@ class SanitizedUpdates(StrategyWrapper):
         self.config_key = str(getattr(strategy, "configrecord_key", CONFIG_KEY))
         self._layouts: dict[int, Layout] = {}
         self._sent: dict[int, dict[str, np.ndarray]] = {}
+        self._median_of = (0, 0.0)  # (directory size, its median window count)
 
     def summary(self) -> None:
         bound = "none" if self.max_update_norm is None else f"{self.max_update_norm:g}"
-        log(INFO, "\t├──> Sanitized updates (norm bound %s, examples <= %gx median) around:",
+        log(INFO, "\t├──> Sanitized updates (norm bound %s, examples <= enrolled windows, "
+            "<= %gx median) around:",
             bound, self.max_examples_ratio)  # fmt: skip
         self.strategy.summary()
 
@@ -185,17 +195,30 @@ class SanitizedUpdates(StrategyWrapper):
         return None
 
     def _cap_examples(self, replies: list[Message]) -> None:
-        """Cut every example count above the ratio times the round's median to that bound."""
+        """Cut every example count above its node's bound (see module) to that bound."""
         counted = [m for m in replies if SECURE_SUM_KEY not in m.content.config_records]
         if not counted:
             return
         counts = [metric_value(m.content, self.weight_key) for m in counted]
-        bound = self.max_examples_ratio * statistics.median(counts)
+        unenrolled_bound = self.max_examples_ratio * statistics.median(counts)
         for message, count in zip(counted, counts, strict=True):
+            node = message.metadata.src_node_id
+            bound = self._enrolled_bound(node) if node in self.directory else unenrolled_bound
             if count > bound:
                 record = message.content.metric_records[METRICS_KEY]
                 whole = isinstance(record[self.weight_key], int)
                 record[self.weight_key] = int(bound) if whole else bound
                 self.count("capped")
-                log(INFO, "sanitize: node %d claimed %g examples, cut to %g",
-                    message.metadata.src_node_id, count, bound)  # fmt: skip
+                log(INFO, "sanitize: node %d claimed %g examples, cut to %g", node, count, bound)
+
+    def _enrolled_bound(self, node: int) -> float:
+        fleet = self.max_examples_ratio * self._fleet_median()
+        return min(float(self.directory[node].num_windows), fleet)
+
+    def _fleet_median(self) -> float:
+        """The median enrolled window count (computed again when enrollment changed)."""
+        size = len(self.directory)
+        if self._median_of[0] != size:
+            counts = [info.num_windows for info in self.directory.nodes.values()]
+            self._median_of = (size, float(statistics.median(counts)))
+        return self._median_of[1]

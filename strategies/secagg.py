@@ -22,8 +22,10 @@ clipped in all (one more summed coordinate); each sender's weight, metrics and t
 names travel in clear, as without secure aggregation.
 
 **Faults.** A node that does not answer a stage, answers for another node, sends a vector of the
-wrong length, a weight other than its capped ``num-examples``, a malformed share, or shares its
-neighbours cannot decrypt is rejected under that code and treated as dropped; a wrong share is
+wrong length, a weight other than its capped ``num-examples``, more examples than the windows
+it enrolled with (its weight is inside the masked sum, so it cannot be cut as
+`strategies.sanitize` cuts plain counts), a malformed share, or shares its neighbours cannot
+decrypt is rejected under that code and treated as dropped; a wrong share is
 found by checking every recovered seed against its commitment. When too few share holders
 remain for some secret (``threshold`` of its holders), the round fails cleanly: the reason is
 logged and counted (``secagg/round-failed``), every sender is rejected as ``round-failed``,
@@ -423,6 +425,10 @@ class SecureAggregation(StrategyWrapper):
                 or weight != state.ring.weight(int(examples))):  # fmt: skip
             raise ProtocolError("weight-mismatch", f"weight {weight!r} is not the capped "
                                 f"num-examples {examples!r}")  # fmt: skip
+        enrolled = self.run.directory.nodes.get(node)
+        if enrolled is not None and examples > enrolled.num_windows:
+            raise ProtocolError("num-examples", f"it claims {examples:g} examples but enrolled "
+                                f"with {enrolled.num_windows} windows")  # fmt: skip
         if not set(refused) <= set(state.neighbours[node]):
             raise ProtocolError("malformed", "it refused shares of nodes that are not neighbours")
         return vector, int(weight), refused  # type: ignore[arg-type]

@@ -47,6 +47,10 @@ class UserSource(Protocol):
         """The user's device label ('+'-joined when they wore several)."""
         ...
 
+    def window_count(self, user: str) -> int:
+        """How many windows the user has (train and test), without reading them."""
+        ...
+
     def windows_of(self, user: str) -> WindowDataset:
         """All of one user's windows."""
         ...
@@ -86,6 +90,9 @@ class LoadedUsers:
     def device_of(self, user: str) -> str:
         return "+".join(sorted(set(self.windows.device[self._rows[user]].tolist())))
 
+    def window_count(self, user: str) -> int:
+        return len(self._rows[user])
+
     def windows_of(self, user: str) -> WindowDataset:
         return self.windows.select(self._rows[user])
 
@@ -111,6 +118,12 @@ class SyntheticUsers:
 
     def device_of(self, user: str) -> str:
         return "synthetic"
+
+    def window_count(self, user: str) -> int:
+        """Every synthetic user records the same number of samples, so the same windows."""
+        samples = round(self.config.seconds_per_user * self.config.rate_hz)
+        length, stride = self.config.window_length, self.config.stride
+        return 0 if samples < length else (samples - length) // stride + 1
 
     def windows_of(self, user: str) -> WindowDataset:
         index = int(user.removeprefix("u"))

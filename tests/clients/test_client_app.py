@@ -14,11 +14,13 @@ from fedhar.device.profiles import load_catalogue
 from fedhar.federation import FederationSpec, load_client, load_federation
 from fedhar.models import build_model
 from fedhar.train import evaluate
+from fedhar.transport.keystore import RunKeys
 from fedhar.wire import (
     METRICS_KEY,
     arrays_to_numpy,
     eval_report_from_record,
     metric_value,
+    node_info_from_record,
     state_to_arrays,
     trained_names,
 )
@@ -91,3 +93,16 @@ def test_evaluation_reports_the_users_own_test_split(in_process_grid) -> None:
 def test_configured_crash_becomes_an_error_reply(in_process_grid) -> None:
     reply = _ask(_settings(None, crash_partitions=(0,)), in_process_grid)
     assert reply.has_error() and "simulated crash of node 0" in reply.error.reason
+
+
+def test_enrollment_reports_the_windows_the_user_holds(in_process_grid, tmp_path) -> None:
+    settings = _settings("nrf52840", keys=RunKeys(tmp_path))
+    grid = in_process_grid(make_client_app(lambda _: settings), num_nodes=2)
+    query = ConfigRecord({"server-round": 0, "run-id": "r", "enroll-challenge": bytes(32)})
+    messages = [Message(RecordDict({"config": query}), n, MessageType.QUERY) for n in (101, 102)]
+    for partition, reply in enumerate(grid.send_and_receive(messages)):
+        info, _, _ = node_info_from_record(reply.content)
+        data = load_client(SPEC, partition)
+        assert info.partition_id == partition and info.user == data.user
+        assert info.num_windows == len(load_federation(SPEC).source.windows_of(data.user))
+        assert info.num_windows >= len(data.train) + len(data.test)  # the split drops overlaps

@@ -18,7 +18,7 @@ MODEL, C, K = "microbi_convlstm", 6, 7
 def run_with(max_widths: Mapping[int, float], seed: int = 0) -> RunInfo:
     """A run whose directory holds one node per entry, with that largest width."""
     nodes = {
-        node: NodeInfo(node, i, f"u{node}", "mcu", width)
+        node: NodeInfo(node, i, f"u{node}", "mcu", width, 100)
         for i, (node, width) in enumerate(sorted(max_widths.items()))
     }
     return RunInfo("run", seed, Path("."), FleetDirectory(nodes))

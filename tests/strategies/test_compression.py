@@ -212,7 +212,7 @@ def test_int8_downlink_is_decoded_by_the_mod_and_deltas_refer_to_it() -> None:
 
 
 def run_with_devices(devices: dict[int, str]) -> RunInfo:
-    nodes = {n: NodeInfo(n, n, f"u{n}", device, 1.0) for n, device in devices.items()}
+    nodes = {n: NodeInfo(n, n, f"u{n}", device, 1.0, 100) for n, device in devices.items()}
     kinds = {"nrf52840": "mcu", "pixel_watch": "watch", "android_phone": "phone"}
     return RunInfo("run", 0, Path("."), FleetDirectory(nodes), device_kinds=kinds)
 

@@ -73,7 +73,7 @@ def make_run(
     """A run whose fleet enrolled the nodes of NODES but ``unenrolled``, with ``identities``
     for their keys (default: each device's own)."""
     nodes = {node: part for node, part in NODES.items() if node not in unenrolled}
-    directory = {n: NodeInfo(n, part, f"u{part}", "watch", 1.0) for n, part in nodes.items()}
+    directory = {n: NodeInfo(n, part, f"u{part}", "watch", 1.0, 100) for n, part in nodes.items()}
     run = RunInfo("run-x", SEED, tmp_path, FleetDirectory(dict(directory)), key_store=STORE)
     for node, part in nodes.items():
         identity = (identities or {}).get(node, device(part))

@@ -50,14 +50,19 @@ class AnsweringGrid:
 
 
 def _answer(
-    node: int, partition: int, seed: int = 0, signer: DeviceIdentity | None = None
+    node: int,
+    partition: int,
+    seed: int = 0,
+    signer: DeviceIdentity | None = None,
+    windows: object = None,
 ) -> Answer:
-    """An honest answer of ``node`` (the device of ``partition`` under ``seed``), its proof
-    signed by ``signer`` (default: the device itself)."""
+    """An answer of ``node`` (the device of ``partition`` under ``seed``) claiming ``windows``
+    (default: 40 + partition), its proof signed by ``signer`` (default: the device itself)."""
     identity = DeviceIdentity.from_seed(seed, partition)
 
     def answer(query: ConfigRecord) -> RecordDict:
-        info = NodeInfo(node, partition, f"u{partition}", "watch", 0.75)
+        count = 40 + partition if windows is None else windows
+        info = NodeInfo(node, partition, f"u{partition}", "watch", 0.75, count)  # type: ignore[arg-type]
         keys = identity.public_keys()
         challenge = query["enroll-challenge"]
         claims = node_claims(to_config_record(info))
@@ -83,6 +88,7 @@ def test_every_honest_node_is_enrolled_with_its_own_keys() -> None:
     enroll(AnsweringGrid({11: _answer(11, 0), 12: _answer(12, 1)}), run, timeout_s=1.0)
     assert sorted(run.directory.nodes) == [11, 12]
     assert run.directory[12].max_width == 0.75 and run.directory[12].user == "u1"
+    assert run.directory[12].num_windows == 41
     identity = DeviceIdentity.from_seed(0, 1)
     assert run.keys.signing_key(12) == identity.signing_public_bytes()
     assert run.keys.exchange_key(12) == identity.public_bytes()
@@ -162,3 +168,10 @@ def test_a_malformed_partition_id_leaves_that_node_out_and_enrollment_goes_on() 
         run = RunInfo("r", 0, Path("."))
         enroll(AnsweringGrid({11: _answer(11, 0), 12: bad(partition)}), run, 1.0)
         assert sorted(run.directory.nodes) == [11], partition
+
+
+def test_a_signed_claim_of_no_or_broken_window_counts_leaves_that_node_out() -> None:
+    for windows in (0, -3, 1.5, True, "5"):
+        run = RunInfo("r", 0, Path("."))
+        enroll(AnsweringGrid({11: _answer(11, 0), 12: _answer(12, 1, windows=windows)}), run, 1.0)
+        assert sorted(run.directory.nodes) == [11], windows

@@ -8,7 +8,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-from fedhar.wire import ARRAYS_KEY, METRICS_KEY, PERSONAL_NAMES_KEY, SECURE_SUM_KEY
+from fedhar.wire import ARRAYS_KEY, METRICS_KEY, PERSONAL_NAMES_KEY, SECURE_SUM_KEY, NodeInfo
+from strategies.run_info import FleetDirectory
 from strategies.sanitize import SanitizedUpdates
 from tests.helpers.grids import FakeGrid
 from tests.helpers.replies import trained_reply
@@ -37,8 +38,13 @@ def _replies(reply, messages, updates, counts=(10, 10, 10)):
     ]
 
 
-def _strategy(**options) -> SanitizedUpdates:
-    return SanitizedUpdates(FedAvg(min_train_nodes=1, min_available_nodes=1), **options)
+def _enrolled(windows: dict[int, int]) -> FleetDirectory:
+    return FleetDirectory({n: NodeInfo(n, n, f"u{n}", "watch", 1.0, w) for n, w in windows.items()})
+
+
+def _strategy(directory: FleetDirectory | None = None, **options) -> SanitizedUpdates:
+    algorithm = FedAvg(min_train_nodes=1, min_available_nodes=1)
+    return SanitizedUpdates(algorithm, directory or FleetDirectory(), **options)
 
 
 def _rejected(strategy: SanitizedUpdates) -> list[tuple[int, str]]:
@@ -66,7 +72,9 @@ def test_an_update_beyond_the_norm_bound_is_rejected(reply) -> None:
     assert _rejected(strategy) == [(3, "sanitize rejected norm")]
 
 
-def test_a_huge_example_count_is_cut_to_a_multiple_of_the_median(reply) -> None:
+def test_an_unenrolled_nodes_huge_example_count_is_cut_to_a_multiple_of_the_median(
+    reply,
+) -> None:
     strategy = _strategy(max_examples_ratio=10.0)
     messages = _configure(strategy)
     replies = _replies(reply, messages, [_shift(1), _shift(1), _shift(100)], (10, 10, 10**9))
@@ -76,6 +84,39 @@ def test_a_huge_example_count_is_cut_to_a_multiple_of_the_median(reply) -> None:
     np.testing.assert_allclose(arrays["w"].numpy(), np.full(4, 10020 / 120), rtol=1e-6)
     assert strategy.round_stats()["sanitize/capped"] == 1
     assert _rejected(strategy) == []
+
+
+def test_an_example_count_is_cut_to_the_windows_its_node_enrolled_with(reply) -> None:
+    strategy = _strategy(_enrolled({1: 10, 2: 10, 3: 30}), max_examples_ratio=10.0)
+    messages = _configure(strategy)
+    replies = _replies(reply, messages, [_shift(1), _shift(1), _shift(100)], (10, 10, 10**9))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    # the claim of 10^9 counts as the 30 windows node 3 enrolled with: (10 + 10 + 30 * 100) / 50
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(4, 3020 / 50), rtol=1e-6)
+    assert strategy.round_stats()["sanitize/capped"] == 1
+
+
+def test_a_claim_within_the_enrolled_windows_is_kept_even_above_the_rounds_median(reply) -> None:
+    fleet = {1: 10, 2: 10, 3: 300, 4: 100, 5: 100}  # node 3 may count 300 (10 x median 100)
+    strategy = _strategy(_enrolled(fleet), max_examples_ratio=10.0)
+    messages = _configure(strategy)
+    replies = _replies(reply, messages, [_shift(1), _shift(1), _shift(100)], (5, 5, 300))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None  # the round's median rule would have cut 300 to 50
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(4, 30010 / 310), rtol=1e-6)
+    assert "sanitize/capped" not in strategy.round_stats()
+
+
+def test_a_node_that_enrolled_with_too_many_windows_is_cut_to_the_fleets_median(reply) -> None:
+    fleet = {1: 10, 2: 10, 3: 10**9, 4: 10, 5: 10}  # median 10: node 3 counts for at most 20
+    strategy = _strategy(_enrolled(fleet), max_examples_ratio=2.0)
+    messages = _configure(strategy)
+    replies = _replies(reply, messages, [_shift(1), _shift(1), _shift(100)], (10, 10, 10**9))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(4, 2020 / 40), rtol=1e-6)
+    assert strategy.round_stats()["sanitize/capped"] == 1
 
 
 def _tampered(reply, message: Message, change) -> Message:
@@ -143,7 +184,9 @@ def test_personal_entries_the_node_keeps_are_not_expected_back(reply) -> None:
             config = ConfigRecord(dict(config) | {PERSONAL_NAMES_KEY: ["b"]})
             return super().configure_train(server_round, arrays, config, grid)
 
-    strategy = SanitizedUpdates(Personal(min_train_nodes=1, min_available_nodes=1))
+    strategy = SanitizedUpdates(
+        Personal(min_train_nodes=1, min_available_nodes=1), FleetDirectory()
+    )
     messages = _configure(strategy)
     replies = [
         _tampered(reply, m, _set_arrays(w=torch.ones(4))) for m in messages

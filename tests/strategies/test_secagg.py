@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -252,6 +253,19 @@ def test_forged_replies_are_rejected_and_the_rest_aggregate(field: str, code: st
     assert stats["secagg/accepted"] == NODES - 1
     plain_grid = StageGrid(stand_in_app(secure=False), missing={"train": {FIRST + 1}})
     plain, _ = _run(_fedavg(), plain_grid)
+    _assert_same(ours, plain)
+
+
+def test_more_examples_than_the_node_enrolled_with_is_rejected() -> None:
+    strategy = _secure(_fedavg(), threshold=0.6)
+    directory = strategy.run.directory.nodes  # node FIRST + 1 claims 17 examples
+    directory[FIRST + 1] = dataclasses.replace(directory[FIRST + 1], num_windows=16)
+    ours, _ = _run(strategy, StageGrid(stand_in_app(secure=True)))
+    stats = strategy.round_stats()
+    assert stats["secagg/rejected/num-examples"] == 1 and stats["secagg/accepted"] == NODES - 1
+    plain, _ = _run(
+        _fedavg(), StageGrid(stand_in_app(secure=False), missing={"train": {FIRST + 1}})
+    )
     _assert_same(ours, plain)
 
 

@@ -178,7 +178,7 @@ def test_without_a_limit_failed_rounds_go_on() -> None:
 
 def test_failures_name_the_partition_and_user_that_enrolled(reply) -> None:
     sink = Collect()
-    directory = FleetDirectory({3: NodeInfo(3, 7, "u08", "esp32", 0.5)})
+    directory = FleetDirectory({3: NodeInfo(3, 7, "u08", "esp32", 0.5, 100)})
     tracking = Tracking(FedAvg(), sinks=[sink], directory=directory)
     _round(tracking, 1, [reply(error_reason="boom", node_id=3), reply(error_reason="x", node_id=9)])
     named, stranger = sink.records[0].failures
@@ -195,7 +195,7 @@ def test_configuring_a_rounds_training_starts_the_round_clock() -> None:
 
 
 def test_each_failure_is_one_warning_line_and_a_flood_is_counted(reply, caplog) -> None:
-    directory = FleetDirectory({3: NodeInfo(3, 7, "u08", "esp32", 0.5)})
+    directory = FleetDirectory({3: NodeInfo(3, 7, "u08", "esp32", 0.5, 100)})
     tracking = Tracking(FedAvg(), sinks=[Collect()], directory=directory)
     crashes = [reply(error_reason=f"Traceback ...\nRuntimeError: crash {n}", node_id=n)
                for n in range(3, 17)]  # fmt: skip

@@ -51,3 +51,18 @@ def test_loaded_users_keep_dataset_order_and_devices() -> None:
     assert users.users == tuple(whole.users)
     assert users.device_of("u02") == "synthetic"
     assert _same(users.windows_of("u02"), whole.for_user("u02"))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        OPTIONS,
+        {**OPTIONS, "seconds_per_user": 17.3, "rate_hz": 33.0, "stride": 50},
+        {**OPTIONS, "seconds_per_user": 2.56, "window_length": 128},  # exactly one window
+    ],
+)
+def test_window_counts_match_the_windows_without_reading_them(options) -> None:
+    whole = load_dataset("synthetic", **options)
+    lazy, loaded = open_users("synthetic", **options), LoadedUsers(whole)
+    for user in lazy.users:
+        assert lazy.window_count(user) == loaded.window_count(user) == len(whole.for_user(user))
