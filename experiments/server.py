@@ -50,7 +50,7 @@ from fedhar.records import RoundSink
 from fedhar.seeding import seed_everything
 from fedhar.transport.keystore import KEYS_DIR
 from fedhar.wire import numpy_to_arrays, state_to_arrays
-from strategies.checkpointing import restore_state, restore_wrapper_state
+from strategies.checkpointing import restore_state
 from strategies.deadline import DeadlineGrid
 from strategies.enrollment import enroll
 from strategies.grid_proxy import screening
@@ -154,7 +154,6 @@ def prepare_run(cfg: DictConfig, run_dir: Path) -> ServerRun:
     strategy = build_stack(cfg, federation, run, sinks, rounds_done)
     if checkpoint is not None:
         restore_state(strategy, checkpoint.strategy_state)
-        restore_wrapper_state(strategy, checkpoint.wrapper_state)
         if rounds_done >= cfg.num_rounds:
             log.warning(
                 "%s already holds all %d rounds; showing them (resume=false starts over)",

@@ -1,8 +1,5 @@
 """Checkpoints of a federated run: global arrays, strategy state, the run id, the last round.
 
-``wrapper_state`` holds what strategy wrappers must keep across an interruption (the
-encryption wrapper's replay guard), by wrapper name.
-
 Files hold only tensors and plain values and load with ``torch.load(weights_only=True)``,
 so opening a checkpoint never runs code. Writes are atomic (temp file, then rename).
 """
@@ -11,7 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle  # only for the error type torch.load raises on a damaged file
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,6 @@ class Checkpoint:
     arrays: dict[str, np.ndarray]  # global model after that round
     strategy_state: dict[str, dict[str, np.ndarray]]  # e.g. FedAdam's moments
     run_id: str = ""  # the run's random id; "" in checkpoints written before it was kept
-    wrapper_state: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def _to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -46,7 +42,6 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
         "arrays": _to_tensors(checkpoint.arrays),
         "strategy_state": {k: _to_tensors(v) for k, v in checkpoint.strategy_state.items()},
         "run_id": checkpoint.run_id,
-        "wrapper_state": {k: _to_tensors(v) for k, v in checkpoint.wrapper_state.items()},
     }
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -65,7 +60,6 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
             arrays=_to_numpy(payload["arrays"]),
             strategy_state={k: _to_numpy(v) for k, v in payload["strategy_state"].items()},
             run_id=str(payload.get("run_id", "")),
-            wrapper_state={k: _to_numpy(v) for k, v in payload.get("wrapper_state", {}).items()},
         )
     except (
         RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError, OSError,

@@ -28,7 +28,7 @@ from fedhar.seeding import derive_seed
 from fedhar.wire import arrays_to_numpy
 from strategies.grid_proxy import GridProxy
 from strategies.run_info import FleetDirectory
-from strategies.wrapper import StrategyWrapper, innermost, wrapper_chain
+from strategies.wrapper import StrategyWrapper, innermost
 
 # Attributes of Flower's strategies that carry state from round to round (FedOpt family:
 # FedAdam, FedYogi, FedAdagrad keep the current arrays and their moment estimates).
@@ -51,23 +51,6 @@ def restore_state(strategy: Strategy, state: dict[str, dict[str, np.ndarray]]) -
         if name not in STATEFUL_ATTRIBUTES:
             raise ValueError(f"checkpoint has unknown strategy state {name!r}")
         setattr(core, name, dict(value))
-
-
-def export_wrapper_state(strategy: Strategy) -> dict[str, dict[str, np.ndarray]]:
-    """What each wrapper of the stack keeps across an interruption (``checkpoint_state``)."""
-    return {
-        type(layer).__name__: layer.checkpoint_state()
-        for layer in wrapper_chain(strategy)
-        if hasattr(layer, "checkpoint_state")
-    }
-
-
-def restore_wrapper_state(strategy: Strategy, state: dict[str, dict[str, np.ndarray]]) -> None:
-    """Give each wrapper its saved state back (``restore_checkpoint_state``)."""
-    for layer in wrapper_chain(strategy):
-        saved = state.get(type(layer).__name__)
-        if saved is not None and hasattr(layer, "restore_checkpoint_state"):
-            layer.restore_checkpoint_state(saved)
 
 
 class PartitionOrderedGrid(GridProxy):
@@ -164,8 +147,7 @@ class Checkpointing(StrategyWrapper):
         metrics = self.strategy.aggregate_evaluate(absolute, replies)
         if self._arrays is not None:
             checkpoint = Checkpoint(
-                absolute, arrays_to_numpy(self._arrays), export_state(self), self.run_id,
-                export_wrapper_state(self),
-            )  # fmt: skip
+                absolute, arrays_to_numpy(self._arrays), export_state(self), self.run_id
+            )
             save_checkpoint(self.run_dir, checkpoint)
         return metrics

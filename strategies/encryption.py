@@ -23,8 +23,9 @@ Every train and evaluate reply also carries the device's signature over its clea
 ``screen_reply`` checks it as the reply arrives, through the run's grid
 (`strategies.grid_proxy.screening`), before tracking or any strategy reads the reply: a reply
 that is unsigned, forged or replayed becomes that client's failure (``encryption/screened/
-<code>``). The replay guard's memory is saved with each checkpoint, so a resumed run still
-refuses envelopes it opened before the interruption.
+<code>``). Everything is bound to the run's ``transport_id``, which changes each time the
+run starts, so a reply captured before an interruption (in the interrupted round too) is
+refused after it; within one start, the replay guard refuses a second copy.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ class EncryptedTransport(StrategyWrapper):
         return {
             SERVER_PUBLIC_KEY_KEY: self.keys.public_bytes(),
             SERVER_SIGNING_KEY_KEY: self.keys.signing_public_bytes(),
-            RUN_ID_KEY: self.run.run_id,
+            RUN_ID_KEY: self.run.transport_id,
             PAYLOAD_FORMAT_KEY: PAYLOAD_FORMAT,
             "server-round": server_round,
         }
@@ -228,22 +229,13 @@ class EncryptedTransport(StrategyWrapper):
         device_key = self.run.keys.exchange_key(node_id)
         if device_key is None:
             raise ValueError(f"node {node_id} has no enrolled keys; cannot seal the model to it")
-        context = EnvelopeContext(self.run.run_id, server_round, node_id, "global-model",
+        context = EnvelopeContext(self.run.transport_id, server_round, node_id, "global-model",
                                   PAYLOAD_FORMAT)  # fmt: skip
         envelope = seal_for_device(
             record_to_bytes(model), context, device_key, self.keys, self.downlink_aead
         )
         self.count("downlink-seal-seconds", time.perf_counter() - started)
         return ConfigRecord({"envelope": envelope})
-
-    def checkpoint_state(self) -> dict[str, np.ndarray]:
-        """The replay guard's memory of this run, for the checkpoint."""
-        ids = self.guard.remembered(self.run.run_id)
-        return {"replay-ids": np.frombuffer(b"".join(ids), np.uint8).reshape(-1, 32)}
-
-    def restore_checkpoint_state(self, state: dict[str, np.ndarray]) -> None:
-        """Remember again the envelopes a checkpoint says were opened."""
-        self.guard.remember(self.run.run_id, [bytes(row) for row in state["replay-ids"]])
 
     def screen_reply(self, reply: Message) -> Message:
         """``reply`` without its signature if the signature verifies, else an error reply.
@@ -290,12 +282,14 @@ class EncryptedTransport(StrategyWrapper):
         if not isinstance(signature, bytes):
             raise PayloadRejected("unsigned", "the reply carries no device signature")
         body = canonical_bytes(reply.content, leave_out=(SIGNATURE_KEY,))
-        statement = ReplyContext(self.run.run_id, self._round, node_id, kind).statement(body)
+        statement = ReplyContext(self.run.transport_id, self._round, node_id, kind).statement(body)
         try:
             verify(self.run.keys.signing_key(node_id), statement, signature)
         except ValueError as error:
             raise PayloadRejected("bad-signature", str(error)) from None
-        if not self.guard.claim(self.run.run_id, hashlib.sha256(b"reply" + signature).digest()):
+        if not self.guard.claim(
+            self.run.transport_id, hashlib.sha256(b"reply" + signature).digest()
+        ):
             raise PayloadRejected("replay", "this signed reply was received before")
 
     def configure_train(
@@ -314,7 +308,7 @@ class EncryptedTransport(StrategyWrapper):
         node_id = reply.metadata.src_node_id
         signer = self.run.keys.signing_key(node_id)
         expected = EnvelopeContext(
-            self.run.run_id, server_round, node_id, "train-reply", PAYLOAD_FORMAT
+            self.run.transport_id, server_round, node_id, "train-reply", PAYLOAD_FORMAT
         )
         payload = open_envelope(envelope, expected, self.keys, signer, self.policy, self.guard)
         content = restore_reply(reply.content, parse_payload(payload))

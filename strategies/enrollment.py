@@ -47,7 +47,7 @@ def enroll(grid: Grid, run: RunInfo, timeout_s: float) -> None:
     """Ask every registered node who it is; fill ``run.directory`` and ``run.keys``."""
     challenges = {node: os.urandom(CHALLENGE_BYTES) for node in grid.get_node_ids()}
     messages = [
-        Message(_query(run.run_id, challenge), node, MessageType.QUERY)
+        Message(_query(run.transport_id, challenge), node, MessageType.QUERY)
         for node, challenge in challenges.items()
     ]
     partitions = {info.partition_id: n for n, info in run.directory.nodes.items()}
@@ -62,7 +62,7 @@ def enroll(grid: Grid, run: RunInfo, timeout_s: float) -> None:
                 raise ValueError(f"it answered as node {info.node_id}")
             _check_window_count(info.num_windows)
             claims = node_claims(reply.content.config_records[NODE_KEY])
-            statement = enrollment_statement(challenges[node_id], run.run_id, node_id, claims,
+            statement = enrollment_statement(challenges[node_id], run.transport_id, node_id, claims,
                                              keys)  # fmt: skip
             try:
                 verify(keys.signing, statement, proof)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,13 @@ class FleetDirectory:
 class RunInfo:
     """The run: its id and seed, where it writes, its keys, and who enrolled with which keys.
 
-    ``run_id`` is 128 random bits, kept in the checkpoint, so envelopes of one run never open
-    in another. ``key_store`` holds the server's private keys. ``directory`` and ``keys`` are
-    filled once, by enrollment before round 1 (`strategies.enrollment.enroll`); the
-    encryption wrapper reads device keys from ``keys`` only.
+    ``run_id`` is 128 random bits, kept in the checkpoint. Envelopes, signatures and secure
+    aggregation are bound to ``transport_id``: the run id and 64 random bits drawn each time
+    the run starts (fresh or resumed), so nothing sealed or signed in one run, or before an
+    interruption (the interrupted round included), opens or verifies after it.
+    ``key_store`` holds the server's private keys. ``directory`` and ``keys`` are filled
+    once, by enrollment before round 1 (`strategies.enrollment.enroll`); the encryption
+    wrapper reads device keys from ``keys`` only.
     """
 
     run_id: str
@@ -44,3 +48,9 @@ class RunInfo:
     device_kinds: Mapping[str, str] = field(default_factory=dict)  # device name -> kind
     keys: KeyRegistry = field(default_factory=KeyRegistry)
     key_store: RunKeys | None = None  # None: the run cannot use encrypted transport
+    start_id: str = field(default_factory=lambda: secrets.token_hex(8))  # this start of the run
+
+    @property
+    def transport_id(self) -> str:
+        """What every envelope and signed statement of this start of the run is bound to."""
+        return f"{self.run_id}.{self.start_id}"

@@ -176,7 +176,12 @@ class SecureAggregation(StrategyWrapper):
 
     def _stage(self, stage: str, server_round: int, extra: Mapping[str, Any]) -> ConfigRecord:
         return ConfigRecord(
-            {"stage": stage, RUN_ID_KEY: self.run.run_id, "server-round": server_round, **extra}
+            {
+                "stage": stage,
+                RUN_ID_KEY: self.run.transport_id,
+                "server-round": server_round,
+                **extra,
+            }
         )
 
     def _ask(self, stage: str, configs: Mapping[int, ConfigRecord]) -> dict[int, ConfigRecord]:
@@ -354,7 +359,7 @@ class SecureAggregation(StrategyWrapper):
         entries = {n: tuple(t.shape) for n, t in global_state.items()
                    if t.is_floating_point() and not n.endswith(STEP_COUNTER)}  # fmt: skip
         space = CoordinateSpace.of({**entries, CLIP_COUNTER: (1,)})
-        context = round_context(self.run.run_id, server_round)
+        context = round_context(self.run.transport_id, server_round)
         try:
             try:
                 ring = RingSpec.for_cohort(len(messages), self.bits, self.clip, self.max_weight,

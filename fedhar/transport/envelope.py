@@ -119,16 +119,6 @@ class ReplayGuard:
                 seen.popitem(last=False)
             return True
 
-    def remembered(self, run_id: str) -> list[bytes]:
-        """The ids kept for ``run_id``, oldest first: what a checkpoint saves."""
-        with self._lock:
-            return list(self._seen.get(run_id, ()))
-
-    def remember(self, run_id: str, envelope_ids: list[bytes]) -> None:
-        """Claim ``envelope_ids`` (a checkpoint's ``remembered``) for ``run_id`` again."""
-        for envelope_id in envelope_ids:
-            self.claim(run_id, envelope_id)
-
 
 @dataclass(frozen=True)
 class EnvelopeContext:

@@ -240,7 +240,7 @@ def test_keys_reach_every_train_message_and_come_from_the_run_key_store(tmp_path
         assert config["server-public-key"] == wrapper.keys.public_bytes()
         assert config["server-signing-key"] == wrapper.keys.signing_public_bytes()
         assert "server-key-fingerprint" not in config  # the device pins it; never sent
-        assert config["run-id"] == "run-x" and config["lr"] == 0.1
+        assert config["run-id"] == wrapper.run.transport_id and config["lr"] == 0.1
     assert wrapper.keys.fingerprint() == KEYS.server_fingerprint  # seeded store
     fresh = dataclasses.replace(make_run(tmp_path), key_store=RunKeys(tmp_path / "keys"))
     os_keys = EncryptedTransport(Recorder(), fresh).keys
@@ -434,7 +434,7 @@ def test_signed_object_array_is_rejected_without_unpickling(tmp_path: Path) -> N
 def test_signed_garbage_payload_is_rejected(tmp_path: Path) -> None:
     wrapper = make_wrapper(tmp_path)
     content = sealed_content(wrapper, 13)
-    context = EnvelopeContext("run-x", 1, 13, "train-reply", format_version=1)
+    context = EnvelopeContext(wrapper.run.transport_id, 1, 13, "train-reply", format_version=1)
     envelope = seal(b"\x0a\x05garbage", context, wrapper.keys.public_bytes(), device(2))
     bad = make_reply(with_envelope(content, envelope), node_id=13)
     assert_rejected_without_effect(tmp_path, bad, "bad-payload", wrapper)

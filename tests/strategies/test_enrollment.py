@@ -138,10 +138,11 @@ def test_a_proof_for_another_challenge_is_left_out() -> None:
 
 def test_every_node_gets_its_own_fresh_challenge_bound_to_the_run() -> None:
     grid = AnsweringGrid({11: _answer(11, 0), 12: _answer(12, 1)})
-    enroll(grid, RunInfo("run-7", 0, Path(".")), 1.0)
+    run = RunInfo("run-7", 0, Path("."))
+    enroll(grid, run, 1.0)
     challenges = {bytes(q["enroll-challenge"]) for q in grid.queries.values()}  # type: ignore[arg-type]
     assert len(challenges) == 2 and all(len(c) == 32 for c in challenges)
-    assert {q["run-id"] for q in grid.queries.values()} == {"run-7"}
+    assert {q["run-id"] for q in grid.queries.values()} == {run.transport_id}
 
 
 def test_claims_changed_on_the_way_break_the_proof() -> None:

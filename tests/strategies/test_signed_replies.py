@@ -1,12 +1,12 @@
 """Signed replies under encrypted transport: evaluation scores, declines and telemetry are
-checked as they arrive, and a forged, unsigned or replayed one becomes that client's failure.
-The replay guard's memory survives a checkpoint."""
+checked as they arrive, and a forged, unsigned or replayed one becomes that client's failure,
+also when it was captured before an interruption."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from flwr.app import (
@@ -21,10 +21,8 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg
 
 from clients.encryption import encryption_mod
-from fedhar.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedhar.partial.static_bn import MomentSums
 from fedhar.wire import ClientIdentity, EvalReport, bn_sums_reply, decline_reply, eval_reply
-from strategies.checkpointing import export_wrapper_state, restore_wrapper_state
 from strategies.encryption import BN_STATS_QUERY, EncryptedTransport
 from strategies.grid_proxy import screening
 from tests.helpers.replies import make_reply
@@ -173,37 +171,33 @@ def test_the_run_grid_screens_every_reply_before_the_stack_sees_it(tmp_path: Pat
     assert screening(plain, FedAvg()) is plain  # type: ignore[arg-type]  # nothing to screen
 
 
-def test_the_replay_guard_survives_a_checkpoint(tmp_path: Path) -> None:
+def test_a_reply_captured_before_an_interruption_is_refused_after_it(tmp_path: Path) -> None:
     first = make_wrapper(tmp_path)
-    content = signed_content(first, 11)
-    first.aggregate_train(1, [first.screen_reply(make_reply(content, node_id=11))])
-    assert first.round_stats()["encryption/accepted"] == 1
-    saved = export_wrapper_state(first)
-    assert saved["EncryptedTransport"]["replay-ids"].shape == (2, 32)  # signature, envelope
-    save_checkpoint(tmp_path, Checkpoint(1, {"w": np.zeros(3)}, {}, "run-x", saved))
-    loaded = load_checkpoint(tmp_path)
-    assert loaded is not None
+    content = signed_content(first, 11)  # round 1 of the first start, then the run is killed
+    assert not first.screen_reply(make_reply(content, node_id=11)).has_error()
 
-    resumed = make_wrapper(tmp_path)
-    restore_wrapper_state(resumed, loaded.wrapper_state)
+    resumed_run = dataclasses.replace(first.run, start_id="0123456789abcdef")  # same run id
+    resumed = EncryptedTransport(first.strategy, resumed_run)  # rerunning round 1
     resumed.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid())
     replayed = resumed.screen_reply(make_reply(content, node_id=11))
-    assert replayed.has_error() and "replay" in replayed.error.reason
+    assert replayed.has_error() and "bad-signature" in replayed.error.reason
     past_screen = make_reply(unsigned(content), node_id=11)
     resumed._passed.add(id(past_screen))  # as if the screen had let it through
     resumed.aggregate_train(1, [past_screen])
-    assert resumed.round_stats()["encryption/rejected/replay"] == 1
+    assert resumed.round_stats()["encryption/rejected/context-mismatch"] == 1
 
-    forgetful = make_wrapper(tmp_path)  # without the checkpoint's memory the replay opens
-    forgetful.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid())
-    assert not forgetful.screen_reply(make_reply(content, node_id=11)).has_error()
+    fresh = signed_content(resumed, 11)  # the same node answering the rerun round
+    assert not resumed.screen_reply(make_reply(fresh, node_id=11)).has_error()
 
 
-def test_an_empty_guard_round_trips(tmp_path: Path) -> None:
-    wrapper = make_wrapper(tmp_path)
-    saved = wrapper.checkpoint_state()
-    assert saved["replay-ids"].shape == (0, 32)
-    make_wrapper(tmp_path).restore_checkpoint_state(saved)
+def test_every_start_of_a_run_gets_its_own_transport_id(tmp_path: Path) -> None:
+    first, second = make_run(tmp_path), make_run(tmp_path)
+    assert first.run_id == second.run_id and first.transport_id != second.transport_id
+    assert first.transport_id.startswith(first.run_id + ".")
+    assert (
+        train_messages(make_wrapper(tmp_path), 1)[11].content["config"]["run-id"]
+        != (train_messages(make_wrapper(tmp_path), 1)[11].content["config"]["run-id"])
+    )
 
 
 def test_train_metrics_record_is_untouched_by_screening(tmp_path: Path) -> None:
