@@ -55,6 +55,7 @@ from fedhar.wire import (
     instructions_from_config,
     node_claims,
     node_info_record,
+    state_to_arrays,
     to_config_record,
     train_reply,
 )
@@ -73,6 +74,8 @@ class ClientSettings:
     crash_partitions: tuple[int, ...] = ()  # simulated device crashes: these nodes always fail
     hang_partitions: tuple[int, ...] = ()  # simulated hung devices: train replies come late
     hang_seconds: float = 0.0  # how long a hung device stalls before it trains
+    poison_partitions: tuple[int, ...] = ()  # simulated attackers: they send a scaled update
+    poison_scale: float = -4.0  # their update: global + scale * (trained - global)
     dp_sgd: DpSgd | None = None  # sample-level DP-SGD in every local update; None: plain SGD
     keys: RunKeys | None = None  # the devices' private keys; None: this node cannot enroll
 
@@ -86,6 +89,25 @@ DP_LEDGER_KEY = "dp-sgd-ledger"  # context.state: the device's DP-SGD history (s
 
 class SimulatedCrash(RuntimeError):
     """A configured device crash, used to study fault tolerance."""
+
+
+def poisoned(content: RecordDict, msg: Message, scale: float) -> RecordDict:
+    """A simulated attacker's train reply: each floating-point entry becomes ``global +
+    scale * (trained - global)`` (a negative scale flips and boosts the honest update, the
+    Byzantine attack robust aggregation is meant to withstand). Declines pass as they are."""
+    if ARRAYS_KEY not in content.array_records:
+        return content
+    sent = arrays_to_state(msg.content.array_records[ARRAYS_KEY])
+    trained = arrays_to_state(content.array_records[ARRAYS_KEY])
+    content.array_records[ARRAYS_KEY] = state_to_arrays(
+        {
+            name: sent[name] + scale * (value - sent[name])
+            if value.is_floating_point() and name in sent
+            else value
+            for name, value in trained.items()
+        }
+    )
+    return content
 
 
 @dataclass(frozen=True)
@@ -276,7 +298,10 @@ def make_client_app(settings_for: SettingsProvider, mods: Sequence[Mod] = ()) ->
             raise SimulatedCrash(f"simulated crash of node {node.partition_id} ({node.data.user})")
         if node.partition_id in settings.hang_partitions:
             time.sleep(settings.hang_seconds)
-        return Message(train_user(settings, node, msg, context.state), reply_to=msg)
+        content = train_user(settings, node, msg, context.state)
+        if node.partition_id in settings.poison_partitions:
+            content = poisoned(content, msg, settings.poison_scale)
+        return Message(content, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

@@ -73,7 +73,7 @@ from fedhar.wire import (
 
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 BN_STATS_QUERY = f"{MessageType.QUERY}.{BN_STATS_ACTION}"
-BINDING_KEY = "transport-round"  # context.state: run id and round of the node's last training
+BINDING_KEY = "transport-round"  # context.state: transport id and round of its last training
 
 
 def _server_keys(config: ConfigRecord, pinned: str) -> tuple[bytes, bytes]:

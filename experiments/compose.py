@@ -120,6 +120,8 @@ def client_settings(
         crash_partitions=tuple(cfg.faults.crash_partitions),
         hang_partitions=tuple(cfg.faults.hang_partitions),
         hang_seconds=float(cfg.faults.hang_seconds),
+        poison_partitions=tuple(cfg.faults.poison_partitions),
+        poison_scale=float(cfg.faults.poison_scale),
         dp_sgd=dp_sgd_settings(cfg, model_shape(cfg, federation)),
         keys=None if run_dir is None else run_keys(cfg, run_dir),
     )

@@ -51,6 +51,7 @@ from strategies.privacy import (
     ValidStatistics,
 )
 from strategies.run_info import RunInfo
+from strategies.secagg import ROBUST_AGGREGATORS
 from strategies.wrapper import innermost
 
 MECHANISMS = ("none", "central", "central_adaptive", "client", "client_adaptive", "local", "dp_sgd")
@@ -105,11 +106,13 @@ def _check(cfg: DictConfig, mechanism: str, strategy: Strategy) -> None:
             "strategy.algorithm.fraction_train=1.0"
         )
     core = innermost(strategy)
-    if type(core).__name__ in ("FedAdam", "FedYogi", "FedAdagrad", "FedAvgM"):
+    if type(core).__name__ in ("FedAdam", "FedYogi", "FedAdagrad", "FedAvgM",
+                               *ROBUST_AGGREGATORS):  # fmt: skip
         raise PrivacyConfigError(
             f"privacy={mechanism} with strategy={cfg.strategy.name}: Flower's DP wrappers noise "
-            "the strategy's output, and a server optimizer's step is not the mean the noise is "
-            "calibrated to; use strategy=fedavg or fedprox"
+            "the strategy's output, and a server optimizer's step or a robust aggregate (a "
+            "median, one chosen update) is not the mean the noise is calibrated to; use "
+            "strategy=fedavg or fedprox"
         )
     fleet = cfg.get("fleet") or {}
     if fleet.get("mix") or fleet.get("device_map"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,19 @@ class FleetDirectory:
     """Enrolled nodes by Flower node id."""
 
     nodes: dict[int, NodeInfo] = field(default_factory=dict)
+    _median: tuple[int, float] = field(default=(0, 0.0), repr=False)  # (size, median windows)
+
+    def example_bound(self, node_id: int, ratio: float) -> float | None:
+        """The most examples an update of ``node_id`` may stand for: the windows it enrolled
+        with, and at most ``ratio`` times the fleet's median of those (so that no node enrolls
+        its way to a larger weight); None for a node that did not enroll."""
+        info = self.nodes.get(node_id)
+        if info is None:
+            return None
+        if self._median[0] != len(self.nodes):  # enrollment only adds nodes
+            counts = [node.num_windows for node in self.nodes.values()]
+            self._median = (len(self.nodes), float(statistics.median(counts)))
+        return min(float(info.num_windows), ratio * self._median[1])
 
     def __contains__(self, node_id: object) -> bool:
         return node_id in self.nodes

@@ -126,7 +126,6 @@ class SanitizedUpdates(StrategyWrapper):
         self.config_key = str(getattr(strategy, "configrecord_key", CONFIG_KEY))
         self._layouts: dict[int, Layout] = {}
         self._sent: dict[int, dict[str, np.ndarray]] = {}
-        self._median_of = (0, 0.0)  # (directory size, its median window count)
 
     def summary(self) -> None:
         bound = "none" if self.max_update_norm is None else f"{self.max_update_norm:g}"
@@ -203,22 +202,11 @@ class SanitizedUpdates(StrategyWrapper):
         unenrolled_bound = self.max_examples_ratio * statistics.median(counts)
         for message, count in zip(counted, counts, strict=True):
             node = message.metadata.src_node_id
-            bound = self._enrolled_bound(node) if node in self.directory else unenrolled_bound
+            bound = self.directory.example_bound(node, self.max_examples_ratio)
+            bound = unenrolled_bound if bound is None else bound
             if count > bound:
                 record = message.content.metric_records[METRICS_KEY]
                 whole = isinstance(record[self.weight_key], int)
                 record[self.weight_key] = int(bound) if whole else bound
                 self.count("capped")
                 log(INFO, "sanitize: node %d claimed %g examples, cut to %g", node, count, bound)
-
-    def _enrolled_bound(self, node: int) -> float:
-        fleet = self.max_examples_ratio * self._fleet_median()
-        return min(float(self.directory[node].num_windows), fleet)
-
-    def _fleet_median(self) -> float:
-        """The median enrolled window count (computed again when enrollment changed)."""
-        size = len(self.directory)
-        if self._median_of[0] != size:
-            counts = [info.num_windows for info in self.directory.nodes.values()]
-            self._median_of = (size, float(statistics.median(counts)))
-        return self._median_of[1]

@@ -22,8 +22,9 @@ clipped in all (one more summed coordinate); each sender's weight, metrics and t
 names travel in clear, as without secure aggregation.
 
 **Faults.** A node that does not answer a stage, answers for another node, sends a vector of the
-wrong length, a weight other than its capped ``num-examples``, more examples than the windows
-it enrolled with (its weight is inside the masked sum, so it cannot be cut as
+wrong length, a weight other than its capped ``num-examples``, more examples than its enrolled
+bound (`FleetDirectory.example_bound`: its windows, at most ``max_examples_ratio`` times the
+fleet's median; the weight is inside the masked sum, so it cannot be cut as
 `strategies.sanitize` cuts plain counts), a malformed share, or shares its neighbours cannot
 decrypt is rejected under that code and treated as dropped; a wrong share is
 found by checking every recovered seed against its commitment. When too few share holders
@@ -111,6 +112,9 @@ class _Round:
     shared: list[int]  # nodes whose shares went out
 
 
+ROBUST_AGGREGATORS = ("FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan")
+
+
 class SecureAggregation(StrategyWrapper):
     """Wraps ``strategy``; only the unmasked sum of each round's updates reaches it.
 
@@ -133,6 +137,9 @@ class SecureAggregation(StrategyWrapper):
         SecAgg+ degree of the neighbour graph (at least 2); None: everyone with everyone.
     timeout_s : float
         Timeout of each protocol stage run from the wrapper (advertise, share-keys, unmask).
+    max_examples_ratio : float
+        A reply claiming more examples than its node's enrolled bound at this ratio is rejected
+        (`strategies.run_info.FleetDirectory.example_bound`).
     """
 
     prefix = "secagg"
@@ -148,8 +155,14 @@ class SecureAggregation(StrategyWrapper):
         threshold: float = 0.67,
         neighbours: int | None = None,
         timeout_s: float = 60.0,
+        max_examples_ratio: float = 10.0,
     ) -> None:
         super().__init__(strategy)
+        if type(innermost(strategy)).__name__ in ROBUST_AGGREGATORS:
+            raise ValueError(
+                f"secure aggregation hands {type(innermost(strategy)).__name__} one sum, so it "
+                "would average instead of aggregating robustly; use strategy=fedavg with secagg"
+            )
         threshold_for(2, threshold)  # refuse a bad fraction now, not in round 1
         RingSpec.for_cohort(1, bits, clip, max_weight)
         if neighbours is not None and neighbours < 2:
@@ -159,6 +172,7 @@ class SecureAggregation(StrategyWrapper):
         self.threshold = float(threshold)
         self.neighbours = None if neighbours is None else int(neighbours)
         self.timeout_s = float(timeout_s)
+        self.max_examples_ratio = float(max_examples_ratio)
         core = innermost(strategy)
         self._slices = getattr(core, "coordinate_slices", None)
         if self._slices is not None:
@@ -430,10 +444,10 @@ class SecureAggregation(StrategyWrapper):
                 or weight != state.ring.weight(int(examples))):  # fmt: skip
             raise ProtocolError("weight-mismatch", f"weight {weight!r} is not the capped "
                                 f"num-examples {examples!r}")  # fmt: skip
-        enrolled = self.run.directory.nodes.get(node)
-        if enrolled is not None and examples > enrolled.num_windows:
-            raise ProtocolError("num-examples", f"it claims {examples:g} examples but enrolled "
-                                f"with {enrolled.num_windows} windows")  # fmt: skip
+        bound = self.run.directory.example_bound(node, self.max_examples_ratio)
+        if bound is not None and examples > bound:
+            raise ProtocolError("num-examples", f"it claims {examples:g} examples, more than "
+                                f"its enrolled bound {bound:g}")  # fmt: skip
         if not set(refused) <= set(state.neighbours[node]):
             raise ProtocolError("malformed", "it refused shares of nodes that are not neighbours")
         return vector, int(weight), refused  # type: ignore[arg-type]

@@ -1,9 +1,9 @@
 """Detached Ed25519 statements: a device's proof of key possession, and its signed replies.
 
 **Enrollment.** The server sends each node a fresh random challenge; the node answers with
-its public keys and a signature, under its signing key, over the challenge, the run id, its
-node id, its whole enrollment record (partition, user, device, widest width) and both
-public keys. A node that cannot sign does not hold the
+its public keys and a signature, under its signing key, over the challenge, the run's
+transport id, its node id, its whole enrollment record (partition, user, device, widest
+width, window count) and both public keys. A node that cannot sign does not hold the
 private key it claims, and is left out of the fleet.
 
 **Replies.** With encrypted transport, every reply a device sends in clear (evaluation

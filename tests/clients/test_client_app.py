@@ -106,3 +106,17 @@ def test_enrollment_reports_the_windows_the_user_holds(in_process_grid, tmp_path
         assert info.partition_id == partition and info.user == data.user
         assert info.num_windows == len(load_federation(SPEC).source.windows_of(data.user))
         assert info.num_windows >= len(data.train) + len(data.test)  # the split drops overlaps
+
+
+def test_a_configured_attacker_sends_its_update_flipped_and_boosted(in_process_grid) -> None:
+    honest = _ask(_settings(None), in_process_grid).content["arrays"]
+    attack = _ask(_settings(None, poison_partitions=(0,), poison_scale=-4.0), in_process_grid)
+    sent = arrays_to_numpy(_global())
+    assert not np.allclose(honest["head.weight"].numpy(), sent["head.weight"])  # it trained
+    for name, value in arrays_to_numpy(attack.content["arrays"]).items():
+        trained = honest[name].numpy()
+        expected = (
+            sent[name] - 4.0 * (trained - sent[name]) if trained.dtype.kind == "f" else trained
+        )
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert metric_value(attack.content, "num-examples") > 0  # the rest of the reply is honest

@@ -74,6 +74,8 @@ def test_local_dp_noises_updates_and_runs_through(tmp_path: Path, in_process_gri
         (["privacy=client", "privacy.mechanism=laplace"], "unknown privacy.mechanism"),
         (["privacy=client", "fleet=mixed"], "privacy needs fleet=none"),
         (["privacy=client", "fleet=none", "strategy=fedadam"], "use strategy=fedavg"),
+        (["privacy=central", "fleet=none", "strategy=krum"], "robust aggregate"),
+        (["privacy=client", "fleet=none", "strategy=fedmedian"], "robust aggregate"),
         (["privacy=client_adaptive", "fleet=none", "privacy.sampling=poisson"],
          "adaptive clipping with privacy.sampling=poisson"),
     ],

@@ -16,8 +16,10 @@ from experiments.server import (
     prepare_run,
     wait_for_fleet,
 )
+from fedhar.checkpoint import Checkpoint, save_checkpoint
 from fedhar.transport.keys import ServerKeyPair
 from fedhar.transport.keystore import KEYS_DIR
+from fedhar.wire import arrays_to_numpy
 
 
 def _saved(run_dir: Path, overrides: list[str]) -> None:
@@ -68,6 +70,15 @@ def test_a_fleet_short_of_nodes_is_an_error_at_once_not_a_wait() -> None:
 
 TINY = ["dataset.options.num_users=3", "dataset.options.seconds_per_user=30", "num_rounds=1",
         "tracking.progress=false", "tracking.plots=false"]  # fmt: skip
+
+
+def test_a_resumed_run_keeps_its_id_and_binds_its_transport_to_a_new_start(tmp_path: Path) -> None:
+    first = prepare_run(load_config(TINY), tmp_path)
+    arrays = arrays_to_numpy(first.initial_arrays)
+    save_checkpoint(tmp_path, Checkpoint(1, arrays, {}, first.run.run_id))
+    resumed = prepare_run(load_config([*TINY, "num_rounds=2"]), tmp_path)
+    assert resumed.rounds_done == 1 and resumed.run.run_id == first.run.run_id
+    assert resumed.run.transport_id != first.run.transport_id  # pre-crash replies do not verify
 
 
 def test_each_fresh_run_gets_a_random_128_bit_id_and_its_own_os_keys(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian
 
 from clients.secagg import secagg_mod
 from fedhar.transport.keystore import ClientKeys, RunKeys
@@ -254,6 +254,24 @@ def test_forged_replies_are_rejected_and_the_rest_aggregate(field: str, code: st
     plain_grid = StageGrid(stand_in_app(secure=False), missing={"train": {FIRST + 1}})
     plain, _ = _run(_fedavg(), plain_grid)
     _assert_same(ours, plain)
+
+
+def test_a_node_that_enrolled_with_too_many_windows_is_bounded_by_the_fleets_median() -> None:
+    strategy = _secure(_fedavg(), threshold=0.6, max_examples_ratio=0.4)  # 0.4 x 100 windows
+    directory = strategy.run.directory.nodes  # node FIRST + 5 claims 45 examples
+    directory[FIRST + 5] = dataclasses.replace(directory[FIRST + 5], num_windows=10**6)
+    ours, _ = _run(strategy, StageGrid(stand_in_app(secure=True)))
+    stats = strategy.round_stats()
+    assert stats["secagg/rejected/num-examples"] == 1 and stats["secagg/accepted"] == NODES - 1
+    plain, _ = _run(
+        _fedavg(), StageGrid(stand_in_app(secure=False), missing={"train": {FIRST + 5}})
+    )
+    _assert_same(ours, plain)
+
+
+def test_a_robust_aggregator_behind_secure_aggregation_is_refused() -> None:
+    with pytest.raises(ValueError, match="FedMedian one sum"):
+        _secure(FedMedian(min_available_nodes=NODES, min_train_nodes=NODES))
 
 
 def test_more_examples_than_the_node_enrolled_with_is_rejected() -> None:
