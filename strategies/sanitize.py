@@ -17,7 +17,8 @@ No update stands for more examples than its node holds: an example count above t
 the node enrolled with (`strategies.enrollment`) is cut to that count (``capped``), and so is
 one above ``max_examples_ratio`` times the fleet's median enrolled count, so that a node
 cannot enroll its way to a larger weight either. A node that did not enroll is cut to that
-ratio times the round's median count. A secure-sum reply (one aggregate standing for many
+ratio times the round's median count. Evaluation replies' counts, which weight the
+federated scores, are cut the same way. A secure-sum reply (one aggregate standing for many
 nodes, `strategies.summed`) is checked for finite values only.
 """
 
@@ -167,6 +168,23 @@ class SanitizedUpdates(StrategyWrapper):
             kept.append(reply)
         self._cap_examples([m for m in kept if not m.has_error()])
         return self.strategy.aggregate_train(server_round, kept)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Evaluation replies' example counts weight the federated scores: the same bounds."""
+        replies = list(replies)
+        self._cap_examples([m for m in replies if not m.has_error() and self._counted(m)])
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def _counted(self, reply: Message) -> bool:
+        metrics = reply.content.metric_records.get(METRICS_KEY)
+        weight = None if metrics is None else metrics.get(self.weight_key)
+        return (
+            isinstance(weight, int | float)
+            and not isinstance(weight, bool)
+            and math.isfinite(weight)
+        )
 
     def _problem(self, reply: Message) -> tuple[str, str] | None:
         content = reply.content

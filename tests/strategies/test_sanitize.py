@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedhar.wire import ARRAYS_KEY, METRICS_KEY, PERSONAL_NAMES_KEY, SECURE_SUM_KEY, NodeInfo
@@ -223,3 +223,19 @@ def test_bad_bounds_are_refused() -> None:
         _strategy(max_update_norm=0)
     with pytest.raises(ValueError, match="max_examples_ratio"):
         _strategy(max_examples_ratio=0.5)
+
+
+def test_an_evaluation_count_above_the_enrolled_windows_is_cut_before_it_weights_scores(
+    reply,
+) -> None:
+    strategy = _strategy(_enrolled({1: 10, 2: 10, 3: 30}))
+    scores = {1: (10, 0.5), 2: (10, 0.5), 3: (10**9, 0.0)}  # node 3 claims to speak for 10^9
+    replies = [
+        reply(RecordDict({METRICS_KEY: MetricRecord({"num-examples": n, "eval-f1": f1})}),
+              node_id=node, message_type=MessageType.EVALUATE)
+        for node, (n, f1) in scores.items()
+    ]  # fmt: skip
+    metrics = strategy.aggregate_evaluate(1, replies)
+    assert metrics is not None
+    assert metrics["eval-f1"] == pytest.approx((10 * 0.5 + 10 * 0.5) / 50)  # 3 counts 30
+    assert strategy.round_stats()["sanitize/capped"] == 1
