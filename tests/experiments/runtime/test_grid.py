@@ -18,9 +18,11 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=40)
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # as experiments.runtime sets it
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=40)
+        yield
+        ray.shutdown()
 
 
 def _grid(tmp_path, nodes: int, messages_per_call: int = 16) -> RayGrid:  # type: ignore[no-untyped-def]
