@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
+import torch
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import Grid, ServerApp
@@ -64,8 +65,11 @@ def _config(overrides: tuple[str, ...]) -> DictConfig:
 @lru_cache(maxsize=4)
 def _settings(overrides: tuple[str, ...], run_dir: str) -> ClientSettings:
     """A worker's client settings. The federation is opened only to list the users and their
-    devices and is then let go: each node loads its own user's windows when first asked."""
+    devices and is then let go: each node loads its own user's windows when first asked.
+    The worker trains with as many torch threads as the fedhar runtime gives its workers, so
+    that both runtimes give the same numbers."""
     cfg = _config(overrides)
+    torch.set_num_threads(max(1, int(cfg.runtime.client_resources.num_cpus)))
     return client_settings(cfg, open_federation(federation_spec(cfg)), Path(run_dir))
 
 
@@ -75,6 +79,7 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = _config(_overrides(context.run_config))
+    torch.set_num_threads(1)  # server-side evaluation, as under the fedhar command
     run = prepare_run(cfg, Path(_run_dir(context)))
     try:
         run.serve(grid)

@@ -68,3 +68,18 @@ def test_each_flower_run_gets_its_own_directory_unless_one_is_named() -> None:
     assert flower_app._run_dir(context(7, "")) == "outputs/flwr-run-7"
     assert flower_app._run_dir(context(8, "")) != flower_app._run_dir(context(7, ""))
     assert flower_app._run_dir(context(8, "runs/mine")) == "runs/mine"
+
+
+def test_flower_workers_train_with_the_fedhar_runtimes_torch_threads(tmp_path: Path) -> None:
+    """Thread count changes float sums; `flwr run` and `fedhar` must give the same numbers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        for cpus in (1, 2):
+            torch.set_num_threads(3)
+            overrides = ("experiment=quickstart", f"runtime.client_resources.num_cpus={cpus}")
+            flower_app._settings(overrides, str(tmp_path))
+            assert torch.get_num_threads() == cpus
+    finally:
+        torch.set_num_threads(threads)
