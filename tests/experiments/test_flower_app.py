@@ -6,6 +6,7 @@ import gc
 import tomllib
 from pathlib import Path
 
+import torch
 from flwr.app import Context, RecordDict
 
 from experiments import flower_app
@@ -72,8 +73,6 @@ def test_each_flower_run_gets_its_own_directory_unless_one_is_named() -> None:
 
 def test_flower_workers_train_with_the_fedhar_runtimes_torch_threads(tmp_path: Path) -> None:
     """Thread count changes float sums; `flwr run` and `fedhar` must give the same numbers."""
-    import torch
-
     threads = torch.get_num_threads()
     try:
         for cpus in (1, 2):
