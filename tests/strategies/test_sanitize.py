@@ -86,37 +86,27 @@ def test_an_unenrolled_nodes_huge_example_count_is_cut_to_a_multiple_of_the_medi
     assert _rejected(strategy) == []
 
 
-def test_an_example_count_is_cut_to_the_windows_its_node_enrolled_with(reply) -> None:
-    strategy = _strategy(_enrolled({1: 10, 2: 10, 3: 30}), max_examples_ratio=10.0)
+@pytest.mark.parametrize(
+    ("fleet", "ratio", "counts", "mean", "capped"),
+    [
+        # 10^9 counts as the 30 windows node 3 enrolled with: (10 + 10 + 30 * 100) / 50
+        ({1: 10, 2: 10, 3: 30}, 10.0, (10, 10, 10**9), 3020 / 50, 1),
+        # within its 300 windows (10 x median 100): kept, where the round's median rule cut
+        ({1: 10, 2: 10, 3: 300, 4: 100, 5: 100}, 10.0, (5, 5, 300), 30010 / 310, 0),
+        # enrolled with 10^9 windows: at most 2 x the fleet's median 10
+        ({1: 10, 2: 10, 3: 10**9, 4: 10, 5: 10}, 2.0, (10, 10, 10**9), 2020 / 40, 1),
+    ],
+)
+def test_an_example_count_is_cut_to_its_nodes_enrolled_bound(
+    reply, fleet: dict[int, int], ratio: float, counts: tuple, mean: float, capped: int
+) -> None:
+    strategy = _strategy(_enrolled(fleet), max_examples_ratio=ratio)
     messages = _configure(strategy)
-    replies = _replies(reply, messages, [_shift(1), _shift(1), _shift(100)], (10, 10, 10**9))
+    replies = _replies(reply, messages, [_shift(1), _shift(1), _shift(100)], counts)
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
-    # the claim of 10^9 counts as the 30 windows node 3 enrolled with: (10 + 10 + 30 * 100) / 50
-    np.testing.assert_allclose(arrays["w"].numpy(), np.full(4, 3020 / 50), rtol=1e-6)
-    assert strategy.round_stats()["sanitize/capped"] == 1
-
-
-def test_a_claim_within_the_enrolled_windows_is_kept_even_above_the_rounds_median(reply) -> None:
-    fleet = {1: 10, 2: 10, 3: 300, 4: 100, 5: 100}  # node 3 may count 300 (10 x median 100)
-    strategy = _strategy(_enrolled(fleet), max_examples_ratio=10.0)
-    messages = _configure(strategy)
-    replies = _replies(reply, messages, [_shift(1), _shift(1), _shift(100)], (5, 5, 300))
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None  # the round's median rule would have cut 300 to 50
-    np.testing.assert_allclose(arrays["w"].numpy(), np.full(4, 30010 / 310), rtol=1e-6)
-    assert "sanitize/capped" not in strategy.round_stats()
-
-
-def test_a_node_that_enrolled_with_too_many_windows_is_cut_to_the_fleets_median(reply) -> None:
-    fleet = {1: 10, 2: 10, 3: 10**9, 4: 10, 5: 10}  # median 10: node 3 counts for at most 20
-    strategy = _strategy(_enrolled(fleet), max_examples_ratio=2.0)
-    messages = _configure(strategy)
-    replies = _replies(reply, messages, [_shift(1), _shift(1), _shift(100)], (10, 10, 10**9))
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None
-    np.testing.assert_allclose(arrays["w"].numpy(), np.full(4, 2020 / 40), rtol=1e-6)
-    assert strategy.round_stats()["sanitize/capped"] == 1
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(4, mean), rtol=1e-6)
+    assert strategy.round_stats().get("sanitize/capped", 0) == capped
 
 
 def _tampered(reply, message: Message, change) -> Message:

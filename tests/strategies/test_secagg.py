@@ -256,35 +256,29 @@ def test_forged_replies_are_rejected_and_the_rest_aggregate(field: str, code: st
     _assert_same(ours, plain)
 
 
-def test_a_node_that_enrolled_with_too_many_windows_is_bounded_by_the_fleets_median() -> None:
-    strategy = _secure(_fedavg(), threshold=0.6, max_examples_ratio=0.4)  # 0.4 x 100 windows
-    directory = strategy.run.directory.nodes  # node FIRST + 5 claims 45 examples
-    directory[FIRST + 5] = dataclasses.replace(directory[FIRST + 5], num_windows=10**6)
+@pytest.mark.parametrize(
+    ("node", "windows", "ratio"),
+    [
+        (FIRST + 1, 16, 10.0),  # claims 17 examples: more than its 16 windows
+        (FIRST + 5, 10**6, 0.4),  # claims 45: within its windows, above 0.4 x the median 100
+    ],
+)
+def test_more_examples_than_the_enrolled_bound_is_rejected(
+    node: int, windows: int, ratio: float
+) -> None:
+    strategy = _secure(_fedavg(), threshold=0.6, max_examples_ratio=ratio)
+    directory = strategy.run.directory.nodes
+    directory[node] = dataclasses.replace(directory[node], num_windows=windows)
     ours, _ = _run(strategy, StageGrid(stand_in_app(secure=True)))
     stats = strategy.round_stats()
     assert stats["secagg/rejected/num-examples"] == 1 and stats["secagg/accepted"] == NODES - 1
-    plain, _ = _run(
-        _fedavg(), StageGrid(stand_in_app(secure=False), missing={"train": {FIRST + 5}})
-    )
+    plain, _ = _run(_fedavg(), StageGrid(stand_in_app(secure=False), missing={"train": {node}}))
     _assert_same(ours, plain)
 
 
 def test_a_robust_aggregator_behind_secure_aggregation_is_refused() -> None:
     with pytest.raises(ValueError, match="FedMedian one sum"):
         _secure(FedMedian(min_available_nodes=NODES, min_train_nodes=NODES))
-
-
-def test_more_examples_than_the_node_enrolled_with_is_rejected() -> None:
-    strategy = _secure(_fedavg(), threshold=0.6)
-    directory = strategy.run.directory.nodes  # node FIRST + 1 claims 17 examples
-    directory[FIRST + 1] = dataclasses.replace(directory[FIRST + 1], num_windows=16)
-    ours, _ = _run(strategy, StageGrid(stand_in_app(secure=True)))
-    stats = strategy.round_stats()
-    assert stats["secagg/rejected/num-examples"] == 1 and stats["secagg/accepted"] == NODES - 1
-    plain, _ = _run(
-        _fedavg(), StageGrid(stand_in_app(secure=False), missing={"train": {FIRST + 1}})
-    )
-    _assert_same(ours, plain)
 
 
 @pytest.mark.parametrize(
