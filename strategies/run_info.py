@@ -18,7 +18,7 @@ class FleetDirectory:
     """Enrolled nodes by Flower node id."""
 
     nodes: dict[int, NodeInfo] = field(default_factory=dict)
-    _median: tuple[int, float] = field(default=(0, 0.0), repr=False)  # (size, median windows)
+    _median: tuple[int, float] = field(default=(0, 0.0), init=False, repr=False)  # (size, median)
 
     def example_bound(self, node_id: int, ratio: float) -> float | None:
         """The most examples an update of ``node_id`` may stand for: the windows it enrolled
