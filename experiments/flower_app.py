@@ -66,10 +66,8 @@ def _config(overrides: tuple[str, ...]) -> DictConfig:
 def _settings(overrides: tuple[str, ...], run_dir: str) -> ClientSettings:
     """A worker's client settings. The federation is opened only to list the users and their
     devices and is then let go: each node loads its own user's windows when first asked.
-    The worker trains with as many torch threads as the fedhar runtime gives its workers, so
-    that both runtimes give the same numbers."""
+    """
     cfg = _config(overrides)
-    torch.set_num_threads(max(1, int(cfg.runtime.client_resources.num_cpus)))
     return client_settings(cfg, open_federation(federation_spec(cfg)), Path(run_dir))
 
 
@@ -120,6 +118,12 @@ def _bind(mod: Mod, call_next: ClientAppCallable) -> ClientAppCallable:
     return lambda msg, context: mod(msg, context, call_next)
 
 
-client_app = make_client_app(
-    lambda context: _settings(_overrides(context.run_config), _run_dir(context)), [configured_mods]
-)
+def _node_settings(context: Context) -> ClientSettings:
+    """The settings for a message; it is handled with as many torch threads as the fedhar
+    runtime gives its workers, so that both runtimes give the same numbers."""
+    overrides = _overrides(context.run_config)
+    torch.set_num_threads(max(1, int(_config(overrides).runtime.client_resources.num_cpus)))
+    return _settings(overrides, _run_dir(context))
+
+
+client_app = make_client_app(_node_settings, [configured_mods])

@@ -106,8 +106,8 @@ def _check(cfg: DictConfig, mechanism: str, strategy: Strategy) -> None:
             "strategy.algorithm.fraction_train=1.0"
         )
     core = innermost(strategy)
-    if type(core).__name__ in ("FedAdam", "FedYogi", "FedAdagrad", "FedAvgM",
-                               *ROBUST_AGGREGATORS):  # fmt: skip
+    robust = isinstance(core, ROBUST_AGGREGATORS) and mechanism != "local"  # local: on devices
+    if type(core).__name__ in ("FedAdam", "FedYogi", "FedAdagrad", "FedAvgM") or robust:
         raise PrivacyConfigError(
             f"privacy={mechanism} with strategy={cfg.strategy.name}: Flower's DP wrappers noise "
             "the strategy's output, and a server optimizer's step or a robust aggregate (a "

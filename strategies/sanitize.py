@@ -18,8 +18,10 @@ the node enrolled with (`strategies.enrollment`) is cut to that count (``capped`
 one above ``max_examples_ratio`` times the fleet's median enrolled count, so that a node
 cannot enroll its way to a larger weight either. A node that did not enroll is cut to that
 ratio times the round's median count. Evaluation replies' counts, which weight the
-federated scores, are cut the same way. A secure-sum reply (one aggregate standing for many
-nodes, `strategies.summed`) is checked for finite values only.
+federated scores, are cut the same way (``capped-evaluate``), and a reply with a missing,
+negative or non-finite count is left out of those scores (``evaluate-dropped``). A
+secure-sum reply (one aggregate standing for many nodes, `strategies.summed`) is checked for
+finite values only.
 """
 
 from __future__ import annotations
@@ -172,19 +174,20 @@ class SanitizedUpdates(StrategyWrapper):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Evaluation replies' example counts weight the federated scores: the same bounds."""
+        """Evaluation replies' example counts weight the federated scores: a reply whose
+        count is missing, negative or not finite is left out of them (``evaluate-dropped``),
+        and the others get the same bounds (``capped-evaluate``)."""
         replies = list(replies)
-        self._cap_examples([m for m in replies if not m.has_error() and self._counted(m)])
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        kept = [m for m in replies if m.has_error() or self._counted(m)]
+        if len(kept) < len(replies):
+            self.count("evaluate-dropped", len(replies) - len(kept))
+        self._cap_examples([m for m in kept if not m.has_error()], "capped-evaluate")
+        return self.strategy.aggregate_evaluate(server_round, kept)
 
     def _counted(self, reply: Message) -> bool:
         metrics = reply.content.metric_records.get(METRICS_KEY)
         weight = None if metrics is None else metrics.get(self.weight_key)
-        return (
-            isinstance(weight, int | float)
-            and not isinstance(weight, bool)
-            and math.isfinite(weight)
-        )
+        return isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0
 
     def _problem(self, reply: Message) -> tuple[str, str] | None:
         content = reply.content
@@ -211,7 +214,7 @@ class SanitizedUpdates(StrategyWrapper):
             return "num-examples", f"{self.weight_key!r} is not finite ({weight!r})"
         return None
 
-    def _cap_examples(self, replies: list[Message]) -> None:
+    def _cap_examples(self, replies: list[Message], counter: str = "capped") -> None:
         """Cut every example count above its node's bound (see module) to that bound."""
         counted = [m for m in replies if SECURE_SUM_KEY not in m.content.config_records]
         if not counted:
@@ -226,5 +229,5 @@ class SanitizedUpdates(StrategyWrapper):
                 record = message.content.metric_records[METRICS_KEY]
                 whole = isinstance(record[self.weight_key], int)
                 record[self.weight_key] = int(bound) if whole else bound
-                self.count("capped")
+                self.count(counter)
                 log(INFO, "sanitize: node %d claimed %g examples, cut to %g", node, count, bound)

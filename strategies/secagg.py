@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, MultiKrum, Strategy
 from flwr.supercore import log
 
 from fedhar.models import STEP_COUNTER
@@ -112,7 +112,7 @@ class _Round:
     shared: list[int]  # nodes whose shares went out
 
 
-ROBUST_AGGREGATORS = ("FedMedian", "FedTrimmedAvg", "Krum", "MultiKrum", "Bulyan")
+ROBUST_AGGREGATORS = (FedMedian, FedTrimmedAvg, MultiKrum, Bulyan)  # Krum is a MultiKrum
 
 
 class SecureAggregation(StrategyWrapper):
@@ -158,7 +158,7 @@ class SecureAggregation(StrategyWrapper):
         max_examples_ratio: float = 10.0,
     ) -> None:
         super().__init__(strategy)
-        if type(innermost(strategy)).__name__ in ROBUST_AGGREGATORS:
+        if isinstance(innermost(strategy), ROBUST_AGGREGATORS):
             raise ValueError(
                 f"secure aggregation hands {type(innermost(strategy)).__name__} one sum, so it "
                 "would average instead of aggregating robustly; use strategy=fedavg with secagg"

@@ -77,8 +77,11 @@ def test_flower_workers_train_with_the_fedhar_runtimes_torch_threads(tmp_path: P
     try:
         for cpus in (1, 2):
             torch.set_num_threads(3)
-            overrides = ("experiment=quickstart", f"runtime.client_resources.num_cpus={cpus}")
-            flower_app._settings(overrides, str(tmp_path))
+            overrides = f"experiment=quickstart runtime.client_resources.num_cpus={cpus}"
+            run_config = {"overrides": overrides, "run-dir": str(tmp_path)}
+            context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                              run_config=run_config)  # fmt: skip
+            flower_app._node_settings(context)
             assert torch.get_num_threads() == cpus
     finally:
         torch.set_num_threads(threads)

@@ -136,3 +136,10 @@ def test_dp_sgd_refuses_batchnorm_models_and_fleets() -> None:
         cfg = load_config([*overrides, "dataset.options.num_users=3"])
         with pytest.raises(PrivacyConfigError, match=message):
             client_settings(cfg, open_federation(federation_spec(cfg)))
+
+
+def test_local_dp_takes_a_robust_aggregator() -> None:
+    """Local DP noises each update on its device: what the server then does is post-processing."""
+    cfg = load_config(["privacy=local", "fleet=none", "strategy=krum"])
+    algorithm = build_strategy(cfg, 10, RunInfo("r", 0, Path(".")))
+    assert wrap_privacy(cfg, algorithm, RunInfo("r", 0, Path(".")), 10) is not None

@@ -228,4 +228,20 @@ def test_an_evaluation_count_above_the_enrolled_windows_is_cut_before_it_weights
     metrics = strategy.aggregate_evaluate(1, replies)
     assert metrics is not None
     assert metrics["eval-f1"] == pytest.approx((10 * 0.5 + 10 * 0.5) / 50)  # 3 counts 30
-    assert strategy.round_stats()["sanitize/capped"] == 1
+    assert strategy.round_stats()["sanitize/capped-evaluate"] == 1
+
+
+@pytest.mark.parametrize("count", [-19, -20, float("nan"), float("inf")])
+def test_an_evaluation_with_a_broken_count_is_left_out_of_the_federated_scores(
+    reply, count: float
+) -> None:
+    strategy = _strategy(_enrolled({1: 10, 2: 10, 3: 30}))
+    scores = {1: (10, 0.5), 2: (10, 0.5), 3: (count, 0.0)}
+    replies = [
+        reply(RecordDict({METRICS_KEY: MetricRecord({"num-examples": n, "eval-f1": f1})}),
+              node_id=node, message_type=MessageType.EVALUATE)
+        for node, (n, f1) in scores.items()
+    ]  # fmt: skip
+    metrics = strategy.aggregate_evaluate(1, replies)  # -20 would divide by zero
+    assert metrics is not None and metrics["eval-f1"] == pytest.approx(0.5)
+    assert strategy.round_stats()["sanitize/evaluate-dropped"] == 1
