@@ -65,8 +65,7 @@ def _config(overrides: tuple[str, ...]) -> DictConfig:
 @lru_cache(maxsize=4)
 def _settings(overrides: tuple[str, ...], run_dir: str) -> ClientSettings:
     """A worker's client settings. The federation is opened only to list the users and their
-    devices and is then let go: each node loads its own user's windows when first asked.
-    """
+    devices and is then let go: each node loads its own user's windows when first asked."""
     cfg = _config(overrides)
     return client_settings(cfg, open_federation(federation_spec(cfg)), Path(run_dir))
 
