@@ -178,16 +178,11 @@ class SanitizedUpdates(StrategyWrapper):
         count is missing, negative or not finite is left out of them (``evaluate-dropped``),
         and the others get the same bounds (``capped-evaluate``)."""
         replies = list(replies)
-        kept = [m for m in replies if m.has_error() or self._counted(m)]
+        kept = [m for m in replies if m.has_error() or self._count_problem(m) is None]
         if len(kept) < len(replies):
             self.count("evaluate-dropped", len(replies) - len(kept))
         self._cap_examples([m for m in kept if not m.has_error()], "capped-evaluate")
         return self.strategy.aggregate_evaluate(server_round, kept)
-
-    def _counted(self, reply: Message) -> bool:
-        metrics = reply.content.metric_records.get(METRICS_KEY)
-        weight = None if metrics is None else metrics.get(self.weight_key)
-        return isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0
 
     def _problem(self, reply: Message) -> tuple[str, str] | None:
         content = reply.content
@@ -206,7 +201,12 @@ class SanitizedUpdates(StrategyWrapper):
             norm = update_norm(self._sent[node], got)
             if norm > self.max_update_norm:
                 return "norm", f"update norm {norm:.4g} exceeds {self.max_update_norm:g}"
-        metrics = content.metric_records.get(METRICS_KEY)
+        return self._count_problem(reply)
+
+    def _count_problem(self, reply: Message) -> tuple[str, str] | None:
+        """("num-examples", detail) when the reply's example count is missing, negative or not
+        finite, else None."""
+        metrics = reply.content.metric_records.get(METRICS_KEY)
         weight = None if metrics is None else metrics.get(self.weight_key)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
             return "num-examples", f"{self.weight_key!r} is missing or negative ({weight!r})"
