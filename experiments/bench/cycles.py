@@ -1,59 +1,118 @@
 """The cycle model (`fedhar.device.costs.compute_seconds`) against published MCU latencies.
 
-Run: ``python -m experiments.bench.cycles``. The reference is MLPerf Tiny's keyword-spotting
-benchmark: its reference DS-CNN (int8, input 49x10x1; a 10x4 stride-2 convolution to 64
-channels, four depthwise-separable 3x3 blocks of 64 channels, average pooling, a 64 -> 12
-dense layer; 2,656,768 MACs), whose median inference latency the MLPerf Tiny results report
-per platform:
+Run: ``python -m experiments.bench.cycles``. It prints every published int8 inference latency
+of a reference network on a core of the device catalogue next to the latency the catalogue
+predicts for it, and per core the MAC rate that reproduces each latency: the catalogue's
+``macs_per_cycle`` is the median of those rates (non-MAC operations at ``CYCLES_PER_OP``).
 
-- v0.5, closed/reference/results/Nucleo-L4R5ZI/kws/performance/results.txt
-  (github.com/mlcommons/tiny_results_v0.5): "Median throughput is 5.497 inf./sec.",
-  TensorFlow Lite Micro 2.3.1 with CMSIS-NN kernels, Cortex-M4 at 120 MHz;
-- v1.0, closed/OctoML/results/microtvm_cmsis_nn/NUCLEO_L4R5ZI/kws/performance/results.txt
-  (github.com/mlcommons/tiny_results_v1.0): "Median throughput is 10.019 inf./sec.",
-  microTVM with CMSIS-NN kernels, the same board.
+References:
 
-Citation: Banbury et al., "MLPerf Tiny Benchmark", NeurIPS Datasets and Benchmarks, 2021.
+- Cortex-M4F and Cortex-M7: MLPerf Tiny's keyword-spotting benchmark (Banbury et al., "MLPerf
+  Tiny Benchmark", NeurIPS Datasets and Benchmarks, 2021), every closed-division submission
+  on those cores in rounds v0.5-v1.3: the median throughput of
+  ``closed/<submitter>/results/<system>/kws/performance/results.txt`` and the clock of
+  ``closed/<submitter>/systems/<system>.json`` in github.com/mlcommons/tiny_results_v<round>.
+  The network is the reference DS-CNN (input 49x10x1; a 10x4 stride-2 convolution to 64
+  channels, four depthwise-separable 3x3 blocks of 64 channels, average pooling, a 64 -> 12
+  dense layer; 2,656,768 MACs).
+- Xtensa LX6 (ESP32) and LX7 (ESP32-S3): MLPerf Tiny has no Xtensa entry. Espressif's
+  esp-tflite-micro README ("Performance Comparison", github.com/espressif/esp-tflite-micro)
+  gives the `invoke()` time of TFLite Micro's person-detection example with ESP-NN kernels at
+  240 MHz: 380 ms (ESP32), 54 ms (ESP32-S3). That network is MobileNetV1 with width 0.25 on
+  96x96 grayscale images (7,157,888 MACs; 7,489,664 with MLPerf Tiny's 3-channel input).
 
-The model's forward ops are counted on a PyTorch replica of the network (MACs by torch's own
-FLOP counter, independent of fedhar's layer counts), and the catalogue's core is run at the
-benchmark board's clock. A whole inference includes what the model leaves out (memory
-traffic, flash wait states, kernel overheads), so the table reads as how optimistic the
-catalogue's sustained MAC rate is for int8 inference on that core.
+The networks' forward ops are counted on PyTorch replicas (MACs by torch's own FLOP counter,
+independent of fedhar's layer counts). A whole inference includes what the cycle model leaves
+out (memory traffic, flash wait states, kernel overheads), so a calibrated rate is an
+end-to-end rate. Inference engines are the only published MCU figures; training kernels
+(backward passes, no vendor tuning) are unlikely to be faster, so the simulated training
+times are closer to a lower bound than to an estimate.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from statistics import median
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.compose import CONFIG_DIR
-from fedhar.device.costs import compute_seconds
-from fedhar.device.profiles import load_catalogue
+from fedhar.device.costs import CYCLES_PER_OP, compute_seconds
+from fedhar.device.profiles import DeviceProfile, load_catalogue
 from fedhar.models.ops import OpCounts
 
 KWS_MACS = 2_656_768  # from the reference model's layer shapes (kws_ref_model.tflite)
+VWW_MACS = 7_489_664  # MLPerf Tiny's visual wake words MobileNetV1 0.25, 96x96x3 ("7.49M")
 
 
 @dataclass(frozen=True)
 class Published:
-    """One platform's measured median inference latency of the KWS DS-CNN."""
+    """One platform's published median int8 inference latency of a reference network."""
 
-    label: str
-    device: str  # a catalogue entry with the same core (the nRF52840 is a Cortex-M4F)
+    core: str  # the catalogue's `core`
+    network: str  # a key of NETWORKS
+    source: str  # round and submitter, or the document
+    system: str  # board and inference stack
     clock_hz: float  # the benchmark board's clock
-    inferences_per_s: float
+    latency_s: float
+
+
+def _kws(
+    core: str, rnd: str, submitter: str, board: str, mhz: int, stack: str, inferences_per_s: float
+) -> Published:
+    """A KWS result: `inferences_per_s` is the results file's median throughput."""
+    return Published(
+        core, "kws", f"MLPerf Tiny {rnd} {submitter}", f"{board}, {stack}", mhz * 1e6,
+        1 / inferences_per_s,
+    )  # fmt: skip
 
 
 PUBLISHED = (
-    Published("Cortex-M4 120 MHz, TFLite Micro + CMSIS-NN (v0.5 reference)", "nrf52840",
-              120e6, 5.497),
-    Published("Cortex-M4 120 MHz, microTVM + CMSIS-NN (v1.0 OctoML)", "nrf52840", 120e6,
-              10.019),
+    _kws("cortex-m4f", "v0.5", "reference", "Nucleo-L4R5ZI", 120, "TFLM 2.3.1 + CMSIS-NN", 5.497),
+    _kws("cortex-m4f", "v0.7", "ST", "NUCLEO-L4R5ZI", 120, "X-CUBE-AI", 10.241),
+    _kws("cortex-m4f", "v1.0", "OctoML", "NUCLEO-L4R5ZI", 120, "microTVM + CMSIS-NN", 10.019),
+    _kws("cortex-m4f", "v1.0", "OctoML", "NUCLEO-L4R5ZI", 120, "microTVM native", 6.943),
+    _kws("cortex-m4f", "v1.0", "ST", "NUCLEO-L4R5ZI", 120, "X-CUBE-AI", 13.323),
+    _kws("cortex-m4f", "v1.0", "plumerai", "NUCLEO-L4R5ZI", 120, "Plumerai", 13.955),
+    _kws("cortex-m4f", "v1.0", "plumerai", "CY8CPROTO-062-4343W", 150, "Plumerai", 16.287),
+    _kws("cortex-m4f", "v1.1", "Krai", "NUCLEO-L4R5ZI", 120, "microTVM + CMSIS-NN", 10.019),
+    _kws("cortex-m4f", "v1.1", "Krai", "NUCLEO-L4R5ZI", 120, "microTVM native", 6.943),
+    _kws("cortex-m4f", "v1.1", "Krai", "NUCLEO-L4R5ZI", 120, "X-CUBE-AI 7.3", 13.381),
+    _kws("cortex-m4f", "v1.1", "Krai", "NUCLEO-L4R5ZI", 120, "X-CUBE-AI 8.0", 13.759),
+    _kws("cortex-m4f", "v1.1", "Nuvoton", "NuMaker-M467HJ", 200, "ONNC", 21.652),
+    _kws("cortex-m4f", "v1.1", "ST", "NUCLEO-L4R5ZI", 120, "X-CUBE-AI 8.1", 15.905),
+    _kws("cortex-m4f", "v1.1", "Skymizer", "NUCLEO-L4R5ZI", 120, "ONNC, Mbed OS", 12.195),
+    _kws("cortex-m4f", "v1.1", "Skymizer", "NUCLEO-L4R5ZI", 120, "ONNC, Zephyr", 10.679),
+    _kws("cortex-m4f", "v1.1", "bosch", "NUCLEO-L4R5ZI", 120, "Bosch HALE 1.0", 15.954),
+    _kws("cortex-m4f", "v1.1", "cTuning", "NUCLEO-L4R5ZI", 120, "microTVM + CMSIS-NN", 10.016),
+    _kws("cortex-m4f", "v1.1", "cTuning", "NUCLEO-L4R5ZI", 120, "microTVM native", 6.943),
+    _kws("cortex-m4f", "v1.1", "plumerai", "CY8CPROTO-062-4343W", 150, "Plumerai 2023.05", 18.497),
+    _kws("cortex-m4f", "v1.1", "plumerai", "NUCLEO-L4R5ZI", 120, "Plumerai 2023.05", 20.929),
+    _kws("cortex-m4f", "v1.2", "ST", "NUCLEO-L4R5ZI", 120, "X-CUBE-AI 9.0", 23.155),
+    _kws("cortex-m4f", "v1.2", "bosch", "CY8CPROTO-062-4343W", 150, "Bosch HALE 1.0.175", 18.466),
+    _kws("cortex-m4f", "v1.2", "bosch", "NUCLEO-L4R5ZI", 120, "Bosch HALE 1.0.175", 16.623),
+    _kws("cortex-m4f", "v1.3", "ST", "NUCLEO-L4R5ZI-P", 120, "X-CUBE-AI 10.2", 23.032),
+    _kws("cortex-m7", "v0.7", "ST", "NUCLEO-H7A3ZI-Q", 280, "X-CUBE-AI", 44.863),
+    _kws("cortex-m7", "v1.0", "ST", "NUCLEO-H7A3ZI-Q", 280, "X-CUBE-AI", 59.667),
+    _kws("cortex-m7", "v1.0", "plumerai", "DISCO-F746NG", 216, "Plumerai", 52.288),
+    _kws("cortex-m7", "v1.1", "Krai", "NUCLEO-H7A3ZI-Q", 280, "X-CUBE-AI 7.3", 59.788),
+    _kws("cortex-m7", "v1.1", "Krai", "NUCLEO-H7A3ZI-Q", 280, "X-CUBE-AI 8.0", 60.988),
+    _kws("cortex-m7", "v1.1", "ST", "NUCLEO-H7A3ZI-Q", 280, "X-CUBE-AI 8.1", 65.133),
+    _kws("cortex-m7", "v1.1", "bosch", "DISCO-F746NG", 216, "Bosch HALE 1.0", 54.293),
+    _kws("cortex-m7", "v1.1", "bosch", "NUCLEO-H7A3ZI", 280, "Bosch HALE 1.0", 67.956),
+    _kws("cortex-m7", "v1.1", "plumerai", "DISCO-F746NG", 216, "Plumerai 2023.05", 56.341),
+    _kws("cortex-m7", "v1.1", "plumerai", "NUCLEO-H7A3ZI-Q", 280, "Plumerai 2023.05", 72.141),
+    _kws("cortex-m7", "v1.2", "ST", "NUCLEO-H7A3ZI-Q", 280, "X-CUBE-AI 9.0", 88.356),
+    _kws("cortex-m7", "v1.2", "bosch", "DISCO-F746NG", 216, "Bosch HALE 1.0.175", 52.746),
+    _kws("cortex-m7", "v1.2", "bosch", "NUCLEO-H7A3ZI", 280, "Bosch HALE 1.0.175", 68.083),
+    Published("xtensa-lx6", "person_detection", "esp-tflite-micro README",
+              "ESP32, TFLite Micro + ESP-NN", 240e6, 0.380),
+    Published("xtensa-lx7", "person_detection", "esp-tflite-micro README",
+              "ESP32-S3, TFLite Micro + ESP-NN", 240e6, 0.054),
 )  # fmt: skip
 
 
@@ -67,10 +126,33 @@ def kws_dscnn() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def kws_inference_ops() -> OpCounts:
-    """Forward ops of one int8 inference: MACs, a requantization per convolution or dense
-    output, a compare per ReLU output and an add per pooled input."""
-    model, x = kws_dscnn().eval(), torch.zeros(1, 1, 49, 10)
+MOBILENET_BLOCKS = ((8, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2),
+                    *((128, 128, 1),) * 5, (128, 256, 2), (256, 256, 1))  # fmt: skip
+
+
+def person_detection_mobilenet(in_channels: int = 1) -> nn.Sequential:
+    """A PyTorch replica of TFLite Micro's person-detection network: MobileNetV1 at width 0.25
+    on 96x96 images, a 3x3 stride-2 stem to 8 channels, 13 depthwise-separable blocks, average
+    pooling and a 256 -> 2 classifier (BatchNorm folded; ReLU6 as ReLU, one compare each)."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, 8, 3, stride=2, padding=1), nn.ReLU()]
+    for cin, cout, stride in MOBILENET_BLOCKS:
+        layers += [nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin), nn.ReLU()]
+        layers += [nn.Conv2d(cin, cout, 1), nn.ReLU()]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 2)]
+    return nn.Sequential(*layers)
+
+
+NETWORKS: dict[str, tuple[Callable[[], nn.Sequential], tuple[int, ...]]] = {
+    "kws": (kws_dscnn, (1, 1, 49, 10)),
+    "person_detection": (person_detection_mobilenet, (1, 1, 96, 96)),
+}
+
+
+def inference_ops(network: str) -> OpCounts:
+    """Forward ops of one int8 inference of a reference network: MACs, a requantization per
+    convolution or dense output, a compare per ReLU output and an add per pooled input."""
+    build, shape = NETWORKS[network]
+    model, x = build().eval(), torch.zeros(shape)
     ops = OpCounts()
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -89,25 +171,67 @@ def kws_inference_ops() -> OpCounts:
     return ops
 
 
+def kws_inference_ops() -> OpCounts:
+    """Forward ops of one int8 inference of the KWS DS-CNN."""
+    return inference_ops("kws")
+
+
+def implied_macs_per_cycle(entry: Published, ops: OpCounts) -> float:
+    """The MAC rate at which `compute_seconds` reproduces the published latency, with the
+    non-MAC operations at `CYCLES_PER_OP`."""
+    other = sum(getattr(ops, kind) * per_op for kind, per_op in CYCLES_PER_OP.items())
+    mac_cycles = entry.latency_s * entry.clock_hz - other
+    if mac_cycles <= 0:
+        raise ValueError(f"{entry.system}: the non-MAC cycles alone exceed the published latency")
+    return ops.macs / mac_cycles
+
+
+def calibrated_rates() -> dict[str, float]:
+    """Per core, the median implied MAC rate over its published latencies."""
+    ops = {network: inference_ops(network) for network in NETWORKS}
+    rates: dict[str, list[float]] = {}
+    for entry in PUBLISHED:
+        rates.setdefault(entry.core, []).append(implied_macs_per_cycle(entry, ops[entry.network]))
+    return {core: median(values) for core, values in rates.items()}
+
+
+def predicted_latency_s(profile: DeviceProfile, entry: Published, ops: OpCounts) -> float:
+    """The catalogue's latency for a published figure: `profile` at the benchmark's clock."""
+    return compute_seconds(replace(profile, clock_hz=entry.clock_hz), ops)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Print the model's KWS latency per platform against the published one."""
+    """Print the catalogue's latency per published figure, and per core its calibration."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.parse_args(argv)
-    ops = kws_inference_ops()
     catalogue = load_catalogue(CONFIG_DIR / "fleet" / "devices" / "catalogue.yaml")
-    print(f"KWS DS-CNN: {ops.macs:,} MACs, {ops.requantize:,} requantizations, "
-          f"{ops.compares:,} compares, {ops.elementwise:,} adds per inference\n")  # fmt: skip
-    print("| platform | catalogue core (MACs/cycle) | model ms | published ms | "
-          "published / model | published MACs/cycle |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|")
+    mcus = [p for p in catalogue.values() if p.kind == "mcu"]
+    first_of_core = {p.core: p for p in reversed(mcus)}
+    ops = {network: inference_ops(network) for network in NETWORKS}
+    for network, counts in ops.items():
+        print(
+            f"{network}: {counts.macs:,} MACs, {counts.requantize:,} requantizations, "
+            f"{counts.compares:,} compares, {counts.elementwise:,} adds per inference"
+        )
+    print("\n| core | source | system | MHz | published ms | catalogue ms | published / "
+          "catalogue | implied MACs/cycle |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for entry in PUBLISHED:
-        profile = replace(catalogue[entry.device], clock_hz=entry.clock_hz)
-        model_s = compute_seconds(profile, ops)
-        measured_s = 1 / entry.inferences_per_s
-        rate = ops.macs / (measured_s * entry.clock_hz)
-        print(f"| {entry.label} | {entry.device} ({profile.macs_per_cycle:g}) | "
-              f"{model_s * 1e3:.1f} | {measured_s * 1e3:.1f} | {measured_s / model_s:.2f}x | "
-              f"{rate:.3f} |")  # fmt: skip
+        counts = ops[entry.network]
+        model_s = predicted_latency_s(first_of_core[entry.core], entry, counts)
+        implied = implied_macs_per_cycle(entry, counts)
+        print(
+            f"| {entry.core} | {entry.source} | {entry.system} | {entry.clock_hz / 1e6:g} | "
+            f"{entry.latency_s * 1e3:.1f} | {model_s * 1e3:.1f} | "
+            f"{entry.latency_s / model_s:.2f} | {implied:.3f} |"
+        )
+    print("\n| core | catalogue devices (MACs/cycle) | median implied MACs/cycle | range |")
+    print("|---|---|---:|---|")
+    for core, rate in calibrated_rates().items():
+        rates = [implied_macs_per_cycle(e, ops[e.network]) for e in PUBLISHED if e.core == core]
+        devices = ", ".join(f"{p.name} ({p.macs_per_cycle:g})" for p in mcus if p.core == core)
+        print(f"| {core} | {devices} | {rate:.3f} | {min(rates):.3f}-{max(rates):.3f} "
+              f"({len(rates)} published) |")  # fmt: skip
 
 
 if __name__ == "__main__":

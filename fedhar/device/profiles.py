@@ -61,6 +61,7 @@ class DeviceProfile:
     # the largest contiguous heap block once the runtime is up, where the heap is split into
     # regions (ESP32); None: the usable SRAM is one block. A training arena is one block.
     largest_block_bytes: int | None = None
+    core: str = ""  # the CPU core (e.g. cortex-m4f), whose published latencies set macs_per_cycle
 
     def __post_init__(self) -> None:
         if self.kind not in DEVICE_KINDS:

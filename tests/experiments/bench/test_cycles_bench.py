@@ -1,29 +1,88 @@
-"""The cycle-model check: the KWS DS-CNN replica is MLPerf Tiny's network, op for op."""
+"""The cycle model's calibration: reference networks that are the published ones op for op, and
+a catalogue whose MCU rates reproduce the published latencies of their cores."""
 
 from __future__ import annotations
+
+import dataclasses
+from statistics import median
 
 import pytest
 import torch
 
-from experiments.bench.cycles import KWS_MACS, PUBLISHED, kws_dscnn, kws_inference_ops, main
+from experiments.bench.cycles import (
+    KWS_MACS,
+    PUBLISHED,
+    VWW_MACS,
+    calibrated_rates,
+    implied_macs_per_cycle,
+    inference_ops,
+    kws_dscnn,
+    main,
+    person_detection_mobilenet,
+    predicted_latency_s,
+)
+from experiments.compose import CONFIG_DIR
+from fedhar.device.profiles import load_catalogue
+
+CATALOGUE = load_catalogue(CONFIG_DIR / "fleet" / "devices" / "catalogue.yaml")
+MCUS = [profile for profile in CATALOGUE.values() if profile.kind == "mcu"]
 
 
-def test_the_replica_has_the_reference_models_shapes_and_macs() -> None:
+def test_the_kws_replica_has_the_reference_models_shapes_and_macs() -> None:
     model = kws_dscnn()
     stem = model[:2](torch.zeros(1, 1, 49, 10))
     assert tuple(stem.shape) == (1, 64, 25, 5)  # the reference's first layer output
     assert tuple(model(torch.zeros(1, 1, 49, 10)).shape) == (1, 12)
-    ops = kws_inference_ops()
+    ops = inference_ops("kws")
     # 10x4 stem (320,000), four blocks of depthwise 3x3 (72,000) and pointwise (512,000),
     # dense 64 -> 12 (768): the reference model's layer shapes
     assert ops.macs == KWS_MACS == 320_000 + 4 * (72_000 + 512_000) + 768
     assert ops.requantize == 9 * 25 * 5 * 64 + 12 and ops.compares == 9 * 25 * 5 * 64
 
 
+def test_the_person_detection_replica_is_mobilenet_v1_at_width_a_quarter() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = person_detection_mobilenet(in_channels=3)
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        features = model[:-3](torch.zeros(1, 3, 96, 96))
+    assert tuple(features.shape) == (1, 256, 3, 3)  # MobileNetV1 0.25: 96 / 32, 1024 / 4
+    # MLPerf Tiny's visual wake words model is this network on RGB input: 7.49M MACs
+    assert flops.get_total_flops() // 2 + 256 * 2 == VWW_MACS
+    grayscale = inference_ops("person_detection")
+    assert grayscale.macs == VWW_MACS - 48 * 48 * 8 * 9 * 2  # the stem sees 1 channel, not 3
+    assert tuple(person_detection_mobilenet()(torch.zeros(1, 1, 96, 96)).shape) == (1, 2)
+
+
+@pytest.mark.parametrize("entry", PUBLISHED[::7], ids=lambda entry: entry.system)
+def test_an_implied_rate_reproduces_its_published_latency(entry: object) -> None:
+    assert isinstance(entry, type(PUBLISHED[0]))
+    ops = inference_ops(entry.network)
+    profile = dataclasses.replace(MCUS[0], macs_per_cycle=implied_macs_per_cycle(entry, ops))
+    assert predicted_latency_s(profile, entry, ops) == pytest.approx(entry.latency_s, rel=1e-9)
+
+
+def test_every_mcu_core_of_the_catalogue_has_published_latencies() -> None:
+    cores = {entry.core for entry in PUBLISHED}
+    assert {profile.core for profile in MCUS} <= cores, "calibrate a new core in bench.cycles"
+
+
+@pytest.mark.parametrize("profile", MCUS, ids=lambda profile: profile.name)
+def test_the_catalogue_rate_is_the_median_of_its_cores_published_figures(profile: object) -> None:
+    assert isinstance(profile, type(MCUS[0]))
+    ops = {network: inference_ops(network) for network in ("kws", "person_detection")}
+    figures = [entry for entry in PUBLISHED if entry.core == profile.core]
+    ratios = [e.latency_s / predicted_latency_s(profile, e, ops[e.network]) for e in figures]
+    assert median(ratios) == pytest.approx(1.0, abs=0.05), profile.name
+    assert profile.macs_per_cycle == pytest.approx(calibrated_rates()[profile.core], rel=0.02)
+
+
 def test_the_table_has_one_row_per_published_latency(capsys: pytest.CaptureFixture[str]) -> None:
     main([])
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Cortex")]
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if line.count("|") == 9 and line.startswith(("| cortex", "| xt"))]
     assert len(rows) == len(PUBLISHED)
     for row, entry in zip(rows, PUBLISHED, strict=True):
-        published_ms = float(row.split("|")[4])
-        assert published_ms == pytest.approx(1e3 / entry.inferences_per_s, abs=0.05)
+        published_ms, catalogue_ms = (float(cell) for cell in row.split("|")[5:7])
+        assert published_ms == pytest.approx(entry.latency_s * 1e3, abs=0.05)
+        assert 0.5 < published_ms / catalogue_ms < 4  # every figure within the cores' spread
