@@ -10,8 +10,11 @@ References:
 - Cortex-M4F and Cortex-M7: MLPerf Tiny's keyword-spotting benchmark (Banbury et al., "MLPerf
   Tiny Benchmark", NeurIPS Datasets and Benchmarks, 2021), every closed-division submission
   on those cores in rounds v0.5-v1.3: the median throughput of
-  ``closed/<submitter>/results/<system>/kws/performance/results.txt`` and the clock of
-  ``closed/<submitter>/systems/<system>.json`` in github.com/mlcommons/tiny_results_v<round>.
+  ``closed/<submitter>/results/<system>/kws/performance/results.txt`` (``performance_results.txt``
+  for v0.7 plumerai) and the clock of ``closed/<submitter>/systems/<system>.json`` in
+  github.com/mlcommons/tiny_results_v<round>. Resubmissions count once per round (v1.1 Krai and
+  cTuning repeat OctoML's v1.0 microTVM figures), and most Cortex-M4F figures are one board
+  (NUCLEO-L4R5ZI), so the median leans towards that board's stacks.
   The network is the reference DS-CNN (input 49x10x1; a 10x4 stride-2 convolution to 64
   channels, four depthwise-separable 3x3 blocks of 64 channels, average pooling, a 64 -> 12
   dense layer; 2,656,768 MACs).
@@ -24,9 +27,8 @@ References:
 The networks' forward ops are counted on PyTorch replicas (MACs by torch's own FLOP counter,
 independent of fedhar's layer counts). A whole inference includes what the cycle model leaves
 out (memory traffic, flash wait states, kernel overheads), so a calibrated rate is an
-end-to-end rate. Inference engines are the only published MCU figures; training kernels
-(backward passes, no vendor tuning) are unlikely to be faster, so the simulated training
-times are closer to a lower bound than to an estimate.
+end-to-end rate. The figures are of inference engines; training kernels (backward passes, no
+vendor tuning) are unlikely to be faster, so simulated training times lean short.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from fedhar.device.profiles import DeviceProfile, load_catalogue
 from fedhar.models.ops import OpCounts
 
 KWS_MACS = 2_656_768  # from the reference model's layer shapes (kws_ref_model.tflite)
-VWW_MACS = 7_489_664  # MLPerf Tiny's visual wake words MobileNetV1 0.25, 96x96x3 ("7.49M")
+VWW_MACS = 7_489_664  # the same MobileNetV1 0.25 on 96x96x3 input, counted layer by layer
 
 
 @dataclass(frozen=True)
@@ -62,18 +64,20 @@ class Published:
 
 
 def _kws(
-    core: str, rnd: str, submitter: str, board: str, mhz: int, stack: str, inferences_per_s: float
+    core: str, round_: str, submitter: str, board: str, mhz: int, stack: str, per_s: float
 ) -> Published:
-    """A KWS result: `inferences_per_s` is the results file's median throughput."""
+    """A KWS result: `per_s` is the results file's median throughput in inferences a second."""
     return Published(
-        core, "kws", f"MLPerf Tiny {rnd} {submitter}", f"{board}, {stack}", mhz * 1e6,
-        1 / inferences_per_s,
+        core, "kws", f"MLPerf Tiny {round_} {submitter}", f"{board}, {stack}", mhz * 1e6,
+        1 / per_s,
     )  # fmt: skip
 
 
 PUBLISHED = (
     _kws("cortex-m4f", "v0.5", "reference", "Nucleo-L4R5ZI", 120, "TFLM 2.3.1 + CMSIS-NN", 5.497),
     _kws("cortex-m4f", "v0.7", "ST", "NUCLEO-L4R5ZI", 120, "X-CUBE-AI", 10.241),
+    _kws("cortex-m4f", "v0.7", "plumerai", "NUCLEO-L4R5ZI", 120, "Plumerai", 13.597),
+    _kws("cortex-m4f", "v0.7", "plumerai", "CY8CPROTO-062-4343W", 150, "Plumerai", 15.707),
     _kws("cortex-m4f", "v1.0", "OctoML", "NUCLEO-L4R5ZI", 120, "microTVM + CMSIS-NN", 10.019),
     _kws("cortex-m4f", "v1.0", "OctoML", "NUCLEO-L4R5ZI", 120, "microTVM native", 6.943),
     _kws("cortex-m4f", "v1.0", "ST", "NUCLEO-L4R5ZI", 120, "X-CUBE-AI", 13.323),
@@ -97,6 +101,7 @@ PUBLISHED = (
     _kws("cortex-m4f", "v1.2", "bosch", "NUCLEO-L4R5ZI", 120, "Bosch HALE 1.0.175", 16.623),
     _kws("cortex-m4f", "v1.3", "ST", "NUCLEO-L4R5ZI-P", 120, "X-CUBE-AI 10.2", 23.032),
     _kws("cortex-m7", "v0.7", "ST", "NUCLEO-H7A3ZI-Q", 280, "X-CUBE-AI", 44.863),
+    _kws("cortex-m7", "v0.7", "plumerai", "DISCO-F746NG", 216, "Plumerai", 51.139),
     _kws("cortex-m7", "v1.0", "ST", "NUCLEO-H7A3ZI-Q", 280, "X-CUBE-AI", 59.667),
     _kws("cortex-m7", "v1.0", "plumerai", "DISCO-F746NG", 216, "Plumerai", 52.288),
     _kws("cortex-m7", "v1.1", "Krai", "NUCLEO-H7A3ZI-Q", 280, "X-CUBE-AI 7.3", 59.788),
@@ -171,11 +176,6 @@ def inference_ops(network: str) -> OpCounts:
     return ops
 
 
-def kws_inference_ops() -> OpCounts:
-    """Forward ops of one int8 inference of the KWS DS-CNN."""
-    return inference_ops("kws")
-
-
 def implied_macs_per_cycle(entry: Published, ops: OpCounts) -> float:
     """The MAC rate at which `compute_seconds` reproduces the published latency, with the
     non-MAC operations at `CYCLES_PER_OP`."""
@@ -186,13 +186,18 @@ def implied_macs_per_cycle(entry: Published, ops: OpCounts) -> float:
     return ops.macs / mac_cycles
 
 
-def calibrated_rates() -> dict[str, float]:
-    """Per core, the median implied MAC rate over its published latencies."""
+def implied_rates() -> dict[str, list[float]]:
+    """Per core, the implied MAC rate of each of its published latencies, in PUBLISHED order."""
     ops = {network: inference_ops(network) for network in NETWORKS}
     rates: dict[str, list[float]] = {}
     for entry in PUBLISHED:
         rates.setdefault(entry.core, []).append(implied_macs_per_cycle(entry, ops[entry.network]))
-    return {core: median(values) for core, values in rates.items()}
+    return rates
+
+
+def calibrated_rates() -> dict[str, float]:
+    """Per core, the median implied MAC rate over its published latencies."""
+    return {core: median(rates) for core, rates in implied_rates().items()}
 
 
 def predicted_latency_s(profile: DeviceProfile, entry: Published, ops: OpCounts) -> float:
@@ -206,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.parse_args(argv)
     catalogue = load_catalogue(CONFIG_DIR / "fleet" / "devices" / "catalogue.yaml")
     mcus = [p for p in catalogue.values() if p.kind == "mcu"]
-    first_of_core = {p.core: p for p in reversed(mcus)}
+    # the devices of a core share its calibrated rate (tests check it), so one stands for all
+    device_of_core = {p.core: p for p in mcus}
     ops = {network: inference_ops(network) for network in NETWORKS}
     for network, counts in ops.items():
         print(
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for entry in PUBLISHED:
         counts = ops[entry.network]
-        model_s = predicted_latency_s(first_of_core[entry.core], entry, counts)
+        model_s = predicted_latency_s(device_of_core[entry.core], entry, counts)
         implied = implied_macs_per_cycle(entry, counts)
         print(
             f"| {entry.core} | {entry.source} | {entry.system} | {entry.clock_hz / 1e6:g} | "
@@ -227,10 +233,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     print("\n| core | catalogue devices (MACs/cycle) | median implied MACs/cycle | range |")
     print("|---|---|---:|---|")
-    for core, rate in calibrated_rates().items():
-        rates = [implied_macs_per_cycle(e, ops[e.network]) for e in PUBLISHED if e.core == core]
+    for core, rates in implied_rates().items():
         devices = ", ".join(f"{p.name} ({p.macs_per_cycle:g})" for p in mcus if p.core == core)
-        print(f"| {core} | {devices} | {rate:.3f} | {min(rates):.3f}-{max(rates):.3f} "
+        print(f"| {core} | {devices} | {median(rates):.3f} | {min(rates):.3f}-{max(rates):.3f} "
               f"({len(rates)} published) |")  # fmt: skip
 
 
