@@ -11,11 +11,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.bench.cycles import (
+    HELD_OUT,
     KWS_MACS,
     PUBLISHED,
     VWW_MACS,
     Published,
     calibrated_rates,
+    held_out_ratios,
     implied_macs_per_cycle,
     inference_ops,
     kws_dscnn,
@@ -75,6 +77,15 @@ def test_the_catalogue_rate_is_the_median_of_its_cores_published_figures(
     ratios = [e.latency_s / predicted_latency_s(profile, e, ops[e.network]) for e in figures]
     assert median(ratios) == pytest.approx(1.0, abs=0.05), profile.name
     assert profile.macs_per_cycle == pytest.approx(calibrated_rates()[profile.core], rel=0.02)
+
+
+def test_rates_calibrated_on_keyword_spotting_predict_the_held_out_visual_wake_words() -> None:
+    ratios = held_out_ratios()
+    assert sum(len(values) for values in ratios.values()) == len(HELD_OUT)
+    assert {entry.network for entry in HELD_OUT} == {"vww"}
+    for core, values in ratios.items():
+        # the catalogue's latency sits at the median of the held-out published ones
+        assert 0.85 < median(values) < 1.15, (core, median(values))
 
 
 def test_the_table_has_one_row_per_published_latency(capsys: pytest.CaptureFixture[str]) -> None:
