@@ -12,6 +12,7 @@ only works where clients share the server's filesystem (simulation).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,10 @@ from experiments.compose import (
 from experiments.report import print_summary
 from experiments.server import prepare_run
 from fedhar.federation import open_federation
+
+# Flower's simulation process imports this module, to check that the ClientApp loads, before
+# it starts Ray: Ray's future default set here keeps ray.init from warning under `flwr run`.
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 RUN_DIR_PREFIX = "outputs/flwr-run-"  # + Flower's run id, when run-dir is empty
 FLOWER_KEYS = {  # Flower-style run-config key -> Hydra key

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -85,3 +88,23 @@ def test_flower_workers_train_with_the_fedhar_runtimes_torch_threads(tmp_path: P
             assert torch.get_num_threads() == cpus
     finally:
         torch.set_num_threads(threads)
+
+
+def _ray_variable_after_loading_the_app(env: dict[str, str]) -> str:
+    probe = (
+        "import os, experiments.flower_app; print(os.environ['RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO'])"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_loading_the_app_sets_rays_future_default_before_flower_starts_ray() -> None:
+    """Flower's simulation process loads the ClientApp before ray.init: the variable must be
+    set by then, or Ray warns at every `flwr run`; a user's own value is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"}
+    assert _ray_variable_after_loading_the_app(env) == "0"
+    assert (
+        _ray_variable_after_loading_the_app(env | {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"})
+        == "1"
+    )
