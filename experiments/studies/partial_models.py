@@ -3,12 +3,15 @@
 Runs, on the same data, fleet and seed:
 
 - ``fedavg-small``: FedAvg on the widest model every device in the fleet can train;
-- ``heterofl``, ``fedrolex``, ``fjord``: each device trains the widest width it can hold;
+- ``heterofl``, ``fedrolex``: each device trains the widest width it can hold;
+- ``fjord``: each device trains a width drawn every round from those it can hold;
 - ``fedper``: a shared body with a personal head, each device on its widest fitting width.
 
 and reports the held-out macro-F1 of the full global model, of each width (leading slices of the
 final global model), and the per-user mean macro-F1 (each user's own later test windows). A
-personal-layer strategy's global head never trains, so only its per-user mean is reported.
+personal-layer strategy's global head never trains, so only its per-user mean is reported. It
+also counts the clients whose widest width is each level: under HeteroFL and FedRolex only they
+train that width on its own, so a level few clients hold is trained on few users' data.
 
 Example::
 
@@ -37,9 +40,8 @@ from fedhar.partial.widths import WIDTH_LEVELS
 STRATEGIES = ("heterofl", "fedrolex", "fjord", "fedper")
 
 
-def smallest_common_width(overrides: list[str]) -> float:
-    """The widest level every device in the configured fleet can train (0-width devices,
-    which cannot train at all, are left out)."""
+def widest_widths(overrides: list[str]) -> list[float]:
+    """Each client's widest trainable level in the configured fleet (0.0: it cannot train)."""
     cfg = load_config(overrides)
     federation = load_federation(federation_spec(cfg))
     settings = client_settings(cfg, federation)
@@ -47,13 +49,21 @@ def smallest_common_width(overrides: list[str]) -> float:
         cfg.model.name, federation.in_channels, federation.num_classes, federation.window_length
     )
     quant = QuantSettings(**dict(cfg.quant))
-    widths = [max_width(profile, shape, quant) for _, profile in settings.devices]
+    return [max_width(profile, shape, quant) for _, profile in settings.devices]
+
+
+def smallest_common_width(widths: list[float], fleet: str, model: str) -> float:
+    """The widest level every client that can train at all can train."""
     usable = [w for w in widths if w > 0]
     if not usable:
-        raise ValueError(
-            f"no device of fleet {cfg.fleet} can train {cfg.model.name}; pick a smaller model"
-        )
+        raise ValueError(f"no device of fleet {fleet} can train {model}; pick a smaller model")
     return min(usable)
+
+
+def width_census(widths: list[float]) -> dict[float, int]:
+    """How many clients have each level as their widest: the clients that train that width
+    alone under HeteroFL and FedRolex (FjORD draws any level up to it)."""
+    return {level: sum(1 for w in widths if w == level) for level in WIDTH_LEVELS}
 
 
 def width_scores(overrides: list[str], run_dir: Path) -> dict[str, float]:
@@ -129,7 +139,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         "resume=false",
         *args.overrides,
     ]
-    small = smallest_common_width([*base, "model.width=1.0"])
+    widths = widest_widths([*base, "model.width=1.0"])
+    small = smallest_common_width(widths, args.fleet, args.model)
+    census = width_census(widths)
     rows: dict[str, dict[str, Any]] = {}
     for name, overrides in variants(base, small).items():
         if args.only and name not in args.only:
@@ -148,7 +160,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    text = f"smallest common width: {small:g}\n\n{table(rows)}\n"
+    clients = ", ".join(f"{level:g}: {n}" for level, n in census.items())
+    text = (
+        f"smallest common width: {small:g}\n"
+        f"clients by widest width (HeteroFL and FedRolex train only that width): {clients}\n\n"
+        f"{table(rows)}\n"
+    )
     (args.out / "table.md").write_text(text)
     print(text)
     return rows

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from experiments.sinks import METRICS_FILE
-from experiments.studies.partial_models import width_scores
+from experiments.studies.partial_models import (
+    smallest_common_width,
+    widest_widths,
+    width_census,
+    width_scores,
+)
 
 
 def _write_rounds(run_dir: Path, rounds: list[dict[str, float]]) -> None:
@@ -37,3 +42,19 @@ def test_a_run_without_rounds_is_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no metrics"):
         width_scores(["strategy=heterofl"], tmp_path / "empty")
+
+
+def test_the_census_counts_each_client_at_its_widest_level_only() -> None:
+    census = width_census([0.5, 1.0, 0.5, 0.75, 0.0, 1.0, 1.0])
+    assert census == {0.25: 0, 0.5: 2, 0.75: 1, 1.0: 3}  # the client that cannot train: none
+
+
+def test_an_all_phone_fleet_holds_every_client_at_full_width() -> None:
+    widths = widest_widths(["fleet=all_phone", "model=dscnn", "dataset=synthetic"])
+    assert len(widths) == 10 and set(widths) == {1.0}
+    assert smallest_common_width(widths, "all_phone", "dscnn") == 1.0
+
+
+def test_a_fleet_where_no_device_trains_is_named() -> None:
+    with pytest.raises(ValueError, match="no device of fleet mcu_heavy can train lstm_big"):
+        smallest_common_width([0.0, 0.0], "mcu_heavy", "lstm_big")
