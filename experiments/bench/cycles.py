@@ -29,6 +29,16 @@ Held out of the calibration, ``HELD_OUT`` holds MLPerf Tiny's visual wake words 
 same cores (MobileNetV1 0.25 on 96x96x3, from the same results files under ``vww/``): the
 bench prints how well the rates calibrated on keyword spotting predict them.
 
+``PUBLISHED_OPS`` checks the assumed cycles per non-MAC operation (``CYCLES_PER_OP``, one table
+for every core) against the only per-kernel figures found for a catalogue core: the ESP-NN
+README's table of cycles per kernel on the ESP32-S3 at 240 MHz (github.com/espressif/esp-nn,
+the table of commit 0c3d783e, unchanged to v1.2.0; shapes from its ``tests/src``, one call
+per kernel). Its
+optimized kernels stand for the Xtensa LX7; its C kernels, which the ESP32 runs for pooling
+and activations, stand for the LX6, although they were measured on the LX7. The bench prints
+how far the table is from them, and what the published costs would do to a core's calibrated
+MAC rate and to a DS-CNN training step. No per-kernel figure was found for Cortex-M cores.
+
 The networks' forward ops are counted on PyTorch replicas (MACs by torch's own FLOP counter,
 independent of fedhar's layer counts). A whole inference includes what the cycle model leaves
 out (memory traffic, flash wait states, kernel overheads), so a calibrated rate is an
@@ -39,7 +49,7 @@ vendor tuning) are unlikely to be faster, so simulated training times lean short
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import cache, partial
 from statistics import median
@@ -49,9 +59,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.compose import CONFIG_DIR
-from fedhar.device.costs import CYCLES_PER_OP, compute_seconds
+from fedhar.device.costs import CYCLES_PER_OP, compute_seconds, training_ops
 from fedhar.device.profiles import DeviceProfile, load_catalogue
+from fedhar.models import build_model
 from fedhar.models.ops import OpCounts
+from fedhar.quant.qat import QuantConfig, prepare_qat
 
 KWS_MACS = 2_656_768  # from the reference model's layer shapes (kws_ref_model.tflite)
 VWW_MACS = 7_489_664  # the same MobileNetV1 0.25 on 96x96x3 input, counted layer by layer
@@ -182,6 +194,49 @@ HELD_OUT = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class PublishedOp:
+    """A published cycle count of one int8 kernel that does one kind of non-MAC operation."""
+
+    core: str  # the catalogue's `core` it stands for
+    kind: str  # the `CYCLES_PER_OP` kind the kernel's operations are priced as
+    kernel: str  # what ran, and on which shape
+    cycles: int
+    operations: int  # operations of `kind` in the kernel, counted as the cycle model does
+
+    @property
+    def cycles_per_op(self) -> float:
+        """Published cycles per operation."""
+        return self.cycles / self.operations
+
+
+LX6, LX7 = "xtensa-lx6", "xtensa-lx7"
+POOL_TAPS = 16 * 46 * 46  # 3x3 windows, stride 1, padding 1 over 16x16: 46 x 46 taps per channel
+RELU6_VALUES = 1_615  # one clamp per value, as the cycle model prices a ReLU (one compare)
+MUL_VALUES = 1_615
+
+# ESP-NN's kernel table (ESP32-S3 at 240 MHz, cycles of one call): optimized kernels for the
+# LX7; the same kernels' C versions, which the ESP32 (LX6) runs, for the LX6. The multiply
+# requantizes each product once but also loads, offsets and clamps: an upper bound.
+PUBLISHED_OPS = (
+    PublishedOp(LX7, "compares", "max pool 3x3, 16x16x16, optimized", 76_747, POOL_TAPS),
+    PublishedOp(LX7, "compares", "relu6, optimized", 1_856, RELU6_VALUES),
+    PublishedOp(LX7, "elementwise", "avg pool 3x3, 16x16x16 (adds), optimized", 160_580,
+                POOL_TAPS),
+    PublishedOp(LX7, "requantize", "elementwise mul (upper bound), optimized", 30_950,
+                MUL_VALUES),
+    PublishedOp(LX6, "compares", "max pool 3x3, 16x16x16, C", 485_714, POOL_TAPS),
+    PublishedOp(LX6, "compares", "relu6, C", 18_315, RELU6_VALUES),
+    PublishedOp(LX6, "elementwise", "avg pool 3x3, 16x16x16 (adds), C", 541_462, POOL_TAPS),
+    PublishedOp(LX6, "requantize", "elementwise mul (upper bound), C", 122_046, MUL_VALUES),
+)  # fmt: skip
+BOUNDS_ONLY = ("requantize",)  # kinds whose published figure only bounds the cost
+
+# the training step the sensitivity is shown on: the quickstart's DS-CNN, int8, 6 IMU channels,
+# 128-sample windows, 7 classes, every parameter trained
+TRAINING_STEP = ("dscnn", 6, 7, 128)
+
+
 def kws_dscnn() -> nn.Sequential:
     """A PyTorch replica of MLPerf Tiny's KWS DS-CNN (BatchNorm folded, as in the int8 model)."""
     layers: list[nn.Module] = [nn.Conv2d(1, 64, (10, 4), stride=2, padding=(5, 1)), nn.ReLU()]
@@ -244,10 +299,12 @@ def _traced_ops(network: str) -> OpCounts:
     return ops
 
 
-def implied_macs_per_cycle(entry: Published, ops: OpCounts) -> float:
+def implied_macs_per_cycle(
+    entry: Published, ops: OpCounts, costs: Mapping[str, float] = CYCLES_PER_OP
+) -> float:
     """The MAC rate at which `compute_seconds` reproduces the published latency, with the
-    non-MAC operations at `CYCLES_PER_OP`."""
-    other = sum(getattr(ops, kind) * per_op for kind, per_op in CYCLES_PER_OP.items())
+    non-MAC operations at ``costs`` (cycles per operation of each kind)."""
+    other = sum(getattr(ops, kind) * per_op for kind, per_op in costs.items())
     mac_cycles = entry.latency_s * entry.clock_hz - other
     if mac_cycles <= 0:
         raise ValueError(f"{entry.system}: the non-MAC cycles alone exceed the published latency")
@@ -278,6 +335,52 @@ def held_out_ratios(mcus: Iterable[DeviceProfile]) -> dict[str, list[float]]:
         predicted = predicted_latency_s(device_of_core[entry.core], entry, ops)
         ratios.setdefault(entry.core, []).append(entry.latency_s / predicted)
     return ratios
+
+
+def published_op_costs(core: str) -> dict[str, float]:
+    """`CYCLES_PER_OP` with each kind that `PUBLISHED_OPS` measures on ``core`` replaced by the
+    median of its published figures, bounds left out."""
+    costs = dict(CYCLES_PER_OP)
+    for kind in costs:
+        figures = [
+            op.cycles_per_op
+            for op in PUBLISHED_OPS
+            if op.core == core and op.kind == kind and kind not in BOUNDS_ONLY
+        ]
+        if figures:
+            costs[kind] = median(figures)
+    return costs
+
+
+def training_step_ops() -> OpCounts:
+    """Ops of one int8 training step of `TRAINING_STEP` on one window, every parameter
+    trained."""
+    name, channels, classes, length = TRAINING_STEP
+    model = prepare_qat(build_model(name, channels, classes), QuantConfig())
+    return training_ops(model, channels, length, None)
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """What a core's published non-MAC costs would change, against `CYCLES_PER_OP`."""
+
+    macs_per_cycle: float  # the median implied rate, with the published costs
+    training_step_ratio: float  # a training step's time with them / with the catalogue's
+
+
+def op_cost_sensitivity(profile: DeviceProfile) -> Sensitivity:
+    """Recalibrate ``profile``'s core with its published non-MAC costs and time a training step
+    (`training_step_ops`) with both: the same published latencies, split differently between
+    MACs and the rest."""
+    costs = published_op_costs(profile.core)
+    rate = median(
+        implied_macs_per_cycle(entry, inference_ops(entry.network), costs)
+        for entry in PUBLISHED
+        if entry.core == profile.core
+    )
+    step = training_step_ops()
+    published = step.macs / rate + sum(getattr(step, k) * c for k, c in costs.items())
+    return Sensitivity(rate, published / (compute_seconds(profile, step) * profile.clock_hz))
 
 
 def predicted_latency_s(profile: DeviceProfile, entry: Published, ops: OpCounts) -> float:
@@ -323,6 +426,25 @@ def main(argv: list[str] | None = None) -> None:
     for core, ratios in held_out_ratios(mcus).items():
         print(f"| {core} | {median(ratios):.2f} | {min(ratios):.2f}-{max(ratios):.2f} | "
               f"{len(ratios)} |")  # fmt: skip
+    print(
+        "\nNon-MAC costs: published cycles per operation against CYCLES_PER_OP (ESP-NN, ESP32-S3)"
+    )
+    print("\n| core | kind | kernel | published cycles/op | CYCLES_PER_OP | published / assumed |")
+    print("|---|---|---|---:|---:|---:|")
+    for op in PUBLISHED_OPS:
+        assumed = CYCLES_PER_OP[op.kind]
+        bound = " (bound)" if op.kind in BOUNDS_ONLY else ""
+        print(f"| {op.core} | {op.kind} | {op.kernel} | {op.cycles_per_op:.2f}{bound} | "
+              f"{assumed:g} | {op.cycles_per_op / assumed:.2f} |")  # fmt: skip
+    print("\nWith the published compare and add costs (requantize and nonlinear as assumed):")
+    print("\n| core | catalogue MACs/cycle | recalibrated | DS-CNN int8 training step, "
+          "published / catalogue time |")  # fmt: skip
+    print("|---|---:|---:|---:|")
+    for core in sorted({op.core for op in PUBLISHED_OPS}):
+        profile = device_of_core[core]
+        result = op_cost_sensitivity(profile)
+        print(f"| {core} | {profile.macs_per_cycle:g} | {result.macs_per_cycle:.3f} | "
+              f"{result.training_step_ratio:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

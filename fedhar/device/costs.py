@@ -15,7 +15,8 @@ from fedhar.models.ops import OpCounts, dummy_forward, layer_ops, leaf_layers
 # Cycles per non-MAC operation on a microcontroller core. Assumed, not measured: a compare or an
 # add is one instruction; requantizing an int32 accumulator to int8 is a fixed-point multiply,
 # shift, add and clamp; sigmoid and tanh are table look-ups with interpolation, as int8 kernel
-# libraries (CMSIS-NN) compute them.
+# libraries (CMSIS-NN) compute them. One table for every core: experiments.bench.cycles checks it
+# against ESP-NN's per-kernel cycles on the ESP32-S3, the only such figures found.
 CYCLES_PER_OP = {"compares": 1.0, "elementwise": 1.0, "nonlinear": 20.0, "requantize": 4.0}
 
 

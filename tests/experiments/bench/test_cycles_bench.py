@@ -13,7 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from experiments.bench.cycles import (
     HELD_OUT,
     KWS_MACS,
+    POOL_TAPS,
     PUBLISHED,
+    PUBLISHED_OPS,
     VWW_MACS,
     Published,
     calibrated_rates,
@@ -22,10 +24,14 @@ from experiments.bench.cycles import (
     inference_ops,
     kws_dscnn,
     main,
+    op_cost_sensitivity,
     person_detection_mobilenet,
     predicted_latency_s,
+    published_op_costs,
+    training_step_ops,
 )
 from experiments.compose import CONFIG_DIR
+from fedhar.device.costs import CYCLES_PER_OP
 from fedhar.device.profiles import DeviceProfile, load_catalogue
 
 CATALOGUE = load_catalogue(CONFIG_DIR / "fleet" / "devices" / "catalogue.yaml")
@@ -99,3 +105,52 @@ def test_the_table_has_one_row_per_published_latency(capsys: pytest.CaptureFixtu
         assert published_ms == pytest.approx(entry.latency_s * 1e3, abs=0.05)
         predicted = predicted_latency_s(by_core[entry.core], entry, inference_ops(entry.network))
         assert catalogue_ms == pytest.approx(predicted * 1e3, abs=0.05)
+
+
+def test_the_pooling_kernels_operation_count_is_their_shapes_valid_taps() -> None:
+    # ESP-NN's pooling test: 16x16x16 input, 3x3 window, stride 1, padding 1; padded taps
+    # are not operations
+    taps = torch.nn.functional.unfold(torch.ones(1, 1, 16, 16), 3, padding=1).sum()
+    assert POOL_TAPS == int(taps) * 16 == 33_856
+
+
+def test_published_op_costs_replace_only_the_measured_kinds_of_that_core() -> None:
+    assert published_op_costs("cortex-m4f") == CYCLES_PER_OP  # no kernel figure for Cortex-M
+    lx7 = published_op_costs("xtensa-lx7")
+    assert lx7["compares"] == pytest.approx(median([76_747 / 33_856, 1_856 / 1_615]))
+    assert lx7["elementwise"] == pytest.approx(160_580 / 33_856)
+    # a bound is not a figure: requantize and nonlinear stay as assumed
+    assert (lx7["requantize"], lx7["nonlinear"]) == (
+        CYCLES_PER_OP["requantize"],
+        CYCLES_PER_OP["nonlinear"],
+    )
+    assert {op.core for op in PUBLISHED_OPS} == {"xtensa-lx6", "xtensa-lx7"}
+
+
+@pytest.mark.parametrize("core", ["xtensa-lx6", "xtensa-lx7"])
+def test_the_recalibrated_rate_still_reproduces_the_cores_published_latency(core: str) -> None:
+    profile = next(p for p in MCUS if p.core == core)
+    costs = published_op_costs(core)
+    rate = op_cost_sensitivity(profile).macs_per_cycle
+    (entry,) = [e for e in PUBLISHED if e.core == core]
+    ops = inference_ops(entry.network)
+    cycles = ops.macs / rate + sum(getattr(ops, kind) * c for kind, c in costs.items())
+    assert cycles == pytest.approx(entry.latency_s * entry.clock_hz, rel=1e-9)
+    # dearer non-MAC operations weigh more in training, whose step has more of them per MAC
+    # than the inference the rate is calibrated on
+    step = training_step_ops()
+    other = step.compares + step.elementwise
+    assert other / step.macs > (ops.compares + ops.elementwise) / ops.macs
+    assert op_cost_sensitivity(profile).training_step_ratio > 1.0
+
+
+def test_a_core_without_kernel_figures_keeps_its_training_time() -> None:
+    m7 = next(p for p in MCUS if p.core == "cortex-m7")
+    assert op_cost_sensitivity(m7).training_step_ratio == pytest.approx(1.0, abs=0.01)
+
+
+def test_the_bench_prints_every_published_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    main([])
+    out = capsys.readouterr().out
+    for op in PUBLISHED_OPS:
+        assert f"| {op.core} | {op.kind} | {op.kernel} | {op.cycles_per_op:.2f}" in out
