@@ -10,8 +10,8 @@ Runs, on the same data, fleet and seed:
 and reports the held-out macro-F1 of the full global model, of each width (leading slices of the
 final global model), and the per-user mean macro-F1 (each user's own later test windows). A
 personal-layer strategy's global head never trains, so only its per-user mean is reported. It
-also counts the clients whose widest width is each level: under HeteroFL and FedRolex only they
-train that width on its own, so a level few clients hold is trained on few users' data.
+also lists the clients whose widest width is each level, with the batch their memory plan
+trains it at: under HeteroFL and FedRolex only they train that width on its own.
 
 Example::
 
@@ -23,25 +23,38 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from experiments.compose import client_settings, federation_spec, load_config
 from experiments.run import run_experiment
 from experiments.sinks import read_metrics
-from fedhar.device.local_update import QuantSettings, max_width
+from fedhar.checkpoint import load_checkpoint
+from fedhar.device.local_update import QuantSettings, max_width, plan_on_device
 from fedhar.federation import load_federation
-from fedhar.models import ModelShape
-from fedhar.partial.evaluate import width_key
+from fedhar.models import ModelShape, build_model
+from fedhar.partial.evaluate import evaluate_widths, per_window_batchnorm, width_key
 from fedhar.partial.widths import WIDTH_LEVELS
+from fedhar.train import evaluate
 
 STRATEGIES = ("heterofl", "fedrolex", "fjord", "fedper")
 
 
-def widest_widths(overrides: list[str]) -> list[float]:
-    """Each client's widest trainable level in the configured fleet (0.0: it cannot train)."""
+@dataclass(frozen=True)
+class ClientPlan:
+    """A client's widest trainable level and the batch its memory plan trains that level at
+    (0.0 and 0: it cannot train)."""
+
+    width: float
+    batch_size: int
+
+
+def widest_plans(overrides: list[str]) -> list[ClientPlan]:
+    """Each client's `ClientPlan` in the configured fleet."""
     cfg = load_config(overrides)
     federation = load_federation(federation_spec(cfg))
     settings = client_settings(cfg, federation)
@@ -49,21 +62,41 @@ def widest_widths(overrides: list[str]) -> list[float]:
         cfg.model.name, federation.in_channels, federation.num_classes, federation.window_length
     )
     quant = QuantSettings(**dict(cfg.quant))
-    return [max_width(profile, shape, quant) for _, profile in settings.devices]
+    plans = []
+    for _, profile in settings.devices:
+        width = max_width(profile, shape, quant)
+        batch = plan_on_device(profile, shape, width, quant).batch_size if width > 0 else 0
+        plans.append(ClientPlan(width, min(batch, int(cfg.train.batch_size))))
+    return plans
 
 
-def smallest_common_width(widths: list[float], fleet: str, model: str) -> float:
+def smallest_common_width(plans: list[ClientPlan], fleet: str, model: str) -> float:
     """The widest level every client that can train at all can train."""
-    usable = [w for w in widths if w > 0]
+    usable = [plan.width for plan in plans if plan.width > 0]
     if not usable:
         raise ValueError(f"no device of fleet {fleet} can train {model}; pick a smaller model")
     return min(usable)
 
 
-def width_census(widths: list[float]) -> dict[float, int]:
-    """How many clients have each level as their widest: the clients that train that width
-    alone under HeteroFL and FedRolex (FjORD draws any level up to it)."""
-    return {level: sum(1 for w in widths if w == level) for level in WIDTH_LEVELS}
+def width_census(plans: list[ClientPlan]) -> dict[float, list[int]]:
+    """Per level, the plan batches of the clients whose widest level it is: the clients that
+    train that width alone under HeteroFL and FedRolex (FjORD draws any level up to it). A
+    batch of one or two windows makes BatchNorm normalize each window by itself in training,
+    which the width's statistics at test cannot reproduce."""
+    return {
+        level: sorted(plan.batch_size for plan in plans if plan.width == level)
+        for level in WIDTH_LEVELS
+    }
+
+
+def census_line(census: dict[float, list[int]]) -> str:
+    """``0.25: 0 clients, 0.5: 3 clients (batch 1, 1, 1), ...``."""
+    parts = []
+    for level, batches in census.items():
+        sizes = f" (batch {', '.join(map(str, batches))})" if batches else ""
+        clients = "client" if len(batches) == 1 else "clients"
+        parts.append(f"{level:g}: {len(batches)} {clients}{sizes}")
+    return ", ".join(parts)
 
 
 def width_scores(overrides: list[str], run_dir: Path) -> dict[str, float]:
@@ -82,6 +115,32 @@ def width_scores(overrides: list[str], run_dir: Path) -> dict[str, float]:
         raise FileNotFoundError(f"{run_dir} has no metrics; the run did not finish a round")
     server = rows[-1].get("server") or {}
     return {k: float(v) for k, v in server.items() if k.startswith("width_")}
+
+
+def per_window_scores(overrides: list[str], run_dir: Path) -> dict[str, float]:
+    """Held-out macro-F1 of each width of the run's final global model (its checkpoint) with
+    every BatchNorm normalizing each window by itself, as training on batches of one window
+    does (`per_window_batchnorm`); none for a personal-layer strategy."""
+    cfg = load_config(overrides)
+    if has_personal_head(cfg):
+        return {}
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint; the run did not finish a round")
+    federation = load_federation(federation_spec(cfg))
+    x, y, classes = federation.holdout.x, federation.holdout.y, federation.num_classes
+    state = {name: torch.from_numpy(array) for name, array in checkpoint.arrays.items()}
+    width = float(cfg.model.width)
+    if width < 1.0:  # the global model is itself the small model
+        model = build_model(cfg.model.name, federation.in_channels, classes, width)
+        model.load_state_dict(state)
+        return {
+            width_key(width, "macro_f1"): evaluate(
+                per_window_batchnorm(model), x, y, classes
+            ).macro_f1
+        }
+    scores = evaluate_widths(cfg.model.name, state, WIDTH_LEVELS, x, y, classes, per_window=True)
+    return {key: value for key, value in scores.items() if key.endswith("/macro_f1")}
 
 
 def has_personal_head(cfg: DictConfig) -> bool:
@@ -114,6 +173,18 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def per_window_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of every width's held-out F1 with per-window BatchNorm."""
+    head = ["method", *[f"F1 @{w:g}, per-window BatchNorm" for w in WIDTH_LEVELS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in rows.items():
+        if row["per_window_widths"]:
+            scores = row["per_window_widths"]
+            cells = [_fmt(scores.get(width_key(w, "macro_f1"))) for w in WIDTH_LEVELS]
+            lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -139,9 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         "resume=false",
         *args.overrides,
     ]
-    widths = widest_widths([*base, "model.width=1.0"])
-    small = smallest_common_width(widths, args.fleet, args.model)
-    census = width_census(widths)
+    plans = widest_plans([*base, "model.width=1.0"])
+    small = smallest_common_width(plans, args.fleet, args.model)
     rows: dict[str, dict[str, Any]] = {}
     for name, overrides in variants(base, small).items():
         if args.only and name not in args.only:
@@ -157,14 +227,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
             "bytes_down": summary["bytes_down"],
             "bytes_up": summary["bytes_up"],
             "widths": width_scores(overrides, run_dir),
+            "per_window_widths": per_window_scores(overrides, run_dir),
         }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    clients = ", ".join(f"{level:g}: {n}" for level, n in census.items())
     text = (
         f"smallest common width: {small:g}\n"
-        f"clients by widest width (HeteroFL and FedRolex train only that width): {clients}\n\n"
-        f"{table(rows)}\n"
+        "clients by widest width (HeteroFL and FedRolex train only that width), with the "
+        f"batch each trains it at: {census_line(width_census(plans))}\n\n"
+        f"{table(rows)}\n\n"
+        "Each width with BatchNorm normalizing each window by itself, as plans of one window "
+        f"per batch train it:\n\n{per_window_table(rows)}\n"
     )
     (args.out / "table.md").write_text(text)
     print(text)

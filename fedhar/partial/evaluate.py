@@ -2,15 +2,20 @@
 
 A sub-model of width w is the leading slice of every hidden dim of the global model
 (`fedhar.partial.spec.slice_width` with offset 0), the model a device of that width would run.
+`per_window_batchnorm` gives a model whose BatchNorm layers normalize each window by its own
+statistics, as they do in training on batches of one window: a width that scores well only so
+was trained by clients whose memory plans fit one window per batch.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional
 
 from fedhar.models import build_model
 from fedhar.partial.spec import extract, slice_width
@@ -20,6 +25,31 @@ from fedhar.train import evaluate
 def width_key(width: float, metric: str) -> str:
     """Metric name of one width level, e.g. ``width_0.25/macro_f1``."""
     return f"width_{width:g}/{metric}"
+
+
+class PerWindowNorm(nn.Module):
+    """A BatchNorm1d's scale and shift over each window's own per-channel statistics, the
+    layer's training-mode output on a batch of one window ``(1, C, T)``."""
+
+    def __init__(self, batchnorm: nn.BatchNorm1d) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = batchnorm.weight, batchnorm.bias, batchnorm.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T)`` -> ``(B, C, T)``."""
+        if x.dim() != 3:
+            raise ValueError(f"per-window BatchNorm needs (B, C, T) inputs, got {tuple(x.shape)}")
+        return functional.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
+def per_window_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose every BatchNorm1d normalizes each window by itself."""
+    swapped = copy.deepcopy(model)
+    for parent in list(swapped.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.BatchNorm1d):
+                setattr(parent, name, PerWindowNorm(child))
+    return swapped
 
 
 def leading_submodels(
@@ -47,6 +77,7 @@ def evaluate_widths(
     y: np.ndarray,  # (N,)
     num_classes: int,
     statistics: Mapping[float, Mapping[str, torch.Tensor]] | None = None,
+    per_window: bool = False,
 ) -> dict[str, float]:
     """Loss, accuracy and macro-F1 of the leading-slice sub-model at each width.
 
@@ -65,6 +96,8 @@ def evaluate_widths(
     statistics : Mapping[float, Mapping[str, torch.Tensor]] | None
         Per width, BatchNorm statistics that replace the slice's own (static BatchNorm,
         `fedhar.partial.static_bn`); widths not listed keep the sliced statistics.
+    per_window : bool
+        Normalize each window by its own statistics instead (`per_window_batchnorm`).
 
     Returns
     -------
@@ -80,7 +113,7 @@ def evaluate_widths(
     for width, sub in leading_submodels(model_name, global_state, widths, int(x.shape[1])):
         if statistics and width in statistics:
             sub.load_state_dict(dict(statistics[width]), strict=False)
-        result = evaluate(sub, x, y, num_classes)
+        result = evaluate(per_window_batchnorm(sub) if per_window else sub, x, y, num_classes)
         scores[width_key(width, "loss")] = result.loss
         scores[width_key(width, "accuracy")] = result.accuracy
         scores[width_key(width, "macro_f1")] = result.macro_f1

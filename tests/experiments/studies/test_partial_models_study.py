@@ -9,8 +9,11 @@ import pytest
 
 from experiments.sinks import METRICS_FILE
 from experiments.studies.partial_models import (
+    ClientPlan,
+    census_line,
+    per_window_scores,
     smallest_common_width,
-    widest_widths,
+    widest_plans,
     width_census,
     width_scores,
 )
@@ -44,17 +47,34 @@ def test_a_run_without_rounds_is_named(tmp_path: Path) -> None:
         width_scores(["strategy=heterofl"], tmp_path / "empty")
 
 
-def test_the_census_counts_each_client_at_its_widest_level_only() -> None:
-    census = width_census([0.5, 1.0, 0.5, 0.75, 0.0, 1.0, 1.0])
-    assert census == {0.25: 0, 0.5: 2, 0.75: 1, 1.0: 3}  # the client that cannot train: none
+def test_the_census_lists_each_clients_batch_at_its_widest_level_only() -> None:
+    plans = [ClientPlan(w, b) for w, b in [(0.5, 1), (1.0, 32), (0.5, 2), (0.75, 4), (0.0, 0)]]
+    census = width_census(plans)
+    assert census == {0.25: [], 0.5: [1, 2], 0.75: [4], 1.0: [32]}  # none for the idle client
+    assert census_line(census) == (
+        "0.25: 0 clients, 0.5: 2 clients (batch 1, 2), 0.75: 1 client (batch 4), "
+        "1: 1 client (batch 32)"
+    )
 
 
-def test_an_all_phone_fleet_holds_every_client_at_full_width() -> None:
-    widths = widest_widths(["fleet=all_phone", "model=dscnn", "dataset=synthetic"])
-    assert len(widths) == 10 and set(widths) == {1.0}
-    assert smallest_common_width(widths, "all_phone", "dscnn") == 1.0
+def test_an_all_phone_fleet_holds_every_client_at_full_width_and_full_batch() -> None:
+    plans = widest_plans(["fleet=all_phone", "model=dscnn", "dataset=synthetic"])
+    assert plans == [ClientPlan(1.0, 32)] * 10  # the configured batch, which phones afford
+    assert smallest_common_width(plans, "all_phone", "dscnn") == 1.0
+
+
+def test_microcontrollers_train_their_widest_width_on_tiny_batches() -> None:
+    plans = widest_plans(["fleet=mcu_heavy", "model=dscnn", "dataset=synthetic"])
+    narrow = [plan.batch_size for plan in plans if plan.width == 0.5]
+    assert narrow and max(narrow) <= 2  # one or two windows per batch
 
 
 def test_a_fleet_where_no_device_trains_is_named() -> None:
     with pytest.raises(ValueError, match="no device of fleet mcu_heavy can train lstm_big"):
-        smallest_common_width([0.0, 0.0], "mcu_heavy", "lstm_big")
+        smallest_common_width([ClientPlan(0.0, 0)] * 2, "mcu_heavy", "lstm_big")
+
+
+def test_per_window_scores_need_a_checkpoint(tmp_path: Path) -> None:
+    assert per_window_scores(["strategy=fedper"], tmp_path / "never-run") == {}
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        per_window_scores(["strategy=heterofl"], tmp_path)

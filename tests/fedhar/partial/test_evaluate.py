@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedhar.models import build_model
-from fedhar.partial.evaluate import evaluate_widths, width_key
+from fedhar.partial.evaluate import evaluate_widths, per_window_batchnorm, width_key
 from fedhar.partial.spec import scatter, slice_width
 from fedhar.train import evaluate
 
@@ -51,3 +51,54 @@ def test_bad_widths_are_named() -> None:
         evaluate_widths("dscnn", state, [], x, y, K)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         evaluate_widths("dscnn", state, [1.5], x, y, K)
+
+
+def _with_statistics(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``model`` with running statistics far from any one window's."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            channels = module.num_features
+            module.running_mean.copy_(torch.randn(channels, generator=generator) * 3)
+            module.running_var.copy_(torch.rand(channels, generator=generator) * 4 + 0.5)
+    return model
+
+
+@pytest.mark.parametrize("name", ["dscnn", "microbi_convlstm"])
+def test_per_window_batchnorm_is_training_on_a_batch_of_one_window(name: str) -> None:
+    torch.manual_seed(2)
+    model = _with_statistics(build_model(name, C, K), 3)
+    x = torch.from_numpy(_data()[0][:5])
+    reference = build_model(name, C, K)
+    reference.load_state_dict(model.state_dict())
+    reference.train()  # batch statistics, as a plan of batch 1 trains; dropout off below
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.momentum = 0.0  # leave the running statistics as they are
+        elif isinstance(module, torch.nn.Dropout):
+            module.eval()
+    with torch.no_grad():
+        alone = torch.cat([reference(x[i : i + 1]) for i in range(len(x))])
+        swapped = per_window_batchnorm(model).eval()
+        torch.testing.assert_close(swapped(x), alone, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(model.eval()(x), alone, atol=1e-3)  # not the running statistics
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())  # left as it was
+
+
+def test_per_window_scores_differ_from_the_statistics_scores_and_keep_their_keys() -> None:
+    torch.manual_seed(4)
+    model = _with_statistics(build_model("dscnn", C, K), 5)
+    x, y = _data()
+    state = model.state_dict()
+    plain = evaluate_widths("dscnn", state, [0.5, 1.0], x, y, K)
+    windowed = evaluate_widths("dscnn", state, [0.5, 1.0], x, y, K, per_window=True)
+    assert set(windowed) == set(plain)
+    assert windowed[width_key(1.0, "loss")] != plain[width_key(1.0, "loss")]
+    expected = evaluate(per_window_batchnorm(model), x, y, K)
+    assert windowed[width_key(1.0, "loss")] == pytest.approx(expected.loss)
+
+
+def test_per_window_batchnorm_needs_windows() -> None:
+    norm = per_window_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(4)))
+    with pytest.raises(ValueError, match=r"needs \(B, C, T\) inputs"):
+        norm(torch.zeros(2, 4))
