@@ -49,7 +49,12 @@ def test_a_fresh_quickstart_run_gives_the_kept_metrics(tmp_path: Path) -> None:
     fresh = read_metrics(run_quickstart(tmp_path / "run", ("tracking.plots=false",)))
     kept = [json.loads(line) for line in (DOCS / KEPT_METRICS).read_text().splitlines()]
     assert [r["server_round"] for r in fresh] == [r["server_round"] for r in kept]
-    for got, want in zip(fresh, kept, strict=True):  # exact here; CPUs may round differently
+    # exact on the CPU that made the docs; another rounds differently and later rounds drift
+    # (an AVX-512 EPYC ends 0.06 lower on held-out F1, after a dip at round 8)
+    for got, want in zip(fresh, kept, strict=True):
         assert got["train"]["train-loss"] == pytest.approx(want["train"]["train-loss"], abs=0.05)
     for group, key in (("server", "macro_f1"), ("per_user_summary", "mean_f1")):
-        assert fresh[-1][group][key] == pytest.approx(kept[-1][group][key], abs=0.05)
+        assert fresh[-1][group][key] == pytest.approx(kept[-1][group][key], abs=0.1)
+    chance = 1 / 7  # and it learns as the README says
+    assert fresh[-1]["server"]["macro_f1"] > 4 * chance
+    assert fresh[-1]["per_user_summary"]["mean_f1"] > 3 * chance
