@@ -81,8 +81,8 @@ def smallest_common_width(plans: list[ClientPlan], fleet: str, model: str) -> fl
 def width_census(plans: list[ClientPlan]) -> dict[float, list[int]]:
     """Per level, the plan batches of the clients whose widest level it is: the clients that
     train that width alone under HeteroFL and FedRolex (FjORD draws any level up to it). A
-    batch of one or two windows makes BatchNorm normalize each window by itself in training,
-    which the width's statistics at test cannot reproduce."""
+    batch of one window makes BatchNorm normalize each window by itself in training, which the
+    width's statistics at test cannot reproduce."""
     return {
         level: sorted(plan.batch_size for plan in plans if plan.width == level)
         for level in WIDTH_LEVELS

@@ -3,8 +3,7 @@
 A sub-model of width w is the leading slice of every hidden dim of the global model
 (`fedhar.partial.spec.slice_width` with offset 0), the model a device of that width would run.
 `per_window_batchnorm` gives a model whose BatchNorm layers normalize each window by its own
-statistics, as they do in training on batches of one window: a width that scores well only so
-was trained by clients whose memory plans fit one window per batch.
+statistics, as they do in training on batches of one window.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional
 
 from fedhar.models import build_model
 from fedhar.partial.spec import extract, slice_width
@@ -39,7 +37,7 @@ class PerWindowNorm(nn.Module):
         """``(B, C, T)`` -> ``(B, C, T)``."""
         if x.dim() != 3:
             raise ValueError(f"per-window BatchNorm needs (B, C, T) inputs, got {tuple(x.shape)}")
-        return functional.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+        return nn.functional.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
 
 
 def per_window_batchnorm(model: nn.Module) -> nn.Module:

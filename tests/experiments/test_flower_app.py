@@ -94,12 +94,14 @@ def _ray_variable_after_loading_the_app(env: dict[str, str]) -> str:
     probe = (
         "import os, experiments.flower_app; print(os.environ['RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO'])"
     )
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
-def test_loading_the_app_sets_rays_future_default_before_flower_starts_ray() -> None:
+def test_importing_the_app_sets_rays_future_default() -> None:
     """Flower's simulation process loads the ClientApp before ray.init: the variable must be
     set by then, or Ray warns at every `flwr run`; a user's own value is kept."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"}

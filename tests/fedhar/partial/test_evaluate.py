@@ -8,7 +8,7 @@ import torch
 
 from fedhar.models import build_model
 from fedhar.partial.evaluate import evaluate_widths, per_window_batchnorm, width_key
-from fedhar.partial.spec import scatter, slice_width
+from fedhar.partial.spec import extract, scatter, slice_width
 from fedhar.train import evaluate
 
 C, K, T = 6, 5, 32
@@ -71,12 +71,10 @@ def test_per_window_batchnorm_is_training_on_a_batch_of_one_window(name: str) ->
     x = torch.from_numpy(_data()[0][:5])
     reference = build_model(name, C, K)
     reference.load_state_dict(model.state_dict())
-    reference.train()  # batch statistics, as a plan of batch 1 trains; dropout off below
+    reference.train()  # batch statistics, as a plan of batch 1 trains (neither model drops out)
     for module in reference.modules():
         if isinstance(module, torch.nn.BatchNorm1d):
             module.momentum = 0.0  # leave the running statistics as they are
-        elif isinstance(module, torch.nn.Dropout):
-            module.eval()
     with torch.no_grad():
         alone = torch.cat([reference(x[i : i + 1]) for i in range(len(x))])
         swapped = per_window_batchnorm(model).eval()
@@ -96,6 +94,29 @@ def test_per_window_scores_differ_from_the_statistics_scores_and_keep_their_keys
     assert windowed[width_key(1.0, "loss")] != plain[width_key(1.0, "loss")]
     expected = evaluate(per_window_batchnorm(model), x, y, K)
     assert windowed[width_key(1.0, "loss")] == pytest.approx(expected.loss)
+    small = build_model("dscnn", C, K, 0.5)
+    small.load_state_dict(extract(state, slice_width(model, small, 0.5)))
+    narrow = evaluate(per_window_batchnorm(small), x, y, K)
+    assert windowed[width_key(0.5, "loss")] == pytest.approx(narrow.loss)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        torch.nn.BatchNorm1d(3, affine=False),
+        torch.nn.BatchNorm1d(3, track_running_stats=False),
+    ],
+    ids=["no-affine", "no-running-statistics"],
+)
+def test_per_window_batchnorm_matches_any_batchnorm_on_one_window(
+    layer: torch.nn.BatchNorm1d,
+) -> None:
+    x = torch.randn(4, 3, 16, generator=torch.Generator().manual_seed(6)) * 2 + 1
+    swapped = per_window_batchnorm(torch.nn.Sequential(layer))
+    layer.train()
+    with torch.no_grad():
+        alone = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])
+        torch.testing.assert_close(swapped(x), alone, rtol=1e-4, atol=1e-5)
 
 
 def test_per_window_batchnorm_needs_windows() -> None:
