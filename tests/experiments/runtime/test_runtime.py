@@ -58,13 +58,14 @@ def test_fast_path_and_run_simulation_aggregate_the_same_model(tmp_path: Path) -
 
 @pytest.mark.e2e
 def test_a_hung_client_costs_only_itself_even_in_a_large_batch(tmp_path: Path) -> None:
-    # 16 messages per call: the hung client shares its batch with every other client
+    # 16 messages per call: the hung client shares its batch with every other client; the
+    # timeout leaves the others room on a loaded 2-core machine, the hang outlasts both rounds
     overrides = ["num_rounds=2", "fleet=none", "faults.hang_partitions=[0]",
-                 "faults.hang_seconds=60", "runtime.round_timeout_s=8",
+                 "faults.hang_seconds=180", "runtime.round_timeout_s=20",
                  "runtime.messages_per_call=16"]  # fmt: skip
     rows = _run(tmp_path / "hang", overrides)
     for row in rows:
-        assert row["wall_time_s"] < 30  # neither round waited for the stalled device
+        assert row["wall_time_s"] < 90  # neither round waited for the stalled device
         assert row["num_failures"] == 1 and row["succeeded"] == 9, row["failures"]
         assert "round timeout" in row["failures"][0]["reason"]
 
