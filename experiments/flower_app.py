@@ -12,7 +12,6 @@ only works where clients share the server's filesystem (simulation).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -32,12 +31,13 @@ from experiments.compose import (
     run_keys,
 )
 from experiments.report import print_summary
+from experiments.runtime.launch import use_rays_future_accelerator_default
 from experiments.server import prepare_run
 from fedhar.federation import open_federation
 
 # Flower's simulation process imports this module, to check that the ClientApp loads, before
 # it starts Ray: Ray's future default set here keeps ray.init from warning under `flwr run`.
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+use_rays_future_accelerator_default()
 
 RUN_DIR_PREFIX = "outputs/flwr-run-"  # + Flower's run id, when run-dir is empty
 FLOWER_KEYS = {  # Flower-style run-config key -> Hydra key

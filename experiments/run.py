@@ -24,7 +24,7 @@ from clients.app import make_client_app
 from experiments.compose import CONFIG_DIR, ConfigError, client_mods
 from experiments.privacy import PrivacyConfigError
 from experiments.report import print_summary
-from experiments.runtime.launch import serve_on_ray
+from experiments.runtime.launch import serve_on_ray, use_rays_future_accelerator_default
 from experiments.server import ServerRun, prepare_run
 from fedhar.data.download import DownloadError
 from strategies.tracking import NoProgress
@@ -95,7 +95,7 @@ def serve_on_flower(run: ServerRun, mods: list[Mod]) -> None:
 def _backend_config(cfg: DictConfig) -> dict[str, Any]:
     resources = OmegaConf.to_container(cfg.runtime.client_resources, resolve=True)
     init_args = OmegaConf.to_container(cfg.runtime.ray_init_args, resolve=True)
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default
+    use_rays_future_accelerator_default()
     return {"client_resources": resources, "init_args": init_args}
 
 

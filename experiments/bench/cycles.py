@@ -301,13 +301,17 @@ def _traced_ops(network: str) -> OpCounts:
     return ops
 
 
+def non_mac_cycles(ops: OpCounts, costs: Mapping[str, float]) -> float:
+    """Cycles of the non-MAC operations of ``ops`` at ``costs`` per operation of each kind."""
+    return sum(getattr(ops, kind) * per_op for kind, per_op in costs.items())
+
+
 def implied_macs_per_cycle(
     entry: Published, ops: OpCounts, costs: Mapping[str, float] = CYCLES_PER_OP
 ) -> float:
     """The MAC rate at which `compute_seconds` reproduces the published latency, with the
     non-MAC operations at ``costs`` (cycles per operation of each kind)."""
-    other = sum(getattr(ops, kind) * per_op for kind, per_op in costs.items())
-    mac_cycles = entry.latency_s * entry.clock_hz - other
+    mac_cycles = entry.latency_s * entry.clock_hz - non_mac_cycles(ops, costs)
     if mac_cycles <= 0:
         raise ValueError(f"{entry.system}: the non-MAC cycles alone exceed the published latency")
     return ops.macs / mac_cycles
@@ -357,6 +361,12 @@ def published_op_costs(core: str) -> dict[str, float]:
 def training_step_ops() -> OpCounts:
     """Ops of one int8 training step of `TRAINING_STEP` on one window, every parameter
     trained."""
+    return replace(_traced_training_step())  # a copy: the traced counts are shared
+
+
+@cache
+def _traced_training_step() -> OpCounts:
+    """`training_step_ops`, traced once."""
     name, channels, classes, length = TRAINING_STEP
     model = prepare_qat(build_model(name, channels, classes), QuantConfig())
     return training_ops(model, channels, length, None)
@@ -382,7 +392,7 @@ def op_cost_sensitivity(profile: DeviceProfile) -> Sensitivity:
             for entry in PUBLISHED
             if entry.core == profile.core
         )
-        return rate, step.macs / rate + sum(getattr(step, k) * c for k, c in costs.items())
+        return rate, step.macs / rate + non_mac_cycles(step, costs)
 
     rate, published = calibrated(published_op_costs(profile.core))
     return Sensitivity(rate, published / calibrated(CYCLES_PER_OP)[1])

@@ -18,11 +18,17 @@ from experiments.server import ServerRun
 log = logging.getLogger("fedhar")
 
 
+def use_rays_future_accelerator_default() -> None:
+    """Opt into Ray's future default (``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0``) unless the user
+    chose; without it ``ray.init`` warns at every start."""
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
 def start_ray(runtime: Any) -> bool:
     """Connect to ``runtime.ray_address`` or start a local Ray; True if this call started it."""
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default
+    use_rays_future_accelerator_default()
     init_args = OmegaConf.to_container(runtime.ray_init_args, resolve=True)
     assert isinstance(init_args, dict)
     address = runtime.get("ray_address")

@@ -34,7 +34,7 @@ from experiments.compose import client_settings, federation_spec, load_config
 from experiments.run import run_experiment
 from experiments.sinks import read_metrics
 from fedhar.checkpoint import load_checkpoint
-from fedhar.device.local_update import QuantSettings, max_width, plan_on_device
+from fedhar.device.local_update import QuantSettings, widest_plan
 from fedhar.federation import load_federation
 from fedhar.models import ModelShape, build_model
 from fedhar.partial.evaluate import evaluate_widths, per_window_batchnorm, width_key
@@ -64,9 +64,9 @@ def widest_plans(overrides: list[str]) -> list[ClientPlan]:
     quant = QuantSettings(**dict(cfg.quant))
     plans = []
     for _, profile in settings.devices:
-        width = max_width(profile, shape, quant)
-        batch = plan_on_device(profile, shape, width, quant).batch_size if width > 0 else 0
-        plans.append(ClientPlan(width, min(batch, int(cfg.train.batch_size))))
+        plan = widest_plan(profile, shape, quant)
+        batch = 0 if plan is None else min(plan.batch_size, int(cfg.train.batch_size))
+        plans.append(ClientPlan(0.0 if plan is None else plan.width, batch))
     return plans
 
 

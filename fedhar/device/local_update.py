@@ -92,21 +92,32 @@ def plan_on_device(
 
 
 def max_width(profile: DeviceProfile, model: ModelShape, settings: QuantSettings) -> float:
-    """The widest level at which the device can update every parameter of the sub-model.
+    """The width of `widest_plan`; 0.0 when not even the narrowest model fits."""
+    plan = widest_plan(profile, model, settings)
+    return 0.0 if plan is None else plan.width
 
-    When no width trains fully, the level whose plan (last-k, bias-only) trains the most
-    parameters (the wider on a tie); 0.0 when not even the narrowest model fits.
+
+def widest_plan(
+    profile: DeviceProfile, model: ModelShape, settings: QuantSettings
+) -> TrainingPlan | None:
+    """The plan at the widest level at which the device can update every parameter of the
+    sub-model.
+
+    When no width trains fully, the plan (last-k, bias-only) that trains the most parameters
+    (the wider on a tie); None when not even the narrowest model fits.
     """
-    fits: list[tuple[float, TrainingPlan]] = []
+    fits: list[TrainingPlan] = []
     for width in WIDTH_LEVELS:
         try:
-            fits.append((width, plan_on_device(profile, model, width, settings)))
+            fits.append(plan_on_device(profile, model, width, settings))
         except PlanDeclined:
             continue
-    full = [width for width, plan in fits if plan.mode == "full"]
-    if full or not fits:
-        return max(full or [0.0])
-    return max(fits, key=lambda fit: (trained_parameters(model, fit[1]), fit[0]))[0]
+    full = [plan for plan in fits if plan.mode == "full"]
+    if full:
+        return max(full, key=lambda plan: plan.width)
+    if not fits:
+        return None
+    return max(fits, key=lambda plan: (trained_parameters(model, plan), plan.width))
 
 
 def trained_parameters(model: ModelShape, plan: TrainingPlan) -> int:
